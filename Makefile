@@ -1,0 +1,32 @@
+# Two commands for a new user: `make demo` and `make test`. Both create the
+# virtual environment in .venv if it is missing and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Reinstall whenever the package metadata changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
+PYTEST_ARGS ?=
+DEMO_ARGS ?=
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml setup.py
+	# torch is pinned in the extras to the CPU build on local disk (see pyproject.toml).
+	$(PY) -m pip install -q --progress-bar off -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo --workdir=runs/demo $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

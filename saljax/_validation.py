@@ -1,0 +1,123 @@
+"""Input checks shared by every explainer and metric.
+
+All checks run at the Python boundary, before tracing, and raise
+`TypeError`/`ValueError` whose message names what was expected and what came.
+Value checks (NaN, inf, target range) need concrete arrays, so they are skipped
+for tracers: an explainer called inside a user's `jit` still gets the shape
+checks.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def is_concrete(x: Any) -> bool:
+  return not isinstance(x, jax.core.Tracer)
+
+
+def describe(x: Any) -> str:
+  """A short description of what came, for error messages."""
+  if hasattr(x, "shape") and hasattr(x, "dtype"):
+    return f"{type(x).__name__} of shape {tuple(x.shape)} and dtype {x.dtype}"
+  return f"{type(x).__name__} {x!r}"[:200]
+
+
+def check_input(x: Any, *, name: str = "x", min_rank: int = 2) -> jax.Array:
+  """Returns `x` as a floating JAX array `[B, ...]`, or raises.
+
+  Raises:
+    TypeError: `x` is not an array or not floating point.
+    ValueError: rank below `min_rank`, an empty batch, or NaN/inf values.
+  """
+  if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+    if isinstance(x, (list, tuple)):
+      raise TypeError(
+          f"{name}: expected a floating array [B, ...], got a {type(x).__name__};"
+          " convert it with jnp.asarray first")
+    raise TypeError(f"{name}: expected a floating array [B, ...], got {describe(x)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(
+        f"{name}: expected a floating-point array (float32/bfloat16/...), got"
+        f" dtype {x.dtype}; images as uint8 must be preprocessed first")
+  if x.ndim < min_rank:
+    raise ValueError(
+        f"{name}: expected a batched array with at least {min_rank} dims"
+        f" [B, ...], got shape {tuple(x.shape)}")
+  if x.shape[0] == 0:
+    raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
+  if is_concrete(x):
+    finite = np.asarray(jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))))
+    if not finite.all():
+      bad = np.flatnonzero(~finite).tolist()
+      raise ValueError(
+          f"{name}: expected finite values, got NaN or inf in batch rows {bad[:10]}")
+  return jnp.asarray(x)
+
+
+def check_target(target: Any, batch: int, num_classes: int | None) -> jax.Array:
+  """Returns `target` as an int32 array `[B]` with values in `[0, C)`."""
+  if isinstance(target, (int, np.integer)):
+    target = jnp.full((batch,), int(target), jnp.int32)
+  if not hasattr(target, "shape"):
+    target = np.asarray(target)
+  if not jnp.issubdtype(target.dtype, jnp.integer):
+    raise TypeError(
+        f"target: expected integer class indices [B] (or 'predicted'), got"
+        f" {describe(target)}")
+  if target.ndim == 0:
+    target = jnp.full((batch,), target, jnp.int32)
+  if target.shape != (batch,):
+    raise ValueError(
+        f"target: expected shape ({batch},) to match the batch of x, got"
+        f" {tuple(target.shape)}")
+  if num_classes is not None and is_concrete(target):
+    t = np.asarray(target)
+    bad = (t < 0) | (t >= num_classes)
+    if bad.any():
+      raise ValueError(
+          f"target: expected class indices in [0, {num_classes}), got"
+          f" {t[bad][:10].tolist()} at rows {np.flatnonzero(bad)[:10].tolist()}")
+  return jnp.asarray(target, jnp.int32)
+
+
+def check_same_shape(a: Any, like: jax.Array, *, name: str, broadcast_batch: bool = True) -> jax.Array:
+  """Checks that `a` has the shape of `like` (or `like[1:]` when broadcast_batch)."""
+  if not hasattr(a, "shape"):
+    a = jnp.asarray(a)
+  if not jnp.issubdtype(a.dtype, jnp.floating):
+    raise TypeError(f"{name}: expected a floating-point array, got {describe(a)}")
+  shape = tuple(a.shape)
+  if shape == tuple(like.shape):
+    pass
+  elif broadcast_batch and shape == tuple(like.shape[1:]):
+    a = jnp.broadcast_to(a, like.shape)
+  else:
+    want = f"{tuple(like.shape)}" + (f" or {tuple(like.shape[1:])}" if broadcast_batch else "")
+    raise ValueError(f"{name}: expected shape {want}, got {shape}")
+  if is_concrete(a) and not bool(jnp.isfinite(a).all()):
+    raise ValueError(f"{name}: expected finite values, got NaN or inf")
+  return jnp.asarray(a, like.dtype)
+
+
+def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name}: expected an int >= {minimum}, got {value!r}")
+  if value < minimum:
+    raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+  return int(value)
+
+
+def check_choice(value: Any, name: str, choices) -> str:
+  if value not in choices:
+    raise ValueError(f"{name}: expected one of {sorted(choices)}, got {value!r}")
+  return value
+
+
+def check_batch_size(batch_size: Any) -> int | None:
+  if batch_size is None:
+    return None
+  return check_positive_int(batch_size, "batch_size")

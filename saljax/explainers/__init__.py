@@ -1,0 +1,31 @@
+"""Explainers, registered by name.
+
+``names()`` lists every explainer; ``get(name)`` returns it. Each follows
+``explainer(f, x, target, *, key=None, **options) -> Array``. Every registered
+explainer is also an attribute of this module (and of `saljax`), so
+``saljax.explainers.integrated_gradients is get("integrated_gradients")``.
+"""
+from saljax.explainers._registry import REGISTRY as _REGISTRY
+# Importing a family module registers its explainers.
+from saljax.explainers import attention, cam, gradients, perturbation, propagation, regions  # noqa: F401
+from saljax.explainers.gradients import completeness_gap, make_baseline, path_nodes  # noqa: F401
+
+
+def names(kind=None):
+  """Registered explainer names (optionally only ``kind="pixel"`` or ``"layer"``)."""
+  return _REGISTRY.names(kind)
+
+
+def get(name):
+  """The explainer registered as `name`."""
+  return _REGISTRY.get(name)
+
+
+def entry(name):
+  """Registry entry of `name`: ``.fn``, ``.kind`` and ``.stochastic``."""
+  return _REGISTRY.entry(name)
+
+
+globals().update({_n: _REGISTRY.get(_n) for _n in _REGISTRY.names()})
+__all__ = ["names", "get", "entry", "completeness_gap", "make_baseline", "path_nodes",
+           *_REGISTRY.names()]

@@ -1,0 +1,1 @@
+"""ViT methods: attention rollout, ViT Grad-CAM, class-token attention maps."""

@@ -1,0 +1,1 @@
+"""Region methods: XRAI, LiMA / submodular subset selection."""

@@ -1,0 +1,158 @@
+"""Chunked maps and reductions, and batch sharding over a device mesh.
+
+Whatever multiplies work per example (IG steps, SmoothGrad samples, RISE masks,
+occlusion windows, deletion steps) goes through these helpers, so peak memory is
+set by `batch_size` (how many steps or samples are evaluated at once, for every
+example of the batch), not by the number of steps. Reductions accumulate in a
+`lax.scan` carry, so memory does not grow with the number of steps either.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = "batch"
+
+
+def _leading(xs) -> int:
+  leaves = jax.tree_util.tree_leaves(xs)
+  if not leaves:
+    raise ValueError("chunked helpers need at least one array to map over")
+  return leaves[0].shape[0]
+
+
+def _split(xs, batch_size: int):
+  n = _leading(xs)
+  full, rem = divmod(n, batch_size)
+  head = jax.tree_util.tree_map(
+      lambda a: a[: full * batch_size].reshape((full, batch_size) + a.shape[1:]), xs)
+  tail = jax.tree_util.tree_map(lambda a: a[full * batch_size:], xs)
+  return full, rem, head, tail
+
+
+def chunked_map(fn: Callable, xs: Any, *, batch_size: int | None = None) -> Any:
+  """``stack([fn(x) for x in xs])`` with at most `batch_size` calls vmapped at once.
+
+  `None` vmaps everything at once. A length that is not a multiple of
+  `batch_size` is handled by one extra vmapped call on the remainder.
+  """
+  n = _leading(xs)
+  if batch_size is None or batch_size >= n:
+    return jax.vmap(fn)(xs)
+  return jax.lax.map(fn, xs, batch_size=batch_size)
+
+
+def chunked_sum(fn: Callable, xs: Any, *, batch_size: int | None = None) -> Any:
+  """``sum(fn(x) for x in xs)``, accumulated in a scan carry.
+
+  Peak memory holds `batch_size` evaluations of `fn`, whatever the length of
+  `xs`.
+  """
+  n = _leading(xs)
+
+  def block_sum(block):
+    return jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(fn)(block))
+
+  if batch_size is None or batch_size >= n:
+    return block_sum(xs)
+  full, rem, head, tail = _split(xs, batch_size)
+  first = jax.tree_util.tree_map(lambda a: a[0], head)
+  init = jax.tree_util.tree_map(
+      lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(block_sum, first))
+
+  def body(acc, block):
+    return jax.tree_util.tree_map(jnp.add, acc, block_sum(block)), None
+
+  acc, _ = jax.lax.scan(body, init, head)
+  if rem:
+    acc = jax.tree_util.tree_map(jnp.add, acc, block_sum(tail))
+  return acc
+
+
+def chunked_moments(fn: Callable, xs: Any, *, batch_size: int | None = None):
+  """Mean and (population) variance of ``fn(x)`` over `xs`, chunked.
+
+  Chunks are merged with Chan et al.'s parallel update, which avoids the
+  cancellation of ``E[a^2] - E[a]^2`` in float32.
+  """
+  n = _leading(xs)
+
+  def block_stats(block):
+    vals = jax.vmap(fn)(block)
+    mean = vals.mean(0)
+    m2 = ((vals - mean) ** 2).sum(0)
+    return jnp.asarray(vals.shape[0], jnp.float32), mean, m2
+
+  def merge(a, b):
+    na, ma, sa = a
+    nb, mb, sb = b
+    nt = na + nb
+    delta = mb - ma
+    mean = ma + delta * (nb / nt)
+    m2 = sa + sb + delta ** 2 * (na * nb / nt)
+    return nt, mean, m2
+
+  if batch_size is None or batch_size >= n:
+    _, mean, m2 = block_stats(xs)
+    return mean, m2 / n
+  full, rem, head, tail = _split(xs, batch_size)
+  first = jax.tree_util.tree_map(lambda a: a[0], head)
+  stats0 = block_stats(first)
+  rest = jax.tree_util.tree_map(lambda a: a[1:], head)
+  stats, _ = jax.lax.scan(lambda s, blk: (merge(s, block_stats(blk)), None), stats0, rest)
+  if rem:
+    stats = merge(stats, block_stats(tail))
+  _, mean, m2 = stats
+  return mean, m2 / n
+
+
+# ----------------------------------------------------------------------------
+# Devices.
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (all devices by default), axis name ``"batch"``."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(np.asarray(devices), (BATCH_AXIS,))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Shards axis 0 over the mesh, replicates the rest."""
+  return NamedSharding(mesh, P(BATCH_AXIS, *([None] * (ndim - 1))))
+
+
+def pad_batch(x: Any, multiple: int):
+  """Pads axis 0 of every leaf (repeating the last row) to a multiple; returns (padded, n)."""
+  n = _leading(x)
+  pad = (-n) % multiple
+  if pad == 0:
+    return x, n
+  return jax.tree_util.tree_map(
+      lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], 0), x), n
+
+
+def shard_batch(x: Any, mesh: Mesh | None = None):
+  """Places every leaf of `x` on `mesh`, split along the batch axis.
+
+  Returns ``(sharded, n)``; the batch is padded to a multiple of the mesh size
+  (repeating the last row), and `n` is the true length to slice results with.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  x, n = pad_batch(x, mesh.size)
+  return jax.tree_util.tree_map(lambda a: jax.device_put(a, batch_sharding(mesh, a.ndim)), x), n
+
+
+def sharded_call(explainer: Callable, f: Callable, x, target, *, mesh: Mesh | None = None, **options):
+  """Runs an explainer or metric with `x` and `target` sharded along the batch.
+
+  Pads a ragged batch to the mesh size and slices the result back, so any
+  batch size works on any number of devices.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  (xs, ts), n = shard_batch((jnp.asarray(x), jnp.asarray(target)), mesh)
+  out = explainer(f, xs, ts, **options)
+  return jax.tree_util.tree_map(lambda a: a[:n], out)

@@ -1,0 +1,36 @@
+"""Shared fixtures: small models whose answers are known in closed form."""
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def linear_model():
+  """f(x) = flatten(x) @ w on inputs [B, 4, 4, 3], 5 classes; returns (f, w)."""
+  w = jax.random.normal(jax.random.key(0), (48, 5))
+  return (lambda x: x.reshape(x.shape[0], -1) @ w), w
+
+
+@pytest.fixture
+def mlp_model():
+  """A random tanh MLP on inputs [B, 4, 4, 3], 5 classes."""
+  k1, k2, k3 = jax.random.split(jax.random.key(1), 3)
+  w1 = jax.random.normal(k1, (48, 32)) / jnp.sqrt(48.0)
+  w2 = jax.random.normal(k2, (32, 5)) / jnp.sqrt(32.0)
+  b1 = 0.1 * jax.random.normal(k3, (32,))
+
+  def f(x):
+    h = jnp.tanh(x.reshape(x.shape[0], -1) @ w1 + b1)
+    return h @ w2
+
+  return f
+
+
+@pytest.fixture
+def images():
+  return jax.random.normal(jax.random.key(2), (3, 4, 4, 3))
