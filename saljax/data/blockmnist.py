@@ -1,0 +1,1 @@
+"""BlockMNIST (Shah, Jain, Netrapalli 2021) built from scikit-learn digits."""

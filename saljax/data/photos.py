@@ -1,0 +1,1 @@
+"""The bundled real photos that ship with scikit-image and scikit-learn."""

@@ -1,0 +1,1 @@
+"""tfds pipelines read with tfds.data_source (no TensorFlow needed)."""

@@ -1,0 +1,1 @@
+"""Image preprocessing (resize, crop, normalize) for the pretrained models."""

@@ -1,0 +1,1 @@
+"""The Flax model zoo and the pretrained registry."""
