@@ -21,6 +21,7 @@ an NNX module (the same, through a class swap on a merged copy), and from a plai
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -178,7 +179,7 @@ def from_nnx(module, *, example: Array | None = None, names: Sequence[str] | Non
     acts: dict[str, Array] = {}
     copy = nnx.merge(graphdef, state)
     counts: collections.Counter = collections.Counter()
-    for path, sub in copy.iter_modules() if hasattr(copy, "iter_modules") else nnx.iter_modules(copy):
+    for path, sub in nnx.iter_modules(copy):
       if not path:
         continue
       name = "/".join(str(p) for p in path)
@@ -225,9 +226,19 @@ def as_model(model: Model | Tapped) -> Model:
 
 
 def output_shape(f: Model, x: Array) -> tuple[int, int]:
-  """`(B, C)` of the model's logits for `x`, from an abstract evaluation, or raises."""
+  """`(B, C)` of the model's logits for `x`, from an abstract evaluation, or raises.
+
+  Cached per (model, shape, dtype), so validating a second call with the same
+  shapes traces nothing.
+  """
+  return _output_shape(as_model(f), tuple(x.shape), jnp.dtype(x.dtype))
+
+
+@functools.lru_cache(maxsize=256)
+def _output_shape(f: Model, shape: tuple[int, ...], dtype) -> tuple[int, int]:
+  x = jax.ShapeDtypeStruct(shape, dtype)
   try:
-    out = jax.eval_shape(as_model(f), jax.ShapeDtypeStruct(x.shape, x.dtype))
+    out = jax.eval_shape(f, x)
   except Exception as e:  # the model cannot take this input at all
     raise ValueError(
         f"the model could not be evaluated on an input of shape {tuple(x.shape)}"
@@ -246,10 +257,15 @@ def resolve_target(f: Model | Tapped, x: Array, target: Any) -> Array:
   if isinstance(target, str):
     if target != PREDICTED:
       raise ValueError(f"target: expected class indices or {PREDICTED!r}, got {target!r}")
-    return jnp.argmax(as_model(f)(x), axis=-1).astype(jnp.int32)
+    return _predicted(as_model(f), x)
   if target is None:
     raise TypeError(f"target: expected class indices [B] or {PREDICTED!r}, got None")
   return _validation.check_target(target, batch, num_classes)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predicted(f: Model, x: Array) -> Array:
+  return jnp.argmax(f(x), axis=-1).astype(jnp.int32)
 
 
 def target_logit(f: Model, x: Array, target: Array) -> Array:

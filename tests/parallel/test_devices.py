@@ -1,0 +1,16 @@
+"""8 simulated CPU devices give the same maps as 1 (in a subprocess, so the
+rest of the suite keeps one device)."""
+import json
+import os
+import subprocess
+import sys
+
+
+def test_eight_devices_equal_one():
+  script = os.path.join(os.path.dirname(__file__), "_sharded_gradients.py")
+  res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  diffs = json.loads(res.stdout.strip().splitlines()[-1])
+  assert set(diffs) >= {"gradient", "integrated_gradients", "smoothgrad", "guided_ig"}
+  for name, d in diffs.items():
+    assert d < 1e-5, (name, d)
