@@ -5,9 +5,17 @@ occlusion windows, deletion steps) goes through these helpers, so peak memory is
 set by `batch_size` (how many steps or samples are evaluated at once, for every
 example of the batch), not by the number of steps. Reductions accumulate in a
 `lax.scan` carry, so memory does not grow with the number of steps either.
+
+``batch_size=None`` picks a chunk automatically: as many items as keep one
+chunk at or under `max_evals_per_chunk()` model evaluations (64 by default, or
+the ``SALJAX_MAX_EVALS_PER_CHUNK`` environment variable), where one item's
+evaluations are the leading dimension of ``fn``'s output (the batch ``B`` for an
+explainer step). Defaults therefore never grow memory with steps or samples;
+pass an explicit `batch_size` to trade memory for speed on a large device.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Sequence
 
 import jax
@@ -34,13 +42,31 @@ def _split(xs, batch_size: int):
   return full, rem, head, tail
 
 
+def max_evals_per_chunk() -> int:
+  """The automatic chunk's budget of model evaluations (``SALJAX_MAX_EVALS_PER_CHUNK``, 64)."""
+  return int(os.environ.get("SALJAX_MAX_EVALS_PER_CHUNK", "64"))
+
+
+def auto_batch_size(fn: Callable, xs: Any, batch_size: int | None) -> int:
+  """`batch_size`, or for None the largest chunk within `max_evals_per_chunk()`."""
+  n = _leading(xs)
+  if batch_size is not None:
+    return batch_size
+  one = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+  out = jax.tree_util.tree_leaves(jax.eval_shape(fn, one))
+  per_item = max([o.shape[0] for o in out if o.ndim >= 1] or [1])
+  return max(1, min(n, max_evals_per_chunk() // per_item))
+
+
 def chunked_map(fn: Callable, xs: Any, *, batch_size: int | None = None) -> Any:
   """``stack([fn(x) for x in xs])`` with at most `batch_size` calls vmapped at once.
 
-  `None` vmaps everything at once. A length that is not a multiple of
-  `batch_size` is handled by one extra vmapped call on the remainder.
+  `None` picks the chunk automatically (module docstring). A length that is not
+  a multiple of `batch_size` is handled by one extra vmapped call on the
+  remainder.
   """
   n = _leading(xs)
+  batch_size = auto_batch_size(fn, xs, batch_size)
   if batch_size is None or batch_size >= n:
     return jax.vmap(fn)(xs)
   return jax.lax.map(fn, xs, batch_size=batch_size)
@@ -53,6 +79,7 @@ def chunked_sum(fn: Callable, xs: Any, *, batch_size: int | None = None) -> Any:
   `xs`.
   """
   n = _leading(xs)
+  batch_size = auto_batch_size(fn, xs, batch_size)
 
   def block_sum(block):
     return jax.tree_util.tree_map(lambda a: a.sum(0), jax.vmap(fn)(block))
@@ -80,6 +107,7 @@ def chunked_moments(fn: Callable, xs: Any, *, batch_size: int | None = None):
   cancellation of ``E[a^2] - E[a]^2`` in float32.
   """
   n = _leading(xs)
+  batch_size = auto_batch_size(fn, xs, batch_size)
 
   def block_stats(block):
     vals = jax.vmap(fn)(block)

@@ -31,9 +31,30 @@ from saljax.explainers._registry import REGISTRY, prepare, require_key
 Array = jax.Array
 
 
-def _grad_fn(f: M.Model) -> Callable[[Array, Array], Array]:
-  """``(x, target) -> d f(x)[b, target[b]] / d x`` for every row at once."""
-  return jax.grad(lambda x, t: M.target_logit(f, x, t).sum())
+def _grad_fn(f: M.Model, compute_dtype: str | None = None) -> Callable[[Array, Array], Array]:
+  """``(x, target) -> d f(x)[b, target[b]] / d x`` for every row at once.
+
+  With `compute_dtype` (e.g. ``"bfloat16"``) the input is cast before the model
+  and the logit back to float32, so the gradient that comes back, and every
+  sum of gradients built from it, is float32.
+  """
+  if compute_dtype is None:
+    return jax.grad(lambda x, t: M.target_logit(f, x, t).sum())
+  cd = jnp.dtype(compute_dtype)
+  return jax.grad(
+      lambda x, t: M.target_logit(f, x.astype(cd), t).astype(jnp.float32).sum())
+
+
+def _check_dtype(compute_dtype) -> str | None:
+  if compute_dtype is None:
+    return None
+  try:
+    dt = jnp.dtype(compute_dtype)
+  except TypeError as e:
+    raise TypeError(f"compute_dtype: expected a floating dtype name, got {compute_dtype!r}") from e
+  if not jnp.issubdtype(dt, jnp.floating):
+    raise TypeError(f"compute_dtype: expected a floating dtype, got {dt}")
+  return dt.name
 
 
 def _bcast(v: Array, x: Array) -> Array:
@@ -45,14 +66,14 @@ def _bcast(v: Array, x: Array) -> Array:
 # Vanilla gradient and gradient x input.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "absolute"))
-def _gradient(f, x, target, absolute):
-  g = _grad_fn(f)(x, target)
+@functools.partial(jax.jit, static_argnames=("f", "absolute", "compute_dtype"))
+def _gradient(f, x, target, absolute, compute_dtype):
+  g = _grad_fn(f, compute_dtype)(x, target)
   return jnp.abs(g) if absolute else g
 
 
 @REGISTRY.register("gradient", kind="pixel")
-def gradient(f, x, target, *, key=None, absolute: bool = False) -> Array:
+def gradient(f, x, target, *, key=None, absolute: bool = False, compute_dtype=None) -> Array:
   """Input gradient of the target logit (Simonyan et al. 2014, "Deep Inside
   Convolutional Networks", arXiv:1312.6034; Baehrens et al. 2010).
 
@@ -64,9 +85,13 @@ def gradient(f, x, target, *, key=None, absolute: bool = False) -> Array:
     absolute: return ``|grad|`` (Simonyan et al.'s saliency map before the
       channel max). Default False: the signed gradient, as Captum's `Saliency`
       with ``abs=False``.
+    compute_dtype: cast inputs to this dtype before the model (e.g.
+      ``"bfloat16"``) while gradients and their sums stay float32; the
+      model's own parameter dtype decides the precision of its matmuls.
+      Default None: the input's dtype.
   """
   f, x, target = prepare(f, x, target)
-  return _gradient(f, x, target, bool(absolute))
+  return _gradient(f, x, target, bool(absolute), _check_dtype(compute_dtype))
 
 
 @REGISTRY.register("absolute_gradient", kind="pixel")
@@ -144,10 +169,10 @@ def make_baseline(x: Array, baseline: Any = None, *, blur_sigma: float = 10.0) -
   return V.check_same_shape(baseline, x, name="baseline")
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "rule", "batch_size"))
-def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size):
+@functools.partial(jax.jit, static_argnames=("f", "steps", "rule", "batch_size", "compute_dtype"))
+def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size, compute_dtype):
   alphas, weights = path_nodes(steps, rule)
-  grad = _grad_fn(f)
+  grad = _grad_fn(f, compute_dtype)
   delta = x - baseline
 
   def one(aw):
@@ -162,7 +187,7 @@ def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size):
 @REGISTRY.register("integrated_gradients", kind="pixel")
 def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps: int = 50,
                          rule: str = "gauss_legendre", batch_size: int | None = None,
-                         return_gap: bool = False):
+                         return_gap: bool = False, compute_dtype=None):
   """Integrated gradients (Sundararajan, Taly, Yan 2017, "Axiomatic Attribution
   for Deep Networks", arXiv:1703.01365).
 
@@ -174,9 +199,13 @@ def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps:
     steps: number of path points, default 50 (Captum's `n_steps`).
     rule: "gauss_legendre" (default, as Captum), "left", "right", "middle" or
       "trapezoid".
-    batch_size: path points evaluated together per example (None: all).
+    batch_size: path points evaluated together per example (None: automatic, see `saljax.parallel`).
     return_gap: also return the completeness gap
       ``sum(attr) - (f(x)[t] - f(baseline)[t])`` per example, shape ``[B]``.
+    compute_dtype: cast inputs to this dtype before the model (e.g.
+      ``"bfloat16"``) while gradients and their sums stay float32; the
+      model's own parameter dtype decides the precision of its matmuls.
+      Default None: the input's dtype.
 
   Returns:
     attributions shaped like `x`, or ``(attributions, gap)``.
@@ -186,7 +215,8 @@ def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps:
   steps = V.check_positive_int(steps, "steps")
   batch_size = V.check_batch_size(batch_size)
   b = make_baseline(x, baseline)
-  attr = _integrated_gradients(f, x, target, b, steps, rule, batch_size)
+  attr = _integrated_gradients(f, x, target, b, steps, rule, batch_size,
+                               _check_dtype(compute_dtype))
   if return_gap:
     return attr, completeness_gap(f, x, attr, target, b)
   return attr
@@ -290,7 +320,7 @@ _NOISE_DOC = """
     noise_level: sigma. With ``noise="relative"`` (default) it is a fraction of
       each example's input range ``max(x) - min(x)``, default 0.15 as PAIR's
       ``stdev_spread``; with ``noise="absolute"`` it is sigma itself.
-    batch_size: noisy copies evaluated together (None: all).
+    batch_size: noisy copies evaluated together (None: automatic, see `saljax.parallel`).
     explainer_options: options forwarded to `explainer` (arrays are traced,
       everything else must be hashable).
 """
@@ -392,7 +422,7 @@ def expected_gradients(f, x, target, *, key=None, references=None, samples: int 
     references: the reference batch ``[R, ...]`` (e.g. training images), in
       the model's input space.
     samples: (reference, alpha) draws per example, default 50.
-    batch_size: draws evaluated together (None: all).
+    batch_size: draws evaluated together (None: automatic, see `saljax.parallel`).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "expected_gradients")
