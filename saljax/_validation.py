@@ -19,6 +19,23 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def _local_rows(a: Any):
+  """Yields ``(first_row, numpy block)`` for the rows this process can read.
+
+  A multi-process global array is checked shard by shard on each process (each
+  sees its own rows); a local array is one block.
+  """
+  if isinstance(a, jax.Array) and not a.is_fully_addressable:
+    seen = set()
+    for shard in a.addressable_shards:
+      start = shard.index[0].start or 0 if shard.index else 0
+      if start not in seen:
+        seen.add(start)
+        yield start, np.asarray(shard.data)
+  else:
+    yield 0, np.asarray(a)
+
+
 def describe(x: Any) -> str:
   """A short description of what came, for error messages."""
   if hasattr(x, "shape") and hasattr(x, "dtype"):
@@ -50,12 +67,14 @@ def check_input(x: Any, *, name: str = "x", min_rank: int = 2) -> jax.Array:
   if x.shape[0] == 0:
     raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
   if is_concrete(x):
-    finite = np.asarray(jnp.isfinite(x).all(axis=tuple(range(1, x.ndim))))
-    if not finite.all():
-      bad = np.flatnonzero(~finite).tolist()
+    bad = []
+    for start, block in _local_rows(x):
+      finite = np.isfinite(block).reshape(block.shape[0], -1).all(1)
+      bad += (start + np.flatnonzero(~finite)).tolist()
+    if bad:
       raise ValueError(
-          f"{name}: expected finite values, got NaN or inf in batch rows {bad[:10]}")
-  return jnp.asarray(x)
+          f"{name}: expected finite values, got NaN or inf in batch rows {sorted(bad)[:10]}")
+  return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
 
 def check_target(target: Any, batch: int, num_classes: int | None) -> jax.Array:
@@ -75,12 +94,14 @@ def check_target(target: Any, batch: int, num_classes: int | None) -> jax.Array:
         f"target: expected shape ({batch},) to match the batch of x, got"
         f" {tuple(target.shape)}")
   if num_classes is not None and is_concrete(target):
-    t = np.asarray(target)
-    bad = (t < 0) | (t >= num_classes)
-    if bad.any():
-      raise ValueError(
-          f"target: expected class indices in [0, {num_classes}), got"
-          f" {t[bad][:10].tolist()} at rows {np.flatnonzero(bad)[:10].tolist()}")
+    for start, t in _local_rows(target):
+      bad = (t < 0) | (t >= num_classes)
+      if bad.any():
+        raise ValueError(
+            f"target: expected class indices in [0, {num_classes}), got"
+            f" {t[bad][:10].tolist()} at rows {(start + np.flatnonzero(bad))[:10].tolist()}")
+  if isinstance(target, jax.Array) and target.dtype == jnp.int32:
+    return target
   return jnp.asarray(target, jnp.int32)
 
 
@@ -98,9 +119,9 @@ def check_same_shape(a: Any, like: jax.Array, *, name: str, broadcast_batch: boo
   else:
     want = f"{tuple(like.shape)}" + (f" or {tuple(like.shape[1:])}" if broadcast_batch else "")
     raise ValueError(f"{name}: expected shape {want}, got {shape}")
-  if is_concrete(a) and not bool(jnp.isfinite(a).all()):
+  if is_concrete(a) and not all(np.isfinite(b).all() for _, b in _local_rows(a)):
     raise ValueError(f"{name}: expected finite values, got NaN or inf")
-  return jnp.asarray(a, like.dtype)
+  return a.astype(like.dtype) if isinstance(a, jax.Array) else jnp.asarray(a, like.dtype)
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1) -> int:

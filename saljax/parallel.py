@@ -184,3 +184,45 @@ def sharded_call(explainer: Callable, f: Callable, x, target, *, mesh: Mesh | No
   (xs, ts), n = shard_batch((jnp.asarray(x), jnp.asarray(target)), mesh)
   out = explainer(f, xs, ts, **options)
   return jax.tree_util.tree_map(lambda a: a[:n], out)
+
+
+# ----------------------------------------------------------------------------
+# Several hosts.
+
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins this process to a multi-process JAX run (`jax.distributed.initialize`).
+
+  On CPU, cross-process collectives use gloo. With no arguments JAX reads the
+  cluster from the environment (SLURM, TPU pods, ...). Call it before any JAX
+  computation.
+  """
+  if not jax.distributed.is_initialized():
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def global_batch(local: Any, mesh: Mesh | None = None):
+  """One global array, sharded along the batch, from each process's local rows.
+
+  Every process passes its own rows (the same count on each); process `i`'s
+  rows come `i`-th in the global batch.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  return jax.tree_util.tree_map(
+      lambda a: jax.make_array_from_process_local_data(batch_sharding(mesh, a.ndim), np.asarray(a)),
+      local)
+
+
+def gather(x: Any) -> Any:
+  """The full value of a (possibly multi-process) sharded array, on every process, as numpy."""
+  if jax.process_count() == 1:
+    return jax.tree_util.tree_map(np.asarray, x)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(x, tiled=True)
+
+
+def is_writer() -> bool:
+  """True on process 0: the only one that writes logs, figures and files."""
+  return jax.process_index() == 0
