@@ -1,1 +1,719 @@
-"""Modified backward rules via jax.custom_vjp: guided backprop, deconvnet, DeepLIFT (rescale), LRP."""
+"""Modified backward rules: guided backprop, deconvnet, DeepLIFT (rescale) and LRP.
+
+These methods change how the backward pass goes through nonlinearities and
+layers. Here the model is never edited: `f` (any JAX callable
+``x[B, ...] -> logits[B, C]``) is traced once to a jaxpr (`jax.make_jaxpr`),
+and a small interpreter re-evaluates it, replacing the relevant equations by
+`jax.custom_vjp` functions that implement the selected rule; every other
+equation is evaluated with ``eqn.primitive.bind`` and differentiated as usual.
+The attribution is then one `jax.vjp` of the re-evaluated model. The
+interpreter descends into ``jit``, ``custom_jvp_call``/``custom_vjp_call`` and
+``checkpoint`` sub-jaxprs (so Flax modules and ``jax.nn`` functions are seen
+through); other higher-order primitives (``scan``, ``while``, ``cond``) are
+evaluated as they are, with ordinary gradients inside.
+
+Which equations a rule touches ("tainted" = depends on the input x):
+
+* ReLU: ``jax.nn.relu`` (a ``custom_jvp_call``) or ``max(x, 0)``. Guided
+  backprop and deconvnet change only these.
+* Activations: elementwise equations with one tainted operand that are
+  nonlinear in it (ReLU, ``tanh``, ``logistic``, ``exp``, a ``jit`` named
+  like a ``jax.nn`` activation such as ``silu``...). DeepLIFT's rescale rule
+  applies to these. GELU as Flax writes it (``x * (1 + tanh(...)) / 2``, a
+  product of two tainted values) is not one equation: it gets ordinary
+  gradients, so summation-to-delta only holds for networks whose
+  nonlinearities are single elementwise equations.
+* Layers (LRP): ``dot_general`` and ``conv_general_dilated`` with one tainted
+  operand (the weights are constants), fused with a following ``add`` of a
+  constant bias. Other linear maps of one tainted operand (``reduce_sum``,
+  ``reduce_window_sum`` i.e. sum/average pooling, ``cumsum``) use the
+  epsilon rule; a sum of two tainted values (a residual connection) splits
+  the relevance in proportion to the two summands; elementwise equations with
+  one tainted operand (activations, scaling by constants, constant shifts,
+  dtype casts) pass relevance through unchanged; structural equations
+  (reshape, transpose, broadcast, slicing, concatenation, padding, max
+  pooling) use their ordinary transpose, which moves relevance around without
+  changing it. Anything else (products of two tainted values, softmax inside
+  attention, normalization by a tainted statistic) gets its ordinary
+  gradient, so conservation is only guaranteed for networks built from the
+  supported pieces. Batch normalization in inference mode is a constant
+  scale and shift: it passes relevance through instead of being merged into
+  the previous layer (merge it first for the canonical LRP treatment).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from saljax import _validation as V
+from saljax import model as M
+from saljax.explainers._registry import REGISTRY, prepare
+from saljax.explainers.gradients import completeness_gap, make_baseline
+
+Array = jax.Array
+
+_LAYERS = {"dot_general": "dense", "conv_general_dilated": "conv"}
+_LINEAR_ONE = {"reduce_sum", "reduce_window_sum", "cumsum"}
+# Elementwise primitives (broadcasting against constants is allowed).
+_ELEMENTWISE = {
+    "add", "sub", "mul", "div", "max", "min", "neg", "abs", "sign", "tanh", "logistic", "exp",
+    "exp2", "log", "log1p", "expm1", "erf", "erfc", "erf_inv", "integer_pow", "pow", "sqrt",
+    "rsqrt", "cbrt", "square", "sin", "cos", "tan", "atan", "asinh", "acosh", "atanh", "sinh",
+    "cosh", "convert_element_type", "copy", "copy_p", "clamp", "round", "floor", "ceil",
+    "reduce_precision", "nextafter", "select_n"}
+_SUBCALLS = {"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr",
+             "checkpoint", "remat", "closed_call", "core_call"}
+_ACTIVATION_NAMES = {
+    "relu", "relu6", "gelu", "silu", "swish", "sigmoid", "tanh", "elu", "selu", "celu",
+    "leaky_relu", "softplus", "soft_sign", "hard_tanh", "hard_sigmoid", "hard_silu",
+    "hard_swish", "mish", "log_sigmoid", "sparse_plus", "squareplus"}
+# Division by the relevance denominator when the rule's stabilizer is 0.
+_DIV_FLOOR = 0.0
+# DeepLIFT falls back to the gradient where |x - x_ref| is below this.
+_DEEPLIFT_EPS = 1e-7
+
+
+# ----------------------------------------------------------------------------
+# LRP rules.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """An LRP rule for one kind of layer (hashable, so rule sets are static).
+
+  name: ``"zero"`` (LRP-0), ``"epsilon"``, ``"gamma"``, ``"alpha_beta"``,
+    ``"zplus"`` (alpha=1, beta=0), ``"zbox"`` (z^B, input layer) or ``"flat"``.
+  epsilon: stabilizer added to denominators with their sign (epsilon rule;
+    other rules use it as a small guard, default 1e-6 as Zennit).
+  gamma: the gamma rule's weight on positive parameters (default 0.25, the
+    value of Montavon et al. 2019 and Zennit's composites).
+  alpha, beta: alpha-beta weights, ``alpha - beta = 1`` (default 1, 0).
+  low, high: z^B bounds of the input (model input space): a float, a tuple of
+    per-channel floats, or None for each example's min / max.
+  """
+  name: str
+  epsilon: float = 1e-6
+  gamma: float = 0.25
+  alpha: float = 1.0
+  beta: float = 0.0
+  low: Any = None
+  high: Any = None
+
+  def __post_init__(self):
+    V.check_choice(self.name, "rule", RULE_NAMES)
+    if self.name == "alpha_beta" and not np.isclose(self.alpha - self.beta, 1.0):
+      raise ValueError(f"rule alpha_beta: expected alpha - beta = 1, got {self.alpha} and {self.beta}")
+    if self.epsilon < 0 or self.gamma < 0:
+      raise ValueError(f"rule {self.name}: epsilon and gamma must be >= 0, got {self}")
+
+
+RULE_NAMES = ("zero", "epsilon", "gamma", "alpha_beta", "zplus", "zbox", "flat")
+
+# Composite presets (Montavon et al. 2019, "Layer-Wise Relevance Propagation:
+# An Overview"; Kohlbrenner et al. 2020, arXiv:1910.09840; names and defaults
+# as Zennit's composites). Keys: "first" (the first layer met in the forward
+# pass), "conv", "dense"; a missing key means LRP-epsilon's default.
+PRESETS: dict[str, dict[str, Rule]] = {
+    "zero": {"conv": Rule("zero"), "dense": Rule("zero")},
+    "epsilon": {"conv": Rule("epsilon"), "dense": Rule("epsilon")},
+    "epsilon_plus": {"conv": Rule("zplus"), "dense": Rule("epsilon")},
+    "epsilon_plus_flat": {"first": Rule("flat"), "conv": Rule("zplus"), "dense": Rule("epsilon")},
+    "epsilon_gamma_box": {"first": Rule("zbox"), "conv": Rule("gamma", gamma=0.25),
+                          "dense": Rule("epsilon")},
+    "epsilon_alpha2_beta1": {"conv": Rule("alpha_beta", alpha=2.0, beta=1.0),
+                             "dense": Rule("epsilon")},
+    "epsilon_alpha2_beta1_flat": {"first": Rule("flat"),
+                                  "conv": Rule("alpha_beta", alpha=2.0, beta=1.0),
+                                  "dense": Rule("epsilon")},
+}
+
+
+def _resolve_rules(rules) -> tuple[tuple[str, Rule], ...]:
+  if isinstance(rules, str):
+    if rules not in PRESETS:
+      raise ValueError(f"rules: expected a preset in {sorted(PRESETS)} or a dict, got {rules!r}")
+    rules = PRESETS[rules]
+  if not isinstance(rules, Mapping):
+    raise TypeError(f"rules: expected a preset name or a dict of Rule, got {V.describe(rules)}")
+  out = {}
+  for k, r in rules.items():
+    V.check_choice(k, "rules key", ("first", "conv", "dense"))
+    if isinstance(r, str):
+      r = Rule(r)
+    if not isinstance(r, Rule):
+      raise TypeError(f"rules[{k!r}]: expected a Rule or a rule name, got {r!r}")
+    out[k] = r
+  out.setdefault("conv", Rule("epsilon"))
+  out.setdefault("dense", Rule("epsilon"))
+  return tuple(sorted(out.items()))
+
+
+def _div(r, z, eps):
+  """``r / (z + eps * sign(z))`` with sign(0) = +1, and 0 where that is 0."""
+  zs = z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
+  ok = zs != 0
+  return jnp.where(ok, r / jnp.where(ok, zs, 1.0), 0.0)
+
+
+def _relevance(rule: Rule, lin, a, w, b, r, x_bounds):
+  """Relevance of the input `a` of ``z = lin(a, w) + b`` given output relevance `r`."""
+
+  def jt(wk, s):  # J^T s of the linear map a -> lin(a, wk)
+    return jax.vjp(lambda a_: lin(a_, wk), a)[1](s)[0]
+
+  relu = jax.nn.relu
+  name = rule.name
+  if name in ("zero", "epsilon"):
+    eps = 0.0 if name == "zero" else rule.epsilon
+    return a * jt(w, _div(r, lin(a, w) + b, eps))
+  if name == "gamma":
+    wg = w + rule.gamma * relu(w)
+    bg = b + rule.gamma * relu(b)
+    return a * jt(wg, _div(r, lin(a, wg) + bg, rule.epsilon))
+  if name in ("alpha_beta", "zplus"):
+    alpha, beta = (1.0, 0.0) if name == "zplus" else (rule.alpha, rule.beta)
+    ap, an = relu(a), -relu(-a)
+    wp, wn = relu(w), -relu(-w)
+    zp = lin(ap, wp) + lin(an, wn) + relu(b)
+    sp = _div(r, zp, rule.epsilon)
+    out = alpha * (ap * jt(wp, sp) + an * jt(wn, sp))
+    if beta:
+      zn = lin(ap, wn) + lin(an, wp) - relu(-b)
+      sn = _div(r, zn, rule.epsilon)
+      out = out - beta * (ap * jt(wn, sn) + an * jt(wp, sn))
+    return out
+  if name == "zbox":
+    low, high = x_bounds
+    low = jnp.broadcast_to(low, a.shape).astype(a.dtype)
+    high = jnp.broadcast_to(high, a.shape).astype(a.dtype)
+    wp, wn = relu(w), -relu(-w)
+    z = lin(a, w) - lin(low, wp) - lin(high, wn)
+    s = _div(r, z, rule.epsilon)
+    return a * jt(w, s) - low * jt(wp, s) - high * jt(wn, s)
+  # flat: every input of a unit's receptive field gets an equal share.
+  ones_a, ones_w = jnp.ones_like(a), jnp.ones_like(w)
+  return jt(ones_w, _div(r, lin(ones_a, ones_w), rule.epsilon))
+
+
+# ----------------------------------------------------------------------------
+# custom_vjp building blocks. Every array they need is an explicit argument
+# (closing over tracers in a custom_vjp is not allowed); the cotangents of
+# everything but the propagated operand are zero.
+
+
+def _zeros(*xs):
+  return tuple(jnp.zeros_like(v) for v in xs)
+
+
+@jax.custom_vjp
+def _guided_relu(x, y):
+  return y
+
+
+_guided_relu.defvjp(lambda x, y: (y, (x, y)),
+                    lambda res, g: (jnp.where(res[0] > 0, jax.nn.relu(g), 0.0).astype(g.dtype),
+                                    jnp.zeros_like(res[1])))
+
+
+@jax.custom_vjp
+def _deconv_relu(x, y):
+  return y
+
+
+_deconv_relu.defvjp(lambda x, y: (y, (x, y)),
+                    lambda res, g: (jax.nn.relu(g), jnp.zeros_like(res[1])))
+
+
+@jax.custom_vjp
+def _rescale(x, y, x_ref, y_ref, slope):
+  return y
+
+
+def _rescale_bwd(res, g):
+  x, y, x_ref, y_ref, slope = res
+  dx = x - x_ref
+  ok = jnp.abs(dx) > _DEEPLIFT_EPS
+  m = jnp.where(ok, (y - y_ref) / jnp.where(ok, dx, 1.0), slope)
+  return ((g * m).astype(x.dtype),) + _zeros(y, x_ref, y_ref, slope)
+
+
+_rescale.defvjp(lambda *a: (a[1], a), _rescale_bwd)
+
+
+@jax.custom_vjp
+def _pass(x, y):
+  return y
+
+
+_pass.defvjp(lambda x, y: (y, (x, y)),
+             lambda res, g: (g.astype(res[0].dtype), jnp.zeros_like(res[1])))
+
+
+@jax.custom_vjp
+def _split_sum(a, b, sign, y):
+  return y
+
+
+def _split_sum_bwd(res, r):
+  a, b, sign, y = res
+  bs = sign * b
+  z = a + bs
+  s = _div(r, z, 1e-9)
+  return (a * s).astype(a.dtype), (bs * s).astype(b.dtype), jnp.zeros_like(sign), jnp.zeros_like(y)
+
+
+_split_sum.defvjp(lambda a, b, sign, y: (y, (a, b, sign, y)), _split_sum_bwd)
+
+
+def _layer_rule(lin, rule: Rule):
+  """A custom_vjp ``(a, w, b, low, high) -> lin(a, w) + b`` propagating relevance."""
+
+  @jax.custom_vjp
+  def layer(a, w, b, low, high):
+    return lin(a, w) + b
+
+  def fwd(a, w, b, low, high):
+    return layer(a, w, b, low, high), (a, w, b, low, high)
+
+  def bwd(res, r):
+    a, w, b, low, high = res
+    ra = _relevance(rule, lin, a, w, b, r, (low, high))
+    return (ra.astype(a.dtype),) + _zeros(w, b, low, high)
+
+  layer.defvjp(fwd, bwd)
+  return layer
+
+
+def _linear_rule(lin, eps):
+  """A custom_vjp ``a -> lin(a)`` for a linear map without weights (epsilon rule)."""
+
+  @jax.custom_vjp
+  def op(a):
+    return lin(a)
+
+  def bwd(a, r):
+    s = _div(r, lin(a), eps)
+    return ((a * jax.vjp(lin, a)[1](s)[0]).astype(a.dtype),)
+
+  op.defvjp(lambda a: (lin(a), a), bwd)
+  return op
+
+
+# ----------------------------------------------------------------------------
+# The interpreter.
+
+
+@dataclasses.dataclass
+class _Ctx:
+  mode: str                      # "guided", "deconvnet", "deeplift", "lrp"
+  rules: dict | None = None
+  bounds: tuple | None = None    # (low, high) for z^B, shaped to broadcast against x
+  seen_layer: bool = False
+
+
+def _is_lit(v) -> bool:
+  return isinstance(v, jcore.Literal)
+
+
+def _bind(eqn, invals):
+  # JAX 0.10: get_bind_params returns the params (older versions: subfuns too).
+  params = eqn.primitive.get_bind_params(eqn.params)
+  subfuns = ()
+  if isinstance(params, tuple):
+    subfuns, params = params
+  with eqn.ctx.manager:
+    out = eqn.primitive.bind(*subfuns, *invals, **params)
+  return out if eqn.primitive.multiple_results else [out]
+
+
+def _sub_jaxpr(eqn):
+  """``(jaxpr, consts)`` of a call-like equation, or None."""
+  if eqn.primitive.name not in _SUBCALLS:
+    return None
+  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    j = eqn.params.get(key)
+    if isinstance(j, jcore.ClosedJaxpr):
+      return j.jaxpr, j.consts
+    if isinstance(j, jcore.Jaxpr):
+      return j, ()
+  return None
+
+
+def _is_zero(v) -> bool:
+  if _is_lit(v):
+    try:
+      return bool(np.all(np.asarray(v.val) == 0))
+    except Exception:  # noqa: BLE001 - not a concrete literal
+      return False
+  return False
+
+
+def _activation_kind(eqn, tainted: list[bool]) -> str | None:
+  """``"relu"``, ``"activation"`` or None for an equation with one tainted operand."""
+  name = eqn.primitive.name
+  if name == "max" and sum(tainted) == 1 and _is_zero(eqn.invars[tainted.index(False)]):
+    return "relu"
+  if name in ("jit", "pjit") and eqn.params.get("name") in _ACTIVATION_NAMES:
+    return "relu" if eqn.params["name"] == "relu" else "activation"
+  if name in ("custom_jvp_call", "custom_vjp_call"):
+    sub = _sub_jaxpr(eqn)
+    if sub is not None and len(sub[0].eqns) == 1:
+      inner = sub[0].eqns[0]
+      inner_t = [not _is_lit(v) for v in inner.invars]
+      kind = _activation_kind(inner, inner_t)
+      if kind is not None:
+        return kind
+    return "activation"
+  if name in _ELEMENTWISE:
+    i = tainted.index(True)
+    linear = name in ("add", "sub", "neg", "convert_element_type", "copy", "copy_p", "mul",
+                      "reduce_precision") or (name == "div" and i == 0)
+    return None if linear else "activation"
+  return None
+
+
+def _elementwise_one(eqn, tainted, invals) -> bool:
+  """One tainted operand whose shape is the (single) output's shape."""
+  if sum(tainted) != 1 or len(eqn.outvars) != 1:
+    return False
+  a = invals[tainted.index(True)]
+  out = eqn.outvars[0].aval
+  return tuple(a.shape) == tuple(out.shape)
+
+
+def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
+  """Evaluates `jaxpr` with the rules of `ctx`; returns ``(outs, ref_outs)``.
+
+  `taint[i]` says whether input i depends on x; `refs` (DeepLIFT) holds the
+  reference input's value for every tainted input, evaluated in lockstep.
+  """
+  env: dict = {}
+  ref_env: dict = {}
+  tainted_vars: set = set()
+
+  def read(v):
+    return v.val if _is_lit(v) else env[v]
+
+  def read_ref(v):
+    return v.val if _is_lit(v) else ref_env.get(v, env.get(v))
+
+  for v, c in zip(jaxpr.constvars, consts):
+    env[v] = c
+  for i, (v, a) in enumerate(zip(jaxpr.invars, args)):
+    env[v] = a
+    if taint[i]:
+      tainted_vars.add(v)
+      if refs is not None:
+        ref_env[v] = refs[i]
+
+  eqn_taint = []
+  for eqn in jaxpr.eqns:
+    t = [(not _is_lit(v)) and v in tainted_vars for v in eqn.invars]
+    eqn_taint.append(t)
+    if any(t):
+      tainted_vars.update(eqn.outvars)
+
+  # Constant bias after a layer: fuse `add(layer_out, bias)` into the layer rule.
+  fused: dict[int, int] = {}
+  if ctx.mode == "lrp":
+    uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if not _is_lit(v))
+    uses.update(v for v in jaxpr.outvars if not _is_lit(v))
+    producer = {e.outvars[0]: i for i, e in enumerate(jaxpr.eqns) if len(e.outvars) == 1}
+    for j, e in enumerate(jaxpr.eqns):
+      t = eqn_taint[j]
+      if e.primitive.name == "add" and sum(t) == 1:
+        src = e.invars[t.index(True)]
+        i = producer.get(src)
+        if (i is not None and uses[src] == 1 and jaxpr.eqns[i].primitive.name in _LAYERS
+            and sum(eqn_taint[i]) == 1 and src.aval.shape == e.outvars[0].aval.shape):
+          fused[i] = j
+  fused_add = {j: i for i, j in fused.items()}
+
+  # Constants first (they may be needed by a fused layer before their turn).
+  for eqn, t in zip(jaxpr.eqns, eqn_taint):
+    if not any(t):
+      for v, o in zip(eqn.outvars, _bind(eqn, [read(v) for v in eqn.invars])):
+        env[v] = o
+
+  for k, (eqn, t) in enumerate(zip(jaxpr.eqns, eqn_taint)):
+    if not any(t) or k in fused_add:
+      continue
+    invals = [read(v) for v in eqn.invars]
+    ref_outs = None
+    bias_eqn = jaxpr.eqns[fused[k]] if k in fused else None
+    if bias_eqn is not None:
+      bt = eqn_taint[fused[k]]
+      bias = read(bias_eqn.invars[bt.index(False)])
+      outs = _eval_eqn(ctx, eqn, t, invals, None, bias=bias)[0]
+      env[bias_eqn.outvars[0]] = outs[0]
+      continue
+    ref_in = [read_ref(v) for v in eqn.invars] if refs is not None else None
+    outs, ref_outs = _eval_eqn(ctx, eqn, t, invals, ref_in)
+    for v, o in zip(eqn.outvars, outs):
+      env[v] = o
+    if ref_outs is not None:
+      for v, o in zip(eqn.outvars, ref_outs):
+        ref_env[v] = o
+
+  outs = [read(v) for v in jaxpr.outvars]
+  ref_outs = [read_ref(v) for v in jaxpr.outvars] if refs is not None else None
+  return outs, ref_outs
+
+
+def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in, bias=None):
+  """One equation with at least one tainted operand: ``(outs, ref_outs)``."""
+  mode = ctx.mode
+  name = eqn.primitive.name
+  ref_outs = _bind(eqn, ref_in) if ref_in is not None else None
+
+  # Activations (including whole sub-calls such as jax.nn.relu).
+  if _elementwise_one(eqn, tainted, invals):
+    kind = _activation_kind(eqn, tainted)
+    i = tainted.index(True)
+    if kind is not None or mode == "lrp":
+      y = _bind(eqn, invals)[0]
+      xi = invals[i]
+      if mode == "lrp":
+        return [_pass(xi, y)], ref_outs
+      if mode in ("guided", "deconvnet") and kind == "relu":
+        return [(_guided_relu if mode == "guided" else _deconv_relu)(xi, y)], ref_outs
+      if mode == "deeplift" and kind is not None:
+        def fn(z):
+          vals = list(invals)
+          vals[i] = z
+          return _bind(eqn, vals)[0]
+        slope = jax.jvp(fn, (xi,), (jnp.ones_like(xi),))[1]
+        x_ref, y_ref = ref_in[i], ref_outs[0]
+        return [_rescale(xi, y, x_ref, y_ref, jax.lax.stop_gradient(slope))], ref_outs
+
+  # Sub-jaxprs: interpret inside.
+  sub = _sub_jaxpr(eqn)
+  if sub is not None:
+    jaxpr, consts = sub
+    n_c = len(eqn.invars) - len(jaxpr.invars)
+    args = invals[n_c:] if n_c > 0 else invals
+    taint = tainted[n_c:] if n_c > 0 else tainted
+    refs = ref_in[n_c:] if (ref_in is not None and n_c > 0) else ref_in
+    outs, sub_refs = _eval(ctx, jaxpr, consts, args, taint, refs)
+    return outs, sub_refs if ref_in is not None else None
+
+  if mode == "lrp":
+    if name in _LAYERS and sum(tainted) == 1:
+      return [_lrp_layer(ctx, eqn, tainted, invals, bias)], None
+    if name in _LINEAR_ONE and sum(tainted) == 1 and len(invals) == 1:
+      return [_linear_rule(lambda a: _bind(eqn, [a])[0], 1e-9)(invals[0])], None
+    if name in ("add", "sub") and sum(tainted) == 2:
+      a, b = invals
+      out_shape = tuple(eqn.outvars[0].aval.shape)
+      if tuple(a.shape) == out_shape and tuple(b.shape) == out_shape:
+        y = _bind(eqn, invals)[0]
+        sign = jnp.asarray(1.0 if name == "add" else -1.0, y.dtype)
+        return [_split_sum(a, b, sign, y)], None
+  return _bind(eqn, invals), ref_outs
+
+
+def _lrp_layer(ctx: _Ctx, eqn, tainted, invals, bias):
+  i = tainted.index(True)
+  a, w = invals[i], invals[1 - i]
+
+  def lin(a_, w_):
+    ops = [None, None]
+    ops[i], ops[1 - i] = a_, w_
+    return _bind(eqn, ops)[0]
+
+  rules = ctx.rules
+  key = _LAYERS[eqn.primitive.name]
+  if not ctx.seen_layer:
+    ctx.seen_layer = True
+    if "first" in rules:
+      key = "first"
+  rule = rules[key]
+  out_shape = eqn.outvars[0].aval.shape
+  b = jnp.zeros((), a.dtype) if bias is None else bias
+  if rule.name == "zbox":
+    low, high = ctx.bounds
+    if low.shape[1:] != a.shape[1:] and low.size != 1:
+      low = jnp.broadcast_to(low, a.shape)
+      high = jnp.broadcast_to(high, a.shape)
+  else:
+    low = high = jnp.zeros((), a.dtype)
+  z = _layer_rule(lin, rule)(a, w, b, low, high)
+  return jnp.broadcast_to(z, out_shape) if z.shape != tuple(out_shape) else z
+
+
+def _modified_vjp(f, x, target, mode, rules=None, bounds=None, reference=None):
+  """Cotangent at x of the re-evaluated model, seeded with the target one-hot
+  (times the target logit for LRP)."""
+  closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct(x.shape, x.dtype))
+  ctx_rules = dict(rules) if rules is not None else None
+
+  def run(x_):
+    ctx = _Ctx(mode, ctx_rules, bounds)
+    refs = [reference] if reference is not None else None
+    outs, _ = _eval(ctx, closed.jaxpr, closed.consts, [x_], [True], refs)
+    if len(outs) != 1:
+      raise ValueError(f"the model must return one logits array, got {len(outs)} outputs")
+    return outs[0]
+
+  logits, pull = jax.vjp(run, x)
+  onehot = jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
+  seed = onehot * logits if mode == "lrp" else onehot
+  return pull(seed)[0]
+
+
+# ----------------------------------------------------------------------------
+# Public explainers.
+
+
+@functools.partial(jax.jit, static_argnames=("f", "mode"))
+def _modified_gradient(f, x, target, mode):
+  return _modified_vjp(f, x, target, mode)
+
+
+@REGISTRY.register("guided_backprop", kind="pixel")
+def guided_backprop(f, x, target, *, key=None) -> Array:
+  """Guided backpropagation (Springenberg et al. 2015, "Striving for Simplicity:
+  The All Convolutional Net", arXiv:1412.6806).
+
+  The gradient of the target logit where every ReLU's backward pass keeps only
+  positive gradients at positive inputs: ``g_in = (x > 0) * max(g_out, 0)``.
+  Other nonlinearities keep their ordinary gradient (as Captum's
+  `GuidedBackprop`, which overrides ReLUs only). Returns an array shaped like x.
+  A map is non-negative wherever the input reaches the logit through a ReLU
+  followed only by non-negative linear maps; in general (signed weights after
+  the last ReLU) it is not.
+  """
+  f, x, target = prepare(f, x, target)
+  return _modified_gradient(f, x, target, "guided")
+
+
+@REGISTRY.register("deconvnet", kind="pixel")
+def deconvnet(f, x, target, *, key=None) -> Array:
+  """Deconvnet (Zeiler and Fergus 2014, "Visualizing and Understanding
+  Convolutional Networks", arXiv:1311.2901), as a modified gradient: every
+  ReLU's backward pass is a ReLU of the incoming gradient,
+  ``g_in = max(g_out, 0)``, whatever the forward input (Springenberg et al.'s
+  formulation, and Captum's `Deconvolution`). Max pooling keeps its switches
+  (the ordinary gradient of the forward pass). Returns an array shaped like x.
+  """
+  f, x, target = prepare(f, x, target)
+  return _modified_gradient(f, x, target, "deconvnet")
+
+
+@functools.partial(jax.jit, static_argnames=("f",))
+def _deeplift(f, x, target, reference):
+  g = _modified_vjp(f, x, target, "deeplift", reference=reference)
+  return (x - reference) * g
+
+
+@REGISTRY.register("deeplift", kind="pixel")
+def deeplift(f, x, target, *, key=None, baseline: Any = None, return_delta: bool = False):
+  """DeepLIFT with the rescale rule (Shrikumar, Greenside, Kundaje 2017,
+  "Learning Important Features Through Propagating Activation Differences",
+  arXiv:1704.02685).
+
+  Multipliers are propagated as gradients, except through activations, where
+  the multiplier is ``(y - y_ref) / (x - x_ref)`` (the gradient where
+  ``|x - x_ref| <= 1e-7``); attributions are ``(x - x_ref) * multiplier``.
+  Linear layers, sums and pooling by averaging are exact; max pooling and
+  products of two input-dependent values use ordinary gradients. On a network
+  of linear maps and elementwise activations the attributions sum to
+  ``f(x)[t] - f(x_ref)[t]`` (summation-to-delta).
+
+  Args:
+    baseline: the reference input, default zeros (Captum's default); a float,
+      ``"blur"`` or an array as `saljax.make_baseline`, in the model's input space.
+    return_delta: also return ``sum(attr) - (f(x)[t] - f(x_ref)[t])`` per
+      example, ``[B]`` (Captum's convergence delta).
+  """
+  f, x, target = prepare(f, x, target)
+  ref = make_baseline(x, baseline)
+  attr = _deeplift(f, x, target, ref)
+  if return_delta:
+    return attr, completeness_gap(f, x, attr, target, ref)
+  return attr
+
+
+def _bounds(x, rules, low_default=None, high_default=None):
+  """z^B bounds: per-example min / max of x unless the rule gives them."""
+  zb = dict(rules).get("first")
+  if zb is None or zb.name != "zbox":
+    return None
+  axes = tuple(range(1, x.ndim))
+  shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+
+  def one(v, fallback):
+    if v is None:
+      return fallback(x, axis=axes).reshape(shape)
+    return jnp.asarray(v, x.dtype)  # float or per-channel tuple (broadcasts on the last axis)
+
+  return one(zb.low, jnp.min), one(zb.high, jnp.max)
+
+
+@functools.partial(jax.jit, static_argnames=("f", "rules"))
+def _lrp(f, x, target, rules):
+  return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
+
+
+@REGISTRY.register("lrp", kind="pixel")
+def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float | None = None,
+        return_delta: bool = False):
+  """Layer-wise relevance propagation (Bach et al. 2015, "On Pixel-Wise
+  Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance
+  Propagation", PLoS ONE; rules as in Montavon et al. 2019, "Layer-Wise
+  Relevance Propagation: An Overview").
+
+  The relevance of the output is the target logit (the one-hot seed times the
+  logit); each layer ``z = W a + b`` redistributes it to its inputs by its
+  rule, with `a` and `R` per unit:
+
+  * ``zero``: ``R_j = a_j sum_k w_jk R_k / z_k``;
+  * ``epsilon``: ``R_j = a_j sum_k w_jk R_k / (z_k + eps sign(z_k))``;
+  * ``gamma``: ``w -> w + gamma w^+`` (and ``b -> b + gamma b^+``) in both
+    numerator and denominator (meant for non-negative inputs, i.e. after ReLU);
+  * ``alpha_beta``: ``alpha`` times the share of the positive contributions
+    minus ``beta`` times the share of the negative ones (inputs split by sign),
+    ``zplus`` = alpha 1, beta 0;
+  * ``zbox`` (z^B, Montavon et al. 2017, for the input layer, bias left out):
+    ``R_j = sum_k (a_j w_jk - l_j w^+_jk - h_j w^-_jk) / z^B_k R_k`` with the
+    input bounds l, h;
+  * ``flat``: equal shares over each unit's receptive field.
+
+  Args:
+    rules: a preset name (default ``"epsilon_plus"``: z+ for convolutions,
+      epsilon for dense layers, the recommended default of Kohlbrenner et al.
+      2020 / Zennit's ``EpsilonPlus``) or a dict ``{"first"|"conv"|"dense":
+      Rule or name}``; presets: ``zero``, ``epsilon``, ``epsilon_plus``,
+      ``epsilon_plus_flat``, ``epsilon_gamma_box``, ``epsilon_alpha2_beta1``,
+      ``epsilon_alpha2_beta1_flat``. ``"first"`` is the first layer met in the
+      forward pass.
+    epsilon: overrides the epsilon of every epsilon rule in the set (default
+      None: the rules' own, 1e-6).
+    return_delta: also return ``sum(R) - f(x)[t]`` per example ``[B]``
+      (zero for a bias-free ReLU network under LRP-0 / epsilon -> 0).
+
+  Returns:
+    relevance shaped like x (and the delta).
+
+  See the module docstring for the operations supported; unsupported ones get
+  ordinary gradients, and conservation then only holds approximately.
+  """
+  f, x, target = prepare(f, x, target)
+  rule_set = _resolve_rules(rules)
+  if epsilon is not None:
+    if not epsilon >= 0:
+      raise ValueError(f"epsilon: expected a float >= 0, got {epsilon!r}")
+    rule_set = tuple((k, dataclasses.replace(r, epsilon=float(epsilon)) if r.name == "epsilon"
+                      else r) for k, r in rule_set)
+  rel = _lrp(f, x, target, rule_set)
+  if return_delta:
+    logit = M.target_logit(f, x, target)
+    return rel, rel.reshape(x.shape[0], -1).sum(1) - logit
+  return rel
