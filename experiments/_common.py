@@ -1,0 +1,262 @@
+"""What every experiment binary shares: config and workdir checks, datasets,
+models, optimizers, the train state, and loading a trained model."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from experiments import _models
+from experiments.configs import base as base_config
+from saljax import checkpoint as ckpt_lib
+from saljax import model as M
+from saljax.data import pipelines
+
+
+# ----------------------------------------------------------------------------
+# Config and workdir.
+
+
+def _walk(c, prefix=""):
+  for k, v in c.items():
+    path = f"{prefix}{k}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)) and path not in (
+        "explain.options", "evaluate.options"):
+      yield from _walk(v, path + ".")
+    else:
+      yield path
+
+
+def check_config(config: Any) -> ml_collections.ConfigDict:
+  """Raises ValueError naming every field the schema (configs/base.py) lacks."""
+  if not isinstance(config, (ml_collections.ConfigDict, dict)):
+    raise TypeError(f"config: expected an ml_collections.ConfigDict, got {type(config).__name__}")
+  known = set(_walk(base_config.base()))
+  got = set(_walk(config))
+  unknown = sorted(got - known)
+  if unknown:
+    import difflib
+    hints = {u: difflib.get_close_matches(u, known, n=1) for u in unknown}
+    hint = "; ".join(f"{u} (did you mean {h[0]}?)" if h else u for u, h in hints.items())
+    raise ValueError(f"config: unknown field(s): {hint}. Known fields are in experiments/configs/base.py")
+  # Fill what a hand-built config left out with the defaults.
+  def merge(dst, src):
+    for k, v in src.items():
+      if isinstance(v, dict) and isinstance(dst.get(k), dict):
+        merge(dst[k], v)
+      else:
+        dst[k] = v
+    return dst
+
+  src = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  return ml_collections.ConfigDict(merge(base_config.base().to_dict(), src))
+
+
+def check_workdir(workdir: str) -> str:
+  """Creates `workdir` and checks it can be written, or raises ValueError."""
+  if not workdir or not isinstance(workdir, (str, os.PathLike)):
+    raise ValueError(f"workdir: expected a directory path, got {workdir!r}")
+  workdir = os.path.abspath(os.fspath(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_test_"):
+      pass
+  except OSError as e:
+    raise ValueError(f"workdir: {workdir} cannot be written: {e.strerror or e}") from e
+  return workdir
+
+
+# ----------------------------------------------------------------------------
+# Data.
+
+
+def _norm(v):
+  if v is None:
+    return None
+  return np.asarray(v, np.float32)
+
+
+def load_dataset(config, split: str, preprocess: Callable | None = None) -> pipelines.Dataset:
+  d = config.data
+  if d.name == "photos":
+    return photos_dataset(config, preprocess)
+  kw = {}
+  if d.name.startswith("blockmnist"):
+    kw["seed"] = d.seed
+  return pipelines.load(d.name, split, data_dir=d.data_dir, image_size=d.image_size,
+                        mean=_norm(d.mean), std=_norm(d.std), **kw)
+
+
+def photos_dataset(config, preprocess: Callable | None = None) -> pipelines.ArrayDataset:
+  """The bundled photos as a dataset: through a pretrained model's own
+  `preprocess` when given, else resized (shorter side, centre crop) to
+  `data.image_size` and normalized with `data.mean`/`data.std`."""
+  from saljax import data as data_lib
+
+  photos = data_lib.photos()
+  names = sorted(photos)
+  imgs = []
+  for n in names:
+    img = np.asarray(photos[n])
+    if img.ndim == 2:
+      img = np.repeat(img[..., None], 3, -1)
+    imgs.append(img[..., :3].astype(np.uint8))
+  label = np.zeros(len(names), np.int32)  # no labels: explain the predicted class
+  if preprocess is not None:
+    arrays = {"image": np.asarray(preprocess(imgs), np.float32), "label": label}
+    return pipelines.ArrayDataset("photos", "test", arrays, num_classes=1000)
+  size = tuple(config.data.image_size or (224, 224))
+  imgs = [pipelines._resize(i, size, crop=True) for i in imgs]
+  arrays = {"image": np.stack(imgs).astype(np.float32) / 255.0, "label": label}
+  return pipelines.ArrayDataset("photos", "test", arrays, num_classes=1000,
+                                mean=_norm(config.data.mean), std=_norm(config.data.std))
+
+
+def input_bounds(config, channels: int):
+  """The [0, 1] pixel range mapped through mean/std, as a scalar pair when it is one."""
+  mean = np.broadcast_to(np.asarray(config.data.mean, np.float32), (channels,))
+  std = np.broadcast_to(np.asarray(config.data.std, np.float32), (channels,))
+  lo, hi = (0 - mean) / std, (1 - mean) / std
+  if np.allclose(lo, lo[0]) and np.allclose(hi, hi[0]):
+    return float(lo[0]), float(hi[0])
+  return None  # per-channel ranges differ; the attack is not clipped
+
+
+# ----------------------------------------------------------------------------
+# Models and train state.
+
+
+@dataclasses.dataclass
+class Model:
+  """A model ready for the binaries: ``apply(variables, x, train)``."""
+  name: str
+  module: Any
+  default_layer: str | None
+  pretrained: Any = None  # a saljax.models Classifier when pretrained
+
+  def init(self, key, image_shape):
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    # One compiled init instead of one small compile per parameter.
+    return jax.jit(lambda k: self.module.init(k, x, train=False))(key)
+
+  def apply(self, variables, x, train: bool = False):
+    """Returns ``(logits, new_batch_stats or None)``."""
+    if train and "batch_stats" in variables:
+      logits, upd = self.module.apply(variables, x, train=True, mutable=["batch_stats"])
+      return logits, upd["batch_stats"]
+    return self.module.apply(variables, x, train=False), None
+
+
+def build_model(config, num_classes: int) -> Model:
+  if config.model.pretrained:
+    from saljax import models as zoo
+    clf = zoo.load_pretrained(config.model.name)
+    return Model(config.model.name, None, getattr(clf, "default_layer", None), pretrained=clf)
+  built = _models.build(config.model, num_classes)
+  return Model(built.name, built.module, built.default_layer)
+
+
+def make_optimizer(tcfg) -> optax.GradientTransformation:
+  steps = max(int(tcfg.steps), 1)
+  if tcfg.schedule == "constant":
+    lr = optax.constant_schedule(tcfg.learning_rate)
+    if tcfg.warmup_steps:
+      lr = optax.join_schedules(
+          [optax.linear_schedule(0.0, tcfg.learning_rate, tcfg.warmup_steps), lr], [tcfg.warmup_steps])
+  elif tcfg.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, tcfg.learning_rate, min(tcfg.warmup_steps, steps - 1),
+                                            steps)
+  else:
+    raise ValueError(f"train.schedule: expected 'constant' or 'cosine', got {tcfg.schedule!r}")
+  if tcfg.optimizer == "adam":
+    tx = optax.adam(lr)
+    if tcfg.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(tcfg.weight_decay), tx)
+    return tx
+  if tcfg.optimizer == "adamw":
+    return optax.adamw(lr, weight_decay=tcfg.weight_decay)
+  if tcfg.optimizer == "sgd":
+    tx = optax.sgd(lr, momentum=tcfg.momentum or None, nesterov=False)
+    if tcfg.weight_decay:
+      tx = optax.chain(optax.add_decayed_weights(tcfg.weight_decay), tx)
+    return tx
+  raise ValueError(f"train.optimizer: expected 'adam', 'adamw' or 'sgd', got {tcfg.optimizer!r}")
+
+
+def init_state(model: Model, tx, key, image_shape) -> dict[str, Any]:
+  variables = model.init(key, image_shape)
+  params = variables["params"]
+  return {"step": jnp.zeros((), jnp.int32), "params": params,
+          "batch_stats": variables.get("batch_stats", {}), "opt_state": tx.init(params)}
+
+
+def variables_of(state) -> dict[str, Any]:
+  v = {"params": state["params"]}
+  if state.get("batch_stats"):
+    v["batch_stats"] = state["batch_stats"]
+  return v
+
+
+def checkpoint_manager(config, workdir: str, model: Model, state, **kw) -> ckpt_lib.CheckpointManager:
+  return ckpt_lib.CheckpointManager(
+      os.path.join(workdir, "checkpoints"),
+      fingerprint=ckpt_lib.fingerprint(model.name, {"params": state["params"],
+                                                    "batch_stats": state["batch_stats"]}),
+      max_to_keep=config.train.max_to_keep, best_metric=config.train.best_metric or None, **kw)
+
+
+@dataclasses.dataclass
+class Trained:
+  """A model ready to explain: the plain forward, the tapped forward, and its data."""
+  model: Model
+  variables: Any
+  f: Callable
+  tapped: M.Tapped
+  step: int
+
+
+def load_trained(config, workdir: str, image_shape, num_classes: int) -> Trained:
+  """The pretrained model, or the model of a train run restored from its checkpoints.
+
+  Raises FileNotFoundError when there is no checkpoint, ValueError when it is
+  another model's.
+  """
+  model = build_model(config, num_classes)
+  if model.pretrained is not None:
+    clf = model.pretrained
+    return Trained(model, None, clf, clf.tapped, 0)
+  tx = make_optimizer(config.train)
+  state = init_state(model, tx, jax.random.key(config.seed), image_shape)
+  src = config.explain.train_workdir or workdir
+  mgr = checkpoint_manager(config, src, model, state)
+  best = config.explain.checkpoint == "best"
+  if (mgr.best_step() if best else mgr.latest_step()) is None:
+    raise FileNotFoundError(
+        f"no {'best ' if best else ''}checkpoint of model {model.name!r} under {src}/checkpoints:"
+        " run experiments.train with this config first, or set explain.train_workdir")
+  step, state, _ = mgr.restore(state, best=best)
+  mgr.close()
+  variables = variables_of(state)
+  module = model.module
+  f = _Forward(module, variables)
+  tapped = M.from_linen(module, variables, apply_kwargs={"train": False},
+                        example=jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return Trained(model, variables, f, tapped, step)
+
+
+class _Forward:
+  """``x -> logits`` of a linen module with fixed variables; hashes by identity
+  so explainers compile once per (model, shape)."""
+
+  def __init__(self, module, variables):
+    self.module, self.variables = module, variables
+
+  def __call__(self, x):
+    return self.module.apply(self.variables, x, train=False)

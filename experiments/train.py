@@ -1,0 +1,226 @@
+"""Trains a classifier with optax: standard, or adversarial (FGSM / PGD, L2 or
+Linf; Goodfellow et al. 2015, Madry et al. 2018).
+
+    python -m experiments.train --config=experiments/configs/blockmnist_robust.py \
+        --workdir=runs/bm_robust --config.train.steps=3000
+
+Writes under `workdir`: ``config.json``, ``metrics.jsonl`` and TensorBoard
+events (process 0 only), and Orbax checkpoints (``checkpoints/latest`` keeps
+the last `train.max_to_keep`, ``checkpoints/best`` the best by
+`train.best_metric`). A restart with the same workdir resumes from the latest
+complete checkpoint and ends with the same parameters as an uninterrupted run:
+the batch and the attack's random start at step `s` depend only on
+``(seed, s)``. SIGTERM (preemption) saves a checkpoint before exiting.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import _common as C
+from saljax import attacks
+from saljax import logging as slog
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM so the loop saves and stops at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    logging.warning("SIGTERM received: saving a checkpoint before exiting")
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _attack_fn(config, bounds):
+  """``(loss_fn, x, key) -> x_adv`` for the configured adversarial training, or None."""
+  adv = config.train.adversarial
+  if adv.mode == "none":
+    return None
+  if adv.mode not in ("fgsm", "pgd"):
+    raise ValueError(f"train.adversarial.mode: expected 'none', 'fgsm' or 'pgd', got {adv.mode!r}")
+  if adv.norm not in attacks.NORMS:
+    raise ValueError(f"train.adversarial.norm: expected one of {list(attacks.NORMS)}, got {adv.norm!r}")
+  bounds = bounds if adv.clip_to_data else None
+  eps = float(adv.epsilon)
+  if adv.mode == "fgsm":
+    return lambda loss_fn, x, key: attacks.fgsm_perturb(loss_fn, x, eps, norm=adv.norm, bounds=bounds)
+  step_size = adv.step_size if adv.step_size is not None else 2.5 * eps / adv.steps
+  return lambda loss_fn, x, key: attacks.pgd_perturb(
+      loss_fn, x, key, eps, step_size, steps=int(adv.steps), norm=adv.norm,
+      random_start=bool(adv.random_start), bounds=bounds)
+
+
+def make_steps(config, model: C.Model, tx, bounds):
+  """The jitted train and eval steps."""
+  attack = _attack_fn(config, bounds)
+  base_key = jax.random.key(config.seed)
+
+  def loss_of(params, batch_stats, x, y, train):
+    v = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    logits, new_bs = model.apply(v, x, train=train)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (logits, new_bs)
+
+  @jax.jit
+  def train_step(state, x, y):
+    step = state["step"]
+    x_in = x
+    if attack is not None:
+      # The attack sees the model in inference mode (running BN statistics),
+      # so generating examples does not move the statistics.
+      v = {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
+      loss_fn = lambda z: optax.softmax_cross_entropy_with_integer_labels(model.apply(v, z)[0], y)
+      x_in = attack(loss_fn, x, jax.random.fold_in(base_key, step))
+    (loss, (logits, new_bs)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state["params"], state["batch_stats"], x_in, y, True)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new_state = {"step": step + 1, "params": params,
+                 "batch_stats": new_bs if new_bs is not None else state["batch_stats"],
+                 "opt_state": opt_state}
+    acc = (jnp.argmax(logits, -1) == y).mean()
+    return new_state, {"train_loss": loss, "train_accuracy": acc,
+                       "grad_norm": optax.tree.norm(grads)}
+
+  @jax.jit
+  def eval_step(state, x, y, w):
+    """Sums over the rows with weight 1 (a ragged last batch is padded with weight 0)."""
+    v = {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}
+    logits = model.apply(v, x)[0]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    out = {"loss_sum": (losses * w).sum(), "correct": ((jnp.argmax(logits, -1) == y) * w).sum()}
+    if attack is not None and config.train.adversarial.eval_robust:
+      adv = config.train.adversarial
+      loss_fn = lambda z: optax.softmax_cross_entropy_with_integer_labels(model.apply(v, z)[0], y)
+      step_size = adv.step_size if adv.step_size is not None else 2.5 * adv.epsilon / adv.steps
+      # Evaluated with PGD from x (no random start), so the number is deterministic.
+      x_adv = attacks.pgd_perturb(loss_fn, x, None, float(adv.epsilon), step_size,
+                                  steps=int(adv.steps), norm=adv.norm, random_start=False,
+                                  bounds=bounds if adv.clip_to_data else None)
+      out["robust_correct"] = ((jnp.argmax(model.apply(v, x_adv)[0], -1) == y) * w).sum()
+    return out
+
+  return train_step, eval_step
+
+
+def evaluate(eval_step, state, ds, config) -> dict[str, float]:
+  """Loss, accuracy (and PGD accuracy when adversarial) on the first
+  `train.eval_examples` of `ds` (all when 0), in batches of one shape."""
+  n = len(ds) if not config.train.eval_examples else min(len(ds), config.train.eval_examples)
+  bs = config.train.batch_size
+  totals: dict[str, float] = {}
+  for start in range(0, n, bs):
+    idx = np.arange(start, start + bs)
+    w = (idx < n).astype(np.float32)
+    b = ds.batch(np.minimum(idx, n - 1))
+    out = jax.device_get(eval_step(state, jnp.asarray(b["image"]), jnp.asarray(b["label"]),
+                                   jnp.asarray(w)))
+    for k, v in out.items():
+      totals[k] = totals.get(k, 0.0) + float(v)
+  metrics = {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["correct"] / n}
+  if "robust_correct" in totals:
+    metrics["eval_robust_accuracy"] = totals["robust_correct"] / n
+  return metrics
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Trains per `config`, checkpointing and logging under `workdir`.
+
+  Returns ``{"state": the final train state, "metrics": last eval metrics,
+  "step": last step, "preempted": bool}``.
+  """
+  config = C.check_config(config)
+  workdir = C.check_workdir(workdir)
+  tcfg = config.train
+  for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "max_to_keep"):
+    v = tcfg[name]
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
+      raise ValueError(f"train.{name}: expected a positive int, got {v!r}")
+  ds_train = C.load_dataset(config, config.data.train_split)
+  ds_eval = C.load_dataset(config, config.data.eval_split)
+  model = C.build_model(config, ds_train.num_classes)
+  if model.pretrained is not None:
+    raise ValueError("model.pretrained: experiments.train trains from scratch; set model.pretrained=False")
+  tx = C.make_optimizer(tcfg)
+  state = C.init_state(model, tx, jax.random.key(config.seed), ds_train.image_shape)
+  bounds = C.input_bounds(config, ds_train.image_shape[-1])
+  train_step, eval_step = make_steps(config, model, tx, bounds)
+
+  mgr = C.checkpoint_manager(config, workdir, model, state, async_save=tcfg.async_checkpoint)
+  start = 0
+  if mgr.latest_step() is not None:
+    start, state, _ = mgr.restore(state)
+    logging.info("resumed from step %d", start)
+  writer = slog.MetricWriter(workdir)
+  writer.write_config(config)
+  progress = slog.Progress(tcfg.steps, name="train", start=start,
+                           every_seconds=tcfg.progress_every_s)
+  metrics: dict[str, float] = {}
+  preempted = False
+  step = start
+  with _Preemption() as preemption:
+    for step in range(start, tcfg.steps):
+      b = ds_train.batch_for_step(step, tcfg.batch_size, seed=config.seed)
+      state, m = train_step(state, jnp.asarray(b["image"]), jnp.asarray(b["label"]))
+      done = step + 1
+      if done % tcfg.log_every == 0:
+        writer.write(done, jax.device_get(m))
+      if done % tcfg.eval_every == 0 or done == tcfg.steps:
+        metrics = evaluate(eval_step, state, ds_eval, config)
+        writer.write(done, metrics)
+        mgr.save(done, state, metrics=metrics, force=True)
+      elif done % tcfg.checkpoint_every == 0:
+        mgr.save(done, state, force=True)
+      progress.update(done)
+      if preemption.requested or mgr.reached_preemption(done):
+        if mgr.latest_step() != done:
+          mgr.save(done, state, force=True)
+        writer.write(done, {"preempted_at": done})
+        preempted = True
+        break
+    else:
+      step = tcfg.steps - 1
+  last = step + 1 if tcfg.steps else 0
+  if not preempted and tcfg.steps and mgr.latest_step() != last:
+    mgr.save(last, state, force=True)
+  mgr.close()
+  progress.update(last, force=True)
+  writer.close()
+  return {"state": state, "metrics": metrics, "step": last, "preempted": preempted}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  out = run(_CONFIG.value, _WORKDIR.value)
+  logging.info("done at step %d: %s", out["step"], out["metrics"])
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config", "workdir"])
+  jax.config.config_with_absl()
+  app.run(main)
