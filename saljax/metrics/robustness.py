@@ -1,1 +1,198 @@
-"""robustness metrics."""
+"""Robustness metrics: does the explanation stay put when the input barely moves?
+
+Each metric re-runs an explainer on perturbed copies of the input, so it takes
+the explainer as an argument (metrics never import explainers): any callable
+with the explainer contract ``explainer(f, x, target, *, key=None, **options)``,
+e.g. ``saljax.explainers.gradient``, with its options in `explainer_options`
+(a dict of hashable values; they are static for compilation). The explainer
+is traced into the metric's compiled function, so it must be traceable (every
+saljax explainer is). Stochastic explainers get a fresh key per perturbation.
+
+Perturbations run through `saljax.parallel.chunked_map` (``batch_size``
+perturbations of the whole batch at a time). All return ``[B]``, the maximum
+over `samples` perturbations; LOWER is more robust.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from saljax import _validation as V
+from saljax import model as M
+from saljax import parallel
+from saljax.metrics import _common as C
+from saljax.metrics._registry import REGISTRY
+
+Array = jax.Array
+
+KINDS = ("max_sensitivity", "local_lipschitz", "relative_input_stability")
+
+
+def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, tuple]:
+  """Validates the explainer argument; returns it and its options as a static tuple."""
+  if explainer is None:
+    raise ValueError("explainer: expected an explainer callable (e.g. saljax.explainers.gradient),"
+                     " got None")
+  if not callable(explainer):
+    raise TypeError(f"explainer: expected an explainer callable, got {V.describe(explainer)}")
+  options = dict(explainer_options or {})
+  for k, v in options.items():
+    try:
+      hash(v)
+    except TypeError as e:
+      raise TypeError(f"explainer_options: {k}={v!r} must be hashable (it is static under jit)") from e
+  return explainer, tuple(sorted(options.items()))
+
+
+def explain(explainer, model, x, target, key, options: tuple) -> Array:
+  """Calls the explainer with the contract's arguments, as float32."""
+  return jnp.asarray(explainer(model, x, target, key=key, **dict(options)), jnp.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _explanation_shape(explainer, model, options, shape, dtype):
+  x = jax.ShapeDtypeStruct(shape, dtype)
+  t = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
+  k = jax.eval_shape(lambda: jax.random.key(0))
+  return tuple(jax.eval_shape(lambda x, t, k: explain(explainer, model, x, t, k, options),
+                              x, t, k).shape)
+
+
+def check_explanation(attribution, explainer, model, x, target, key, options, *, name="attribution"):
+  """The explanation of `x` (computed when `attribution` is None), checked against the
+  explainer's output shape."""
+  want = _explanation_shape(explainer, model, options, tuple(x.shape), jnp.dtype(x.dtype))
+  if attribution is None:
+    return explain(explainer, model, x, target, key, options)
+  if not hasattr(attribution, "shape"):
+    raise TypeError(f"{name}: expected a floating array, got {V.describe(attribution)}")
+  if tuple(attribution.shape) != want:
+    raise ValueError(f"{name}: expected the explainer's output shape {want}, got"
+                     f" {tuple(attribution.shape)}")
+  if not jnp.issubdtype(attribution.dtype, jnp.floating):
+    raise TypeError(f"{name}: expected a floating-point array, got {V.describe(attribution)}")
+  if V.is_concrete(attribution) and not bool(jnp.isfinite(attribution).all()):
+    raise ValueError(f"{name}: expected finite values, got NaN or inf")
+  return jnp.asarray(attribution, jnp.float32)
+
+
+def _norm(v: Array) -> Array:
+  return jnp.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "explainer", "options", "kind", "samples",
+                                             "batch_size"))
+def _stability(model, x, target, e_x, key, radius, eps, *, explainer, options,
+               kind, samples, batch_size):
+  f = M.as_model(model)
+  pred = jnp.argmax(f(x), -1)
+  e_norm = _norm(e_x)
+
+  def one(k):
+    kn, ke = jax.random.split(k)
+    if kind == "local_lipschitz":
+      d = radius * jax.random.normal(kn, x.shape, x.dtype)
+    else:
+      d = jax.random.uniform(kn, x.shape, x.dtype, -radius, radius)
+    xp = x + d
+    diff = explain(explainer, model, xp, target, ke, options) - e_x
+    if kind == "max_sensitivity":
+      return _norm(diff) / jnp.where(e_norm > 0, e_norm, 1.0)
+    if kind == "local_lipschitz":
+      dn = _norm(d)
+      return _norm(diff) / jnp.where(dn > 0, dn, 1.0)
+    num = _norm(diff / (e_x + (e_x == 0) * eps))
+    den = jnp.maximum(_norm(d / (x + (x == 0) * eps)), eps)
+    same = jnp.argmax(f(xp), -1) == pred
+    return jnp.where(same, num / den, 0.0)
+
+  vals = parallel.chunked_map(one, jax.random.split(key, samples), batch_size=batch_size)
+  return vals.max(0)
+
+
+def _run(kind, f, x, attribution, target, key, explainer, explainer_options, radius, samples,
+         batch_size, eps=1e-6):
+  model = f
+  _, x, target = C.prepare_model(f, x, target)
+  key = C.check_key(key, kind)
+  explainer, options = check_explainer(explainer, explainer_options)
+  samples = V.check_positive_int(samples, "samples")
+  batch_size = V.check_batch_size(batch_size)
+  if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0:
+    raise ValueError(f"{kind}: expected a perturbation size > 0, got {radius!r}")
+  k0, k1 = jax.random.split(key)
+  e_x = check_explanation(attribution, explainer, model, x, target, k0, options)
+  return _stability(model, x, target, e_x, k1, jnp.float32(radius), jnp.float32(eps),
+                    explainer=explainer, options=options, kind=kind, samples=samples,
+                    batch_size=batch_size)
+
+
+@REGISTRY.register("max_sensitivity", kind="robustness", stochastic=True)
+def max_sensitivity(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
+                    radius: float = 0.02, samples: int = 10, batch_size: int | None = None):
+  """Max-sensitivity (Yeh, Hsieh, Suggala, Inouye, Ravikumar 2019, "On the
+  (In)fidelity and Sensitivity of Explanations", NeurIPS, arXiv:1901.09392).
+
+  ``max_d ||E(x + d) - E(x)||_F / ||E(x)||_F`` over `samples` draws of ``d``
+  uniform in the L-infinity ball of `radius`. Defaults as Captum's
+  `sensitivity_max` (radius 0.02, 10 samples, Frobenius norm, relative to the
+  norm of ``E(x)``; a zero ``E(x)`` divides by 1). 0 for a gradient of a
+  linear model.
+
+  Args:
+    f: model (a `saljax.model.Tapped` is passed as is to layer explainers).
+    attribution: ``E(x)``, or None to compute it with the explainer.
+    key: required.
+    explainer, explainer_options: the explanation method and its options.
+    radius: L-infinity radius in input units.
+    samples: perturbations, default 10.
+    batch_size: perturbations evaluated together.
+
+  Returns:
+    ``[B]``.
+  """
+  return _run("max_sensitivity", f, x, attribution, target, key, explainer, explainer_options,
+              radius, samples, batch_size)
+
+
+@REGISTRY.register("local_lipschitz", kind="robustness", stochastic=True)
+def local_lipschitz(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
+                    std: float = 0.1, samples: int = 200, batch_size: int | None = None):
+  """Local Lipschitz estimate (Alvarez-Melis, Jaakkola 2018, "On the Robustness
+  of Interpretability Methods", arXiv:1806.08049).
+
+  ``max_d ||E(x + d) - E(x)||_2 / ||d||_2`` with ``d ~ N(0, std^2)``, sampled
+  instead of the paper's optimization; defaults as Quantus'
+  `LocalLipschitzEstimate` (std 0.1, 200 samples). Arguments as in
+  `max_sensitivity`.
+
+  Returns:
+    ``[B]``.
+  """
+  return _run("local_lipschitz", f, x, attribution, target, key, explainer, explainer_options,
+              std, samples, batch_size)
+
+
+@REGISTRY.register("relative_input_stability", kind="robustness", stochastic=True)
+def relative_input_stability(f, x, attribution, target, *, key=None, explainer=None,
+                             explainer_options=None, radius: float = 0.2, samples: int = 200,
+                             eps: float = 1e-6, batch_size: int | None = None):
+  """Relative input stability (Agarwal, Johnson, Pawelczyk, Krishna, Saxena,
+  Zitnik, Lakkaraju 2022, "Rethinking Stability for Attribution-based
+  Explanations", arXiv:2203.06877).
+
+  ``max_x' ||(E(x) - E(x')) / E(x)||_2 / max(||(x - x') / x||_2, eps)`` over
+  perturbations ``x' = x + d``, ``d ~ U(-radius, radius)``, that keep the
+  predicted class (others are dropped, i.e. score 0; Quantus returns NaN for
+  them). Elementwise divisions by 0 use `eps` instead, as Quantus. Defaults:
+  Quantus' 200 samples, noise bound 0.2 (Quantus draws ``U(0, 0.2)``; the
+  symmetric ball is used here) and ``eps = 1e-6``.
+
+  Returns:
+    ``[B]``.
+  """
+  return _run("relative_input_stability", f, x, attribution, target, key, explainer,
+              explainer_options, radius, samples, batch_size, eps)
