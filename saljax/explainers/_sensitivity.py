@@ -1,0 +1,194 @@
+"""Global-sensitivity black-box attributions over a coarse grid of patches:
+Sobol total-order indices (Fel et al. 2021) and HSIC dependence (Novello et al.
+2022), as in Xplique and the authors' code (see
+/work/shared/references/lima_submodular.md, parts 3 and 4).
+
+Both perturb the input with grid masks ``M`` upsampled to the image
+(nearest neighbour) as ``x * M + fill * (1 - M)`` ("inpainting" with fill 0 in
+Xplique), evaluate every masked copy through the compiled model in chunks, and
+resize the ``grid x grid`` scores to the image bicubically.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saljax import _validation as V
+from saljax import parallel
+from saljax.explainers import _masking as MK
+from saljax.explainers._registry import REGISTRY, prepare, require_key
+
+Array = jax.Array
+DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() evaluations
+
+
+def _upsample(mask_flat, grid, size, dtype):
+  return jax.image.resize(mask_flat.reshape(grid, grid).astype(dtype), size, "nearest")
+
+
+def _to_image(scores, x):
+  """``[B, g, g]`` scores -> bicubic ``[B, H, W]`` -> broadcast like `x`."""
+  b, h, w = x.shape[:3]
+  up = jax.image.resize(scores, (b, h, w), "cubic")
+  return jnp.broadcast_to(up[..., None], x.shape).astype(x.dtype)
+
+
+def _check_grid(grid, x):
+  grid = V.check_positive_int(grid, "grid")
+  if grid > min(x.shape[1:3]):
+    raise ValueError(f"grid: expected at most the image side {min(x.shape[1:3])}, got {grid}")
+  return grid
+
+
+# ----------------------------------------------------------------------------
+# Sobol.
+
+
+def sobol_design(grid: int, designs: int) -> np.ndarray:
+  """``[designs, 2 grid^2]`` points of scipy's unscrambled Sobol sequence."""
+  from scipy.stats import qmc
+
+  return qmc.Sobol(d=2 * grid * grid, scramble=False).random(designs).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("f", "grid", "designs", "output", "batch_size"))
+def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
+  d = grid * grid
+  size = x.shape[1:3]
+
+  def one(q):
+    block, n = q // designs, q % designs
+    i = block - 2
+    col = jnp.arange(d)
+    mix = jnp.where(col == i, bm[n], a[n])  # C^i: A with column i from B
+    m = jnp.where(block == 0, a[n], jnp.where(block == 1, bm[n], mix))
+    up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
+    return MK.score(f, x * up + fill * (1 - up), target, output)
+
+  y = parallel.chunked_map(one, jnp.arange(designs * (d + 2)), batch_size=batch_size)  # [N(d+2), B]
+  f_a = y[:designs]
+  f_c = y[2 * designs:].reshape(d, designs, -1)
+  var = jnp.var(f_a, axis=0, ddof=1)
+  st = ((f_a[None] - f_c) ** 2).sum(1) / (2 * designs)  # [d, B]
+  # A model constant under the masks has no variance to explain: 0, not 0/0.
+  st = jnp.where(var > 0, st / jnp.where(var > 0, var, 1.0), 0.0)
+  return _to_image(st.T.reshape(-1, grid, grid), x)
+
+
+@REGISTRY.register("sobol", kind="pixel")
+def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any = 0.0,
+          output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+  """Sobol attribution (Fel, Cadene, Chalvidal, Cord, Vigouroux, Serre 2021,
+  "Look at the Variance! Efficient Black-box Explanations with Sobol-based
+  Sensitivity Analysis", arXiv:2111.04138).
+
+  Continuous masks in ``[0, 1]^(grid^2)`` from an unscrambled Sobol sequence of
+  dimension ``2 grid^2``: A (first half), B (second half) and ``C^i`` (A with
+  column i from B), ``designs * (grid^2 + 2)`` evaluations in all. The
+  total-order index of patch i is Jansen's estimator
+  ``sum_n (f(A_n) - f(C^i_n))^2 / (2 N Var(f(A)))`` (unbiased variance), as in
+  Xplique. Deterministic (no key). Defaults are Xplique's: ``grid=8,
+  designs=32`` (a power of 2), inpainting with fill 0, target logit.
+
+  Args:
+    grid: patches per side; designs: N, a power of two.
+    fill: what a masked-out fraction blends to (default 0.0, input space).
+    output: ``"logit"`` (default) or ``"probability"``.
+    batch_size: masked copies per model call (default None: automatic, at most
+      `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+  """
+  f, x, target = prepare(f, x, target)
+  MK.check_images(x, "sobol")
+  MK.check_output(output)
+  grid = _check_grid(grid, x)
+  designs = V.check_positive_int(designs, "designs", minimum=2)
+  if designs & (designs - 1):
+    raise ValueError(f"designs: expected a power of two (Sobol sequence balance), got {designs}")
+  pts = sobol_design(grid, designs)
+  d = grid * grid
+  fillv = MK.fill_values(x, fill)
+  return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), grid,
+                designs, output, V.check_batch_size(batch_size))
+
+
+# ----------------------------------------------------------------------------
+# HSIC.
+
+
+def latin_hypercube(key: Array, samples: int, dims: int) -> Array:
+  """``[samples, dims]`` Latin hypercube points in [0, 1): one point per stratum per dimension."""
+  k_perm, k_u = jax.random.split(key)
+  perms = jax.vmap(lambda k: jax.random.permutation(k, samples))(jax.random.split(k_perm, dims))
+  u = jax.random.uniform(k_u, (samples, dims))
+  return (perms.T + u) / samples
+
+
+def hsic_scores(masks: Array, y: Array) -> Array:
+  """HSIC between each binary mask column and the outputs, ``[d]``.
+
+  ``tr(K_i H L H) / (p - 1)^2`` with the Dirac input kernel
+  ``K_i[a, b] = 1 - (m_a - m_b)^2`` and the RBF output kernel of width the
+  median of `y` (Novello et al.; Xplique and the authors' code use the median
+  of the outputs themselves). A median of 0 falls back to the standard
+  deviation (then 1), so the kernel is never 0/0.
+  """
+  p = y.shape[0]
+  s = jnp.abs(jnp.median(y))
+  s = jnp.where(s > 1e-12, s, jnp.std(y))
+  s = jnp.where(s > 1e-12, s, 1.0)
+  lk = jnp.exp(-((y[:, None] - y[None, :]) ** 2) / (2 * s ** 2))
+  lc = lk - lk.mean(0, keepdims=True)
+  lc = lc - lc.mean(1, keepdims=True)  # H L H
+  m = masks.astype(y.dtype)
+  # For binary masks K_i = m m^T + (1 - m)(1 - m)^T, so tr(K_i Lc) is two quadratic forms.
+  on = jnp.einsum("pi,pq,qi->i", m, lc, m)
+  off = jnp.einsum("pi,pq,qi->i", 1 - m, lc, 1 - m)
+  return (on + off) / (p - 1) ** 2
+
+
+@functools.partial(jax.jit, static_argnames=("f", "grid", "samples", "output", "batch_size"))
+def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
+  d = grid * grid
+  size = x.shape[1:3]
+  masks = latin_hypercube(key, samples, d) >= 0.5  # rounded LHS
+
+  def one(m):
+    up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
+    return MK.score(f, x * up + fill * (1 - up), target, output)
+
+  y = parallel.chunked_map(one, masks, batch_size=batch_size)  # [p, B]
+  scores = jax.vmap(hsic_scores, in_axes=(None, 1))(masks, y.astype(jnp.float32))  # [B, d]
+  return _to_image(scores.reshape(-1, grid, grid), x)
+
+
+@REGISTRY.register("hsic", kind="pixel", stochastic=True)
+def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: Any = 0.0,
+         output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+  """HSIC attribution (Novello, Fel, Vigouroux 2022, "Making Sense of
+  Dependence: Efficient Black-box Explanations Using Dependence Measure",
+  arXiv:2206.06219).
+
+  `samples` binary ``grid x grid`` masks from a rounded Latin hypercube,
+  inpainting ``x * M + fill * (1 - M)``, and per patch the HSIC between the
+  patch's on/off state and the model output (`hsic_scores`). Defaults follow
+  the authors' notebook: ``grid=7, samples=1536`` (the paper recommends 7 and
+  about 1500 forwards; Xplique's constructor uses 8 and 500); target logit.
+
+  Args:
+    key: a `jax.random` key (required): it draws the Latin hypercube.
+    output: ``"logit"`` (default) or ``"probability"``.
+    batch_size: masked copies per model call (default None: automatic, at most
+      `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+  """
+  f, x, target = prepare(f, x, target)
+  key = require_key(key, "hsic")
+  MK.check_images(x, "hsic")
+  MK.check_output(output)
+  grid = _check_grid(grid, x)
+  samples = V.check_positive_int(samples, "samples", minimum=2)
+  fillv = MK.fill_values(x, fill)
+  return _hsic(f, x, target, key, fillv, grid, samples, output, V.check_batch_size(batch_size))
