@@ -1,0 +1,305 @@
+r"""Throughput, compile time and peak memory of explainers and metrics.
+
+    python -m experiments.benchmark --model=efficientnet_lite0 --batch=8 \
+        --methods=gradient,integrated_gradients,smoothgrad --compare=captum --out=runs/bench.jsonl
+
+For each method it writes one JSON line with ``method, device, batch, dtype,
+images_per_s, compile_s, peak_memory_mb, forward_images_per_s,
+gradient_images_per_s`` (plain forward and one input gradient of the same
+model and batch, measured in the same run: the yardsticks), ``model_evals``
+and ``model_evals_per_s`` (model evaluations per image and per second),
+``yardstick_ratio`` (images/s over the yardstick: single-gradient images/s / n
+for n-step gradient methods, forward images/s / n for perturbation methods),
+``flops_per_image`` from XLA's cost analysis and ``peak_fraction`` of the
+device's dense peak where it is known, and with ``--compare`` the ``baseline``
+(Captum), ``baseline_images_per_s`` and ``ratio`` (saljax over baseline, the same
+converted weights and inputs, in the same process).
+
+These machines are noisy: compare ratios from one run, not absolute numbers
+across runs. Peak memory is the device allocator's peak where JAX reports one
+(GPU/TPU); on CPU it is the growth of the process's peak resident memory during
+the method, a coarser number.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "efficientnet_lite0",
+                    "a pretrained name (saljax.models.load_pretrained) or a zoo name with random weights")
+flags.DEFINE_list("methods", ["gradient", "integrated_gradients", "smoothgrad"],
+                  "registered explainer or metric names")
+flags.DEFINE_integer("batch", 8, "images per call")
+flags.DEFINE_integer("steps", 50, "steps / samples of multi-step methods")
+flags.DEFINE_integer("chunk", None, "batch_size option (steps or samples evaluated together)")
+flags.DEFINE_integer("image_size", None, "input size (default: the model's)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of model and inputs")
+flags.DEFINE_enum("compare", "none", ["none", "captum", "quantus"], "baseline library, same weights")
+flags.DEFINE_integer("repeats", 3, "timed calls per method after the compiling call")
+flags.DEFINE_integer("threads", None, "torch threads (default: what JAX gets, os.cpu_count())")
+flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout only)")
+
+# Dense peak FLOP/s by device kind, for the achieved fraction of peak.
+PEAK_FLOPS = {
+    ("NVIDIA H100", "bfloat16"): 989e12, ("NVIDIA H100", "float32"): 67e12,
+    ("NVIDIA H200", "bfloat16"): 989e12, ("NVIDIA H200", "float32"): 67e12,
+}
+
+
+def _peak_flops(device, dtype: str) -> float | None:
+  for (kind, dt), v in PEAK_FLOPS.items():
+    if device.device_kind.startswith(kind) and dt == dtype:
+      return v
+  return None
+
+
+def method_options(name: str, steps: int, chunk: int | None, x, model,
+                   dtype: str = "float32") -> tuple[dict, int]:
+  """Options for `name` and the number of model evaluations per image it costs."""
+  import jax
+
+  bs = {} if chunk is None else {"batch_size": chunk}
+  if dtype != "float32":
+    bs["compute_dtype"] = dtype
+  key = {"key": jax.random.key(0)}
+  table = {
+      "gradient": ({k: v for k, v in bs.items() if k == "compute_dtype"}, 1),
+      "absolute_gradient": ({}, 1),
+      "gradient_x_input": ({}, 1),
+      "integrated_gradients": ({"steps": steps, **bs}, steps),
+      "smoothgrad": ({"samples": steps, **key,
+                      **({"batch_size": chunk} if chunk else {}),
+                      **({"explainer_options": {"compute_dtype": dtype}} if dtype != "float32" else {})},
+                     steps),
+      "squaregrad": ({"samples": steps, **bs, **key}, steps),
+      "vargrad": ({"samples": steps, **bs, **key}, steps),
+      "expected_gradients": ({"samples": steps, "references": x, **bs, **key}, steps),
+      "gradient_shap": ({"samples": steps, "references": x, **bs, **key}, steps),
+      "blur_ig": ({"steps": steps, **bs}, steps),
+      "guided_ig": ({"steps": steps}, steps),
+  }
+  if name in table:
+    return table[name]
+  import saljax
+  entry = saljax.explainers.entry(name) if name in saljax.explainers.names() else None
+  opts = dict(key) if entry is not None and entry.stochastic else {}
+  if entry is not None and entry.kind == "layer":
+    opts["layer"] = model.default_layer
+  return opts, 0
+
+
+def _load(name: str, dtype: str, image_size: int | None):
+  """(saljax classifier, torch reference or None) with the same weights."""
+  import jax
+  import jax.numpy as jnp
+  import saljax.models as zoo
+
+  if name.startswith("efficientnet_lite"):
+    model = zoo.load_pretrained(name)
+  else:
+    build = getattr(zoo, name, None)
+    if build is None:
+      raise app.UsageError(f"--model: unknown model {name!r}")
+    module = build()
+    size = image_size or 224
+    variables = module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    model = zoo.Classifier(module, variables, input_shape=(size, size, 3),
+                           default_layer=module.default_layer, name=name)
+  if dtype == "bfloat16":
+    # bf16 parameters; inputs are cast by the explainers' compute_dtype, so
+    # every matmul runs in bf16 while attributions accumulate in float32.
+    cast = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), model.params)
+    model = zoo.Classifier(model.module, cast, input_shape=model.input_shape,
+                           default_layer=model.default_layer, name=model.name,
+                           preprocess=model._preprocess)
+  return model
+
+
+def _torch_reference(name: str):
+  import torch
+  from efficientnet_lite_pytorch import EfficientNet
+  from saljax.models import pretrained
+  path = pretrained.weight_file(name)
+  net = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(path))
+  return net.eval()
+
+
+def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+  """(first call seconds, median seconds of `repeats` further calls)."""
+  import jax
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times)
+
+
+def _rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _peak_memory_mb(device, rss_before: float) -> float | None:
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"] / 2 ** 20
+  return max(_rss_mb() - rss_before, 0.0)
+
+
+def _captum_runner(method: str, net, x_nchw, target, steps: int, chunk: int | None, layer=None):
+  """A callable running the Captum counterpart of `method`, or None."""
+  import torch
+  import captum.attr as ca
+
+  if method == "gradient":
+    s = ca.Saliency(net)
+    return lambda: s.attribute(x_nchw, target=target, abs=False)
+  if method == "integrated_gradients":
+    ig = ca.IntegratedGradients(net)
+    ibs = None if chunk is None else chunk * x_nchw.shape[0]
+    return lambda: ig.attribute(x_nchw, target=target, n_steps=steps, method="gausslegendre",
+                                internal_batch_size=ibs)
+  if method == "smoothgrad":
+    nt = ca.NoiseTunnel(ca.Saliency(net))
+    rng = float((x_nchw.max() - x_nchw.min()).item())
+    return lambda: nt.attribute(x_nchw, target=target, nt_type="smoothgrad", nt_samples=steps,
+                                stdevs=0.15 * rng, nt_samples_batch_size=chunk, abs=False)
+  if method == "occlusion":
+    occ = ca.Occlusion(net)
+    return lambda: occ.attribute(x_nchw, target=target, sliding_window_shapes=(3, 32, 32),
+                                 strides=(3, 16, 16), perturbations_per_eval=x_nchw.shape[0])
+  if method == "kernel_shap":
+    ks = ca.KernelShap(net)
+    h = x_nchw.shape[-1]
+    seg = (torch.arange(h)[:, None] // 16 * (h // 16) + torch.arange(h)[None, :] // 16)
+    fmask = seg[None, None].expand(x_nchw.shape[0], 3, h, h)
+    return lambda: torch.stack([ks.attribute(x_nchw[i:i + 1], target=target[i:i + 1],
+                                             feature_mask=fmask[i:i + 1], n_samples=256,
+                                             perturbations_per_eval=8)[0]
+                                for i in range(x_nchw.shape[0])])
+  return None
+
+
+def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int | None,
+        dtype: str, compare: str, repeats: int, image_size: int | None = None,
+        out: str | None = None, threads: int | None = None) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import saljax
+
+  device = jax.devices()[0]
+  model = _load(model_name, dtype, image_size)
+  size = model.input_shape[0]
+  photos = list(saljax.data.photos().values())
+  imgs = [photos[i % len(photos)] for i in range(batch)]
+  x = model.preprocess(imgs) if model_name.startswith("efficientnet_lite") else \
+      jax.random.normal(jax.random.key(0), (batch,) + model.input_shape)
+  x = x.astype(jnp.float32)
+  target = jnp.argmax(model(x.astype(jnp.dtype(dtype))), -1).astype(jnp.int32)
+
+  cd = jnp.dtype(dtype)
+  fwd = jax.jit(lambda x: model(x.astype(cd)))
+  _, t_fwd = _time(lambda: fwd(x), repeats)
+  grad = jax.jit(jax.grad(
+      lambda x: jnp.take_along_axis(model(x.astype(cd)), target[:, None], 1).astype(jnp.float32).sum()))
+  _, t_grad = _time(lambda: grad(x), repeats)
+  forward_ips, gradient_ips = batch / t_fwd, batch / t_grad
+  logging.info("forward %.2f images/s, gradient %.2f images/s", forward_ips, gradient_ips)
+
+  net = None
+  if compare == "captum":
+    import torch
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    net = _torch_reference(model_name)
+    x_nchw = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
+    t_torch = torch.from_numpy(np.array(target)).long()
+
+  rows = []
+  for name in methods:
+    is_metric = name not in saljax.explainers.names()
+    opts, evals = method_options(name, steps, chunk, x, model, dtype)
+    if is_metric:
+      fn_m = saljax.metrics.get(name)
+      attr = saljax.gradient(model, x, target)
+      call = lambda: fn_m(model, x, attr, target, **opts)
+    else:
+      entry = saljax.explainers.entry(name)
+      f = model.tapped if entry.kind == "layer" else model
+      call = lambda: entry.fn(f, x, target, **opts)
+    rss0 = _rss_mb()
+    try:
+      first, steady = _time(call, repeats)
+    except Exception as e:  # report and go on: one method must not stop the run
+      logging.error("%s failed: %s", name, e)
+      rows.append({"method": name, "error": f"{type(e).__name__}: {e}"})
+      continue
+    row = {
+        "method": name, "model": model_name, "device": device.device_kind,
+        "platform": device.platform, "batch": batch, "dtype": dtype, "steps": steps,
+        "chunk": chunk, "images_per_s": batch / steady, "compile_s": max(first - steady, 0.0),
+        "peak_memory_mb": _peak_memory_mb(device, rss0),
+        "forward_images_per_s": forward_ips, "gradient_images_per_s": gradient_ips,
+        "model_evals": evals, "date": time.strftime("%Y-%m-%d"),
+    }
+    if evals:
+      row["model_evals_per_s"] = evals * batch / steady
+      gradient_based = name in ("gradient", "absolute_gradient", "gradient_x_input",
+                                "integrated_gradients", "smoothgrad", "squaregrad", "vargrad",
+                                "expected_gradients", "gradient_shap", "blur_ig", "guided_ig")
+      yard = (gradient_ips if gradient_based else forward_ips) / evals
+      row["yardstick_ratio"] = row["images_per_s"] / yard
+    try:
+      if not is_metric:
+        lowered = jax.jit(lambda x, t: entry.fn(f, x, t, **opts)).lower(x, target)
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", 0.0)) / batch if cost else None
+        row["flops_per_image"] = flops
+        peak = _peak_flops(device, dtype)
+        if flops and peak:
+          row["peak_fraction"] = flops * row["images_per_s"] / peak
+    except Exception as e:  # cost analysis is best effort (not every backend reports it)
+      logging.warning("no cost analysis for %s: %s", name, e)
+    if net is not None:
+      runner = _captum_runner(name, net, x_nchw, t_torch, steps, chunk)
+      if runner is not None:
+        import torch
+        _, t_base = _time(runner, max(1, repeats - 1))
+        row.update(baseline="captum", baseline_images_per_s=batch / t_base,
+                   ratio=(batch / steady) / (batch / t_base))
+    rows.append(row)
+    line = json.dumps(row)
+    print(line, flush=True)
+    if out and saljax.parallel.is_writer():
+      os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+      with open(out, "a") as fh:
+        fh.write(line + "\n")
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  import saljax
+  known = set(saljax.explainers.names()) | set(saljax.metrics.names())
+  unknown = [m for m in FLAGS.methods if m not in known]
+  if unknown:
+    raise app.UsageError(f"--methods: unknown {unknown}; known: {sorted(known)}")
+  run(FLAGS.model, FLAGS.methods, FLAGS.batch, FLAGS.steps, FLAGS.chunk, FLAGS.dtype,
+      FLAGS.compare, FLAGS.repeats, FLAGS.image_size, FLAGS.out, FLAGS.threads)
+
+
+if __name__ == "__main__":
+  app.run(main)
