@@ -21,6 +21,33 @@ from saljax.data import pipelines
 
 
 # ----------------------------------------------------------------------------
+# The absl entry point shared by every binary.
+
+
+def app_main(run: Callable[[Any, str], Any], doc: str = "") -> None:
+  """Defines ``--config`` (an ml_collections file, overridable field by field:
+  ``--config.train.steps=10``) and ``--workdir``, then calls ``run(config,
+  workdir)`` under `absl.app`. Flags are defined here, when a binary runs as
+  ``__main__``, so the binaries can be imported together (tests, notebooks)."""
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  config = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.")
+  workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, maps and logs.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+  def main(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    out = run(config.value, workdir.value)
+    if isinstance(out, dict):
+      logging.info("done: %s", {k: v for k, v in out.items() if k != "state"})
+
+  jax.config.config_with_absl()
+  app.run(main)
+
+
+# ----------------------------------------------------------------------------
 # Config and workdir.
 
 

@@ -23,15 +23,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from experiments import _common as C
 from saljax import attacks
 from saljax import logging as slog
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 
 
 class _Preemption:
@@ -213,14 +210,5 @@ def run(config, workdir: str) -> dict[str, Any]:
   return {"state": state, "metrics": metrics, "step": last, "preempted": preempted}
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  out = run(_CONFIG.value, _WORKDIR.value)
-  logging.info("done at step %d: %s", out["step"], out["metrics"])
-
-
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  jax.config.config_with_absl()
-  app.run(main)
+  C.app_main(run)

@@ -1,0 +1,180 @@
+"""Scores stored maps with registered metrics; writes a CSV and a markdown table.
+
+    python -m experiments.evaluate --config=experiments/configs/blockmnist_standard.py \
+        --workdir=runs/bm_std --config.evaluate.metrics='("deletion","insertion","relevance_mass")'
+
+Reads ``maps/`` as written by `experiments.explain` (the model is rebuilt
+from the same config), runs every metric of `evaluate.metrics` on every
+stored method chunk by chunk, and writes::
+
+    results.csv       method, metric, mean, std, n, note
+    results.md        the same as a markdown table
+    scores/<method>__<metric>.npy   per-example scores
+
+Arguments a metric needs are passed when it declares them: ``mask`` (the
+ground-truth region stored with the inputs: BlockMNIST's signal block, the
+birds' segmentation, the target class's VOC boxes), ``explainer`` and
+``explainer_options`` (robustness metrics re-explain perturbed inputs), and a
+`key` for stochastic metrics. A metric that needs something the data do not
+have (a mask on CIFAR-10) gets a row with an empty score and a note, rather
+than stopping the whole table. Layer maps ``[B, h, w]`` are upsampled
+bilinearly to the image size first.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from experiments import _common as C
+from experiments import explain as E
+from saljax import explainers, metrics
+from saljax import logging as slog
+
+
+# Keyword arguments evaluate knows how to supply.
+_SUPPLIED = {"key", "mask", "boxes", "explainer", "explainer_options", "batch_size"}
+
+
+def check_metrics(names) -> list[str]:
+  if isinstance(names, str):
+    names = (names,)
+  names = list(names)
+  known = metrics.names()
+  unknown = [n for n in names if n not in known]
+  if unknown or not names:
+    raise ValueError(f"evaluate.metrics: unknown metric(s) {unknown or names}; registered: {known}")
+  return names
+
+
+def _required(fn) -> list[str]:
+  """Keyword-only arguments without defaults."""
+  sig = inspect.signature(fn)
+  return [p.name for p in sig.parameters.values()
+          if p.kind == p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
+
+
+def _accepts(fn, name: str) -> bool:
+  return name in inspect.signature(fn).parameters
+
+
+def score_of(out: Any) -> np.ndarray:
+  """Per-example scores from a metric's return value: an array ``[B]``, a dict
+  with ``"score"``, or a tuple whose first item is the score."""
+  if isinstance(out, dict):
+    if "score" not in out:
+      raise ValueError(f"metric returned a dict without 'score': keys {sorted(out)}")
+    out = out["score"]
+  elif isinstance(out, (tuple, list)):
+    out = out[0]
+  return np.asarray(jax.device_get(out), np.float64).reshape(-1)
+
+
+def _to_pixels(a: np.ndarray, image_shape) -> np.ndarray:
+  if a.ndim == 3 and tuple(a.shape[1:]) != tuple(image_shape[:2]):
+    a = np.asarray(jax.image.resize(jnp.asarray(a), (a.shape[0], *image_shape[:2]), "bilinear"))
+  return a
+
+
+def run(config, workdir: str) -> dict[str, Any]:
+  """Scores every stored method with every metric; returns ``{(method, metric): row}``."""
+  config = C.check_config(config)
+  workdir = C.check_workdir(workdir)
+  names = check_metrics(config.evaluate.metrics)
+  maps_dir = config.evaluate.maps_dir or os.path.join(workdir, "maps")
+  manifest_path = os.path.join(maps_dir, "manifest.json")
+  if not os.path.exists(manifest_path):
+    raise FileNotFoundError(f"no maps/manifest.json under {maps_dir}: run experiments.explain first")
+  manifest = json.load(open(manifest_path))
+  inputs = E.load_maps(maps_dir)
+  image_shape = inputs["image"].shape[1:]
+  num_classes = 1000 if manifest["dataset"] == "photos" else None
+  if num_classes is None:
+    num_classes = C.load_dataset(config, manifest["split"]).num_classes
+  trained = C.load_trained(config, workdir, image_shape, num_classes)
+  f = trained.f
+  chunk = manifest["chunk_size"]
+  n = manifest["num_examples"]
+  base_key = jax.random.key(config.seed + 1)
+  writer = slog.MetricWriter(workdir)
+  progress = slog.Progress(len(manifest["methods"]) * len(names), name="evaluate",
+                           every_seconds=config.train.progress_every_s)
+  os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
+  rows: dict[tuple[str, str], dict[str, Any]] = {}
+  done = 0
+  for method in manifest["methods"]:
+    maps = _to_pixels(E.load_maps(maps_dir, method)["attribution"], image_shape)
+    for name in names:
+      done += 1
+      entry = metrics.entry(name)
+      fn = entry.fn
+      missing = [r for r in _required(fn) if r not in _SUPPLIED]
+      note = ""
+      if missing:
+        note = f"needs {missing}, which evaluate cannot supply"
+      needs_mask = _accepts(fn, "mask") and entry.kind == "localization"
+      if needs_mask and "gt_mask" not in inputs:
+        note = f"needs a ground-truth mask; dataset {manifest['dataset']!r} has none"
+      if note:
+        rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
+                                "n": 0, "note": note}
+        continue
+      opts = dict(config.evaluate.options.get(name, {}) or {})
+      scores = []
+      for c in range(-(-n // chunk)):
+        sl = slice(c * chunk, min((c + 1) * chunk, n))
+        # Pad the last chunk by repetition so every call has one shape.
+        idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)
+        kw = dict(opts)
+        if entry.stochastic or (_accepts(fn, "key") and "key" in _required(fn)):
+          kw["key"] = jax.random.fold_in(base_key, c)
+        if needs_mask:
+          kw["mask"] = jnp.asarray(inputs["gt_mask"][idx])
+        if _accepts(fn, "explainer") and "explainer" not in kw:
+          kw["explainer"] = explainers.get(method)
+          kw.setdefault("explainer_options", dict(config.explain.options.get(method, {}) or {}))
+          if explainers.entry(method).kind == "layer":
+            note = "layer method: robustness metrics re-explain in pixel space"
+            break
+        out = fn(f, jnp.asarray(inputs["image"][idx]), jnp.asarray(maps[idx]),
+                 jnp.asarray(inputs["target"][idx]), **kw)
+        scores.append(score_of(out)[: sl.stop - sl.start])
+      if note:
+        rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
+                                "n": 0, "note": note}
+        continue
+      s = np.concatenate(scores)
+      np.save(os.path.join(workdir, "scores", f"{method}__{name}.npy"), s)
+      rows[(method, name)] = {"method": method, "metric": name, "mean": float(np.mean(s)),
+                              "std": float(np.std(s)), "n": int(len(s)), "note": ""}
+      writer.write(0, {f"{method}/{name}": float(np.mean(s))})
+      progress.update(done)
+  _write_tables(workdir, list(rows.values()))
+  writer.close()
+  return rows
+
+
+def _write_tables(workdir: str, rows: list[dict[str, Any]]) -> None:
+  fields = ["method", "metric", "mean", "std", "n", "note"]
+  if not slog.is_writer():
+    return
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as fh:
+    w = csv.DictWriter(fh, fieldnames=fields)
+    w.writeheader()
+    w.writerows(rows)
+  fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+  lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
+  lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
+  with open(os.path.join(workdir, "results.md"), "w") as fh:
+    fh.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  C.app_main(run)

@@ -1,0 +1,145 @@
+"""experiments.explain and experiments.evaluate on a tiny trained BlockMNIST MLP."""
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import _common as C
+from experiments import evaluate, explain, train
+from experiments.configs import blockmnist_standard
+
+
+def tiny():
+  c = blockmnist_standard.get_config()
+  c.model.width = 16
+  c.model.depth = 1
+  c.train.steps = 10
+  c.train.batch_size = 16
+  c.train.eval_every = 10
+  c.train.checkpoint_every = 10
+  c.train.eval_examples = 16
+  c.explain.methods = ("gradient", "smoothgrad", "integrated_gradients")
+  c.explain.options["smoothgrad"] = {"samples": 3}
+  c.explain.options["integrated_gradients"] = {"steps": 4}
+  c.explain.num_examples = 10
+  c.explain.chunk_size = 4
+  c.explain.overlays = 1
+  c.evaluate.metrics = ("deletion", "relevance_mass", "sparseness")
+  c.evaluate.options["deletion"] = {"steps": 4}
+  return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("trained"))
+  train.run(tiny(), wd)
+  return wd
+
+
+@pytest.fixture(scope="module")
+def explained(trained):
+  manifest = explain.run(tiny(), trained)
+  return trained, manifest
+
+
+def test_explain_stores_chunks_and_manifest(explained):
+  wd, manifest = explained
+  assert manifest["num_chunks"] == 3 and manifest["num_examples"] == 10
+  for m in ("inputs", "gradient", "smoothgrad", "integrated_gradients"):
+    assert len(os.listdir(os.path.join(wd, "maps", m))) == 3
+  inputs = explain.load_maps(os.path.join(wd, "maps"))
+  assert inputs["image"].shape == (10, 56, 28, 1) and inputs["gt_mask"].shape == (10, 56, 28)
+  np.testing.assert_array_equal(inputs["index"], np.arange(10))
+  for m in ("gradient", "smoothgrad", "integrated_gradients"):
+    assert explain.load_maps(os.path.join(wd, "maps"), m)["attribution"].shape == (10, 56, 28, 1)
+  assert os.path.exists(os.path.join(wd, "overlays", "gradient_0.png"))
+  assert json.load(open(os.path.join(wd, "maps", "manifest.json")))["model_step"] == 10
+
+
+def test_stored_gradient_is_the_model_gradient(explained):
+  # Chunking and padding change nothing: the stored map equals the gradient of
+  # the target logit of the restored model, computed here in one go.
+  wd, _ = explained
+  inputs = explain.load_maps(os.path.join(wd, "maps"))
+  t = C.load_trained(tiny(), wd, (56, 28, 1), 10)
+  x, y = jnp.asarray(inputs["image"]), jnp.asarray(inputs["target"])
+  g = jax.grad(lambda x: jnp.take_along_axis(t.f(x), y[:, None], 1).sum())(x)
+  stored = explain.load_maps(os.path.join(wd, "maps"), "gradient")["attribution"]
+  np.testing.assert_allclose(stored, g, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_same_maps_and_resume(explained, tmp_path):
+  wd, _ = explained
+  c = tiny()
+  c.explain.train_workdir = wd
+  c.explain.overlays = 0
+  explain.run(c, str(tmp_path))
+  for m in ("smoothgrad", "integrated_gradients"):
+    np.testing.assert_array_equal(explain.load_maps(str(tmp_path / "maps"), m)["attribution"],
+                                  explain.load_maps(os.path.join(wd, "maps"), m)["attribution"])
+  # A missing chunk is recomputed; the others are left alone.
+  p = tmp_path / "maps" / "smoothgrad" / "chunk_00001.npz"
+  before = np.load(p)["attribution"]
+  kept = tmp_path / "maps" / "gradient" / "chunk_00000.npz"
+  mtime = os.stat(kept).st_mtime_ns
+  os.remove(p)
+  explain.run(c, str(tmp_path))
+  np.testing.assert_array_equal(np.load(p)["attribution"], before)
+  assert os.stat(kept).st_mtime_ns == mtime
+
+
+def test_evaluate_writes_tables(explained):
+  wd, _ = explained
+  rows = evaluate.run(tiny(), wd)
+  assert len(rows) == 9
+  for (method, metric), r in rows.items():
+    assert r["n"] == 10 and np.isfinite(r["mean"]), (method, metric, r)
+    s = np.load(os.path.join(wd, "scores", f"{method}__{metric}.npy"))
+    assert s.shape == (10,)
+    np.testing.assert_allclose(r["mean"], s.mean())
+  with open(os.path.join(wd, "results.csv")) as fh:
+    assert len(list(csv.DictReader(fh))) == 9
+  md = open(os.path.join(wd, "results.md")).read()
+  assert md.startswith("| method | metric |") and "relevance_mass" in md
+  # Relevance mass is a share of positive relevance inside the signal block.
+  rm = np.load(os.path.join(wd, "scores", "gradient__relevance_mass.npy"))
+  assert ((rm >= 0) & (rm <= 1)).all()
+
+
+def test_metric_without_its_data_gets_a_note(explained, tmp_path):
+  wd, _ = explained
+  c = tiny()
+  c.explain.train_workdir = wd
+  c.evaluate.maps_dir = str(tmp_path / "maps")
+  c.evaluate.metrics = ("relevance_mass",)
+  c.explain.methods = ("gradient",)
+  c.explain.overlays = 0
+  explain.run(c, str(tmp_path))
+  for f in os.listdir(tmp_path / "maps" / "inputs"):  # as if the data had no ground truth
+    p = tmp_path / "maps" / "inputs" / f
+    d = dict(np.load(p))
+    d.pop("gt_mask")
+    np.savez(p, **d)
+  rows = evaluate.run(c, str(tmp_path))
+  assert rows[("gradient", "relevance_mass")]["mean"] is None
+  assert "mask" in rows[("gradient", "relevance_mass")]["note"]
+
+
+def test_bad_inputs(trained, tmp_path):
+  c = tiny()
+  c.explain.methods = ("gradient", "gradcam_minus_minus")
+  with pytest.raises(ValueError, match="gradcam_minus_minus"):
+    explain.run(c, trained)
+  c = tiny()
+  c.evaluate.metrics = ("deletion_auc_typo",)
+  with pytest.raises(ValueError, match="deletion_auc_typo"):
+    evaluate.run(c, trained)
+  with pytest.raises(FileNotFoundError, match="experiments.explain"):
+    evaluate.run(tiny(), str(tmp_path / "empty"))
+  with pytest.raises(FileNotFoundError, match="experiments.train"):
+    explain.run(tiny(), str(tmp_path / "untrained"))
+  assert not os.path.exists(tmp_path / "untrained" / "maps")
