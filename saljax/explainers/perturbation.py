@@ -123,6 +123,7 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
 # RISE.
 
 
+@functools.partial(jax.jit, static_argnames=("count", "size", "cells", "dtype"))
 def rise_masks(key: Array, count: int, size: tuple[int, int], cells: int, p: float,
                dtype=jnp.float32) -> Array:
   """RISE masks ``[count, H, W]``: a ``cells x cells`` Bernoulli(p) grid,

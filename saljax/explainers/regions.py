@@ -184,6 +184,46 @@ def xrai(f, x, target, *, key=None, attribution: Any = None, segments: Any = Non
 # LiMA / submodular subset selection.
 
 
+def prior_regions(prior: Any, size: tuple[int, int] | None = None, *, grid: int = 10,
+                  cells_per_region: int = 4) -> np.ndarray:
+  """Sub-regions from a prior saliency map (Chen et al. 2024, reference Part 1.1).
+
+  The map is resized (bilinear) to ``grid x grid`` cells, the cells are sorted
+  by value (descending), and consecutive runs of `cells_per_region` cells form
+  one region: region 0 holds the most salient cells. The label map is upsampled
+  to `size` by nearest neighbour. When ``grid^2`` is not a multiple of
+  `cells_per_region`, the leftover lowest cells join the last region (SMDL
+  leaves them out of every region; here every pixel must belong to one).
+  Defaults are the SMDL CUB setting (``grid=10, cells_per_region=4``: 25 regions).
+
+  Args:
+    prior: saliency ``[B, H, W]`` or ``[B, H, W, C]`` (summed over channels).
+    size: output ``(H, W)``; default the prior's.
+
+  Returns:
+    int32 labels ``[B, H, W]``, usable as `segments` of `lima`/`lima_search`.
+  """
+  prior = np.asarray(prior, np.float32)
+  if prior.ndim == 4:
+    prior = prior.sum(-1)
+  if prior.ndim != 3:
+    raise ValueError(f"prior: expected a map [B, H, W] or [B, H, W, C], got shape {prior.shape}")
+  grid = V.check_positive_int(grid, "grid")
+  d = V.check_positive_int(cells_per_region, "cells_per_region")
+  if d > grid * grid:
+    raise ValueError(f"cells_per_region: expected at most grid^2 = {grid * grid}, got {d}")
+  b, h, w = prior.shape
+  size = (h, w) if size is None else tuple(size)
+  cells = np.asarray(jax.image.resize(jnp.asarray(prior), (b, grid, grid), "linear")).reshape(b, -1)
+  order = np.argsort(-cells, axis=1, kind="stable")
+  regions = (grid * grid) // d
+  cell_label = np.empty_like(order)
+  np.put_along_axis(cell_label, order, np.minimum(np.arange(grid * grid) // d, regions - 1)[None], 1)
+  rows = np.minimum(np.arange(size[0]) * grid // size[0], grid - 1)
+  cols = np.minimum(np.arange(size[1]) * grid // size[1], grid - 1)
+  return cell_label.reshape(b, grid, grid)[:, rows][:, :, cols].astype(np.int32)
+
+
 def _subset_scores(f, x, fill, labels, target, valid, z, weights, batch_size):
   """Submodular score of candidate subsets ``z[K, B, M]`` -> ``[K, B]``.
 
@@ -366,7 +406,9 @@ def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options
   list (all candidates scored in one compiled, chunked call) and, while more
   than `pending` regions remain, the worst of a `pending`-long shortlist to a
   back list; the ranking is front + reversed back. ``pending=None`` (or
-  ``>= M``) gives the plain greedy search of the ICLR 2024 paper.
+  ``>= M``) gives the plain greedy search of the ICLR 2024 paper, and
+  ``segments=prior_regions(prior_map)`` its division of the image by a prior
+  saliency map (that paper's EDL confidence network is not part of saljax).
 
   Defaults: the official single-modal script's weights (consistency 20,
   collaboration 5, confidence 0.01) and ``pending=12``; SLIC superpixels

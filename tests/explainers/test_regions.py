@@ -137,6 +137,23 @@ def test_lima_bad_inputs(mlp):
     R.region_curves(mlp, x, 0, SEG16, np.zeros((1, 3), np.int32))
 
 
+def test_prior_regions_smdl_division():
+  prior = jax.random.uniform(jax.random.key(9), (2, 20, 20))
+  lab = R.prior_regions(prior, grid=10, cells_per_region=4)
+  assert lab.shape == (2, 20, 20) and lab.min() == 0 and lab.max() == 24
+  cells = np.asarray(jax.image.resize(prior, (2, 10, 10), "linear")).reshape(2, -1)
+  for b in range(2):
+    top4 = set(np.argsort(-cells[b])[:4].tolist())
+    region0 = {r // 2 * 10 + c // 2 for r, c in zip(*np.nonzero(lab[b] == 0))}
+    assert region0 == top4
+    assert np.all(np.bincount(lab[b].ravel()) == 16)  # 4 cells of 2 x 2 pixels each
+  # 10 x 10 cells, 3 per region: 33 regions, the leftover cell joins the last one.
+  lab = R.prior_regions(prior, grid=10, cells_per_region=3)
+  assert lab.max() == 32 and np.bincount(lab[0].ravel())[-1] == 16
+  with pytest.raises(ValueError, match="cells_per_region: expected at most"):
+    R.prior_regions(prior, grid=2, cells_per_region=5)
+
+
 # ----------------------------------------------------------------------------
 # XRAI.
 
