@@ -49,6 +49,7 @@ class Tapped:
                layer_names: Sequence[str]):
     self._forward = forward
     self.layer_names = tuple(layer_names)
+    self._shapes: dict = {}
 
   def __call__(self, x: Array, taps: Taps | None = None) -> tuple[Array, dict[str, Array]]:
     if taps:
@@ -63,8 +64,23 @@ class Tapped:
     return self._forward(x, None)[0]
 
   def activation_shapes(self, x: Array) -> dict[str, jax.ShapeDtypeStruct]:
-    """Shapes of every activation for the batch at hand, without running the model."""
-    return jax.eval_shape(lambda x: self._forward(x, None)[1], x)
+    """Shapes of every activation for the batch at hand, without running the model.
+
+    The dict lists layers in the order the forward produces them. Cached per
+    input shape and dtype, so a second call traces nothing.
+    """
+    k = (tuple(x.shape), jnp.dtype(x.dtype))
+    if k not in self._shapes:
+      order: list[str] = []
+
+      def acts(x):
+        a = self._forward(x, None)[1]
+        order.extend(a)
+        return a
+
+      shapes = jax.eval_shape(acts, jax.ShapeDtypeStruct(*k))
+      self._shapes[k] = {name: shapes[name] for name in order}
+    return dict(self._shapes[k])
 
   def zero_taps(self, x: Array, layers: Sequence[str]) -> dict[str, Array]:
     """Zero taps shaped like the activations of `layers` for batch `x`."""
