@@ -1,12 +1,48 @@
 """The Flax model zoo and the pretrained registry.
 
-Every zoo model is a linen module; `saljax.models.wrap` (or `Classifier`)
-turns a module and its variables into a ready classifier whose ``tapped``
-forward and ``layer_names`` serve layer methods, with a documented
-``default_layer`` for CAMs. `load_pretrained` gives the pretrained ImageNet
-EfficientNet-Lite0.
+Every zoo model is a linen module with ``__call__(x, train=False)`` and a
+documented ``default_layer`` (the CAM layer). `wrap` turns a module and its
+variables into a `Classifier`, whose ``tapped`` forward and ``layer_names``
+serve layer methods; `load_pretrained` gives the pretrained ImageNet
+EfficientNet-Lite0 as one.
+
+Constructors: `mlp`, `cnn`, `resnet18`, `resnet34`, `resnet50`, `vit_tiny`,
+`vit_small`, `vit_b16` (`vit` for custom sizes), `efficientnet_lite0` ..
+`efficientnet_lite4`, `tiny_efficientnet`.
 """
-from saljax.models.efficientnet import EfficientNetLite, efficientnet_lite  # noqa: F401
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from saljax.models.cnn import CNN, cnn  # noqa: F401
+from saljax.models.efficientnet import (  # noqa: F401
+    EfficientNetLite, efficientnet_lite, efficientnet_lite0, efficientnet_lite1,
+    efficientnet_lite2, efficientnet_lite3, efficientnet_lite4, tiny_efficientnet)
 from saljax.models.imagenet import imagenet_classes  # noqa: F401
 from saljax.models.layers import depthwise_impl, set_depthwise_impl  # noqa: F401
+from saljax.models.mlp import MLP, mlp  # noqa: F401
 from saljax.models.pretrained import Classifier, load_pretrained  # noqa: F401
+from saljax.models.resnet import ResNet, resnet18, resnet34, resnet50  # noqa: F401
+from saljax.models.vit import ViT, vit, vit_b16, vit_small, vit_tiny  # noqa: F401
+
+
+def init(module, input_shape: Sequence[int], *, seed: int = 0):
+  """Random variables of `module` for inputs ``[1, *input_shape]``, compiled once.
+
+  Uses the ``"rbg"`` generator: XLA:CPU compiles threefry slowly, one
+  initializer at a time (tens of seconds for a ResNet on a busy CPU).
+  """
+  x = jnp.zeros((1, *input_shape), jnp.float32)
+  return jax.jit(lambda k: module.init(k, x))(jax.random.key(seed, impl="rbg"))
+
+
+def wrap(module, variables=None, *, input_shape: Sequence[int], class_names=None,
+         name: str | None = None, seed: int = 0) -> Classifier:
+  """A `Classifier` of a zoo module (random variables from `init` when None)."""
+  if variables is None:
+    variables = init(module, input_shape, seed=seed)
+  return Classifier(module, variables, input_shape=input_shape, default_layer=module.default_layer,
+                    class_names=class_names, name=name)

@@ -166,3 +166,23 @@ def efficientnet_lite(variant: int = 0, *, num_classes: int = 1000, impl: str | 
     raise ValueError(f"variant: expected 0..4, got {variant!r}")
   w, d, _, p = LITE_PARAMS[name]
   return EfficientNetLite(width=w, depth=d, num_classes=num_classes, dropout=p, impl=impl)
+
+
+def efficientnet_lite0(num_classes: int = 1000, impl: str | None = None) -> EfficientNetLite:
+  return efficientnet_lite(0, num_classes=num_classes, impl=impl)
+
+
+def efficientnet_lite1(num_classes: int = 1000, impl: str | None = None) -> EfficientNetLite:
+  return efficientnet_lite(1, num_classes=num_classes, impl=impl)
+
+
+def efficientnet_lite2(num_classes: int = 1000, impl: str | None = None) -> EfficientNetLite:
+  return efficientnet_lite(2, num_classes=num_classes, impl=impl)
+
+
+def efficientnet_lite3(num_classes: int = 1000, impl: str | None = None) -> EfficientNetLite:
+  return efficientnet_lite(3, num_classes=num_classes, impl=impl)
+
+
+def efficientnet_lite4(num_classes: int = 1000, impl: str | None = None) -> EfficientNetLite:
+  return efficientnet_lite(4, num_classes=num_classes, impl=impl)
