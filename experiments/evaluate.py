@@ -117,7 +117,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       fn = entry.fn
       missing = [r for r in _required(fn) if r not in _SUPPLIED]
       note = ""
-      if missing:
+      if entry.kind == "randomization" and not _accepts(fn, "explainer"):
+        note = "a randomization test: run experiments.sanity"
+      elif _accepts(fn, "params") or _accepts(fn, "model_fn"):
+        note = "needs the model as a function of its parameters: run experiments.sanity"
+      elif missing:
         note = f"needs {missing}, which evaluate cannot supply"
       needs_mask = _accepts(fn, "mask") and entry.kind == "localization"
       if needs_mask and "gt_mask" not in inputs:
@@ -143,8 +147,17 @@ def run(config, workdir: str) -> dict[str, Any]:
           if explainers.entry(method).kind == "layer":
             note = "layer method: robustness metrics re-explain in pixel space"
             break
-        out = fn(f, jnp.asarray(inputs["image"][idx]), jnp.asarray(maps[idx]),
-                 jnp.asarray(inputs["target"][idx]), **kw)
+        try:
+          out = fn(f, jnp.asarray(inputs["image"][idx]), jnp.asarray(maps[idx]),
+                   jnp.asarray(inputs["target"][idx]), **kw)
+        except (TypeError, ValueError) as err:
+          # Options are validated by the metric before any work, so a wrong
+          # option costs nothing; the table records why instead of stopping.
+          if c > 0:
+            raise
+          note = f"{type(err).__name__}: {err}"[:300]
+          logging.warning("metric %s on %s: %s", name, method, note)
+          break
         scores.append(score_of(out)[: sl.stop - sl.start])
       if note:
         rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,

@@ -81,7 +81,8 @@ def base() -> ml_collections.ConfigDict:
   c.sanity.methods = ("gradient",)
   c.sanity.mode = "cascading"     # cascading, independent
   c.sanity.num_examples = 16
-  c.sanity.init_std = 0.01        # truncated-normal re-init std (Adebayo et al. App. B, MNIST CNN)
+  c.sanity.init_std = 0.01
+  c.sanity.similarities = ("spearman_abs", "spearman", "ssim")  # of sum_c|e|, of sum_c e, SSIM        # truncated-normal re-init std (Adebayo et al. App. B, MNIST CNN)
 
   c.roar = ml_collections.ConfigDict()
   c.roar.method = "gradient"
