@@ -216,3 +216,29 @@ def test_xrai_bad_inputs():
     R.xrai(f, x, 0, attribution=jnp.zeros((1, 4, 4)))
   with pytest.raises(ValueError, match="area_threshold"):
     R.xrai(f, x, 0, area_threshold=0.0)
+
+
+def test_effectiveness_terms():
+  emb = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
+  d = np.asarray(R.region_distances(emb))
+  np.testing.assert_allclose(d, d.T, atol=1e-6)
+  np.testing.assert_allclose(np.diag(d), 0.0, atol=2e-3)  # arccos near 1 is steep in float32
+  assert d.min() >= 0 and d.max() <= 1
+  np.testing.assert_allclose(d[0, 1], 0.5, atol=1e-6)
+  np.testing.assert_allclose(d[0, 3], 1.0, atol=1e-6)
+  dj = jnp.asarray(d)
+  assert float(R.effectiveness_score(jnp.array([0.0, 1.0, 0.0, 0.0]), dj)) == 0.0
+  # {0, 1, 2}: mins are d02 = 0.25, d12 = 0.25, d20 = 0.25.
+  np.testing.assert_allclose(R.effectiveness_score(jnp.array([1.0, 1.0, 1.0, 0.0]), dj), 0.75,
+                             atol=1e-5)
+
+
+def test_lima_with_embedding(mlp):
+  x = jax.random.normal(jax.random.key(10), (2, 8, 8, 3))
+  emb = lambda z: jnp.tanh(z.reshape(z.shape[0], -1)[:, :16])
+  out = R.lima_search(mlp, x, 0, segments=SEG16, pending=4, effectiveness=1.0, embedding=emb,
+                      curves=False)
+  for b in range(2):
+    assert sorted(np.asarray(out["order"][b]).tolist()) == list(range(16))
+  with pytest.raises(ValueError, match="effectiveness > 0 needs `embedding`"):
+    R.lima_search(mlp, x, 0, segments=SEG16, effectiveness=1.0)
