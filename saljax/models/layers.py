@@ -112,7 +112,9 @@ class DepthwiseConv(nn.Module):
 
 
 def relu6(x):
-  return jnp.clip(x, 0.0, 6.0)
+  # jax.nn.relu6 (not jnp.clip): one named activation that the propagation
+  # explainers' jaxpr interpreter recognizes.
+  return jax.nn.relu6(x)
 
 
 class ConvBNAct(nn.Module):
