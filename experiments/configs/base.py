@@ -27,8 +27,8 @@ def base() -> ml_collections.ConfigDict:
   c.data.name = "blockmnist"      # saljax.data.pipelines.load names, or "photos" (bundled photos)
   c.data.data_dir = placeholder(str)
   c.data.image_size = placeholder(tuple)
-  c.data.mean = 0.0
-  c.data.std = 1.0
+  c.data.mean = (0.0,)            # per channel (one value: all channels)
+  c.data.std = (1.0,)
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.seed = 0                 # BlockMNIST placement seed
