@@ -217,7 +217,10 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
 
   log("[demo] drawing grid.png")
   titles = [f"{p}\n{labels[i][0].split(',')[0]} {prob[i, 0]:.2f}" for i, p in enumerate(photo_names)]
-  viz.grid(list(imgs.values()), maps, out / "grid.png", titles=titles, cell=1.6, dpi=80)
+  # Overlay on what the model saw (the 224 px center crops), so maps line up.
+  from saljax.data import preprocessing
+  crops = preprocessing.display_crops(list(imgs.values()), image_size=x.shape[1])
+  viz.grid(crops, maps, out / "grid.png", titles=titles, cell=1.6, dpi=80)
 
   counts: dict[str, int] = {}
   for rec in results.values():

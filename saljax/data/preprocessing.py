@@ -110,3 +110,11 @@ def preprocess(images: Any, *, image_size: int = 224, resize_size: int | None = 
   out = [normalize(center_crop(resize_shorter(im, resize_size), image_size), mean, std)
          for im in as_image_list(images)]
   return jnp.asarray(np.stack(out).astype(np.float32))
+
+
+def display_crops(images: Any, *, image_size: int = 224, resize_size: int | None = None) -> list[np.ndarray]:
+  """The resized, center-cropped uint8 images that `preprocess` feeds the model,
+  for overlays that line up pixel for pixel with the attributions."""
+  resize_size = image_size if resize_size is None else resize_size
+  return [np.clip(np.round(center_crop(resize_shorter(im, resize_size), image_size)), 0, 255).astype(np.uint8)
+          for im in as_image_list(images)]

@@ -60,3 +60,12 @@ def test_bad_images_say_what_came(img, err, match):
 def test_resize_smaller_than_crop_is_refused():
   with pytest.raises(ValueError, match="resize_size"):
     P.preprocess(np.zeros((64, 64, 3), np.uint8), image_size=64, resize_size=32)
+
+
+def test_display_crops_are_what_the_model_sees():
+  rng = np.random.default_rng(1)
+  img = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+  (crop,) = P.display_crops(img)
+  assert crop.shape == (224, 224, 3) and crop.dtype == np.uint8
+  x = np.asarray(P.preprocess(img, mean=(0, 0, 0), std=(1, 1, 1)))[0]
+  assert np.abs(crop.astype(np.float32) - x).max() <= 0.5 + 1e-4  # only rounding differs
