@@ -1,1 +1,278 @@
-"""randomization metrics."""
+"""Randomization sanity checks: does the map depend on the model and the class?
+
+- `model_parameter_randomization` (Adebayo, Gilmer, Muelly, Goodfellow, Hardt,
+  Kim 2018, "Sanity Checks for Saliency Maps", NeurIPS, arXiv:1810.03292):
+  re-initialize the model's layers (cascading from the output, or one at a
+  time) and compare the new maps with the original one.
+- `random_logit` (Sixt, Granz, Landgraf 2020, "When Explanations Lie: Why Many
+  Modified BP Attributions Fail", ICML, arXiv:1912.09818): the map of the
+  target against the map of a random other class.
+- `class_sensitivity` (Rebuffi, Fong, Ji, Vedaldi 2020, "There and Back Again:
+  Revisiting Backpropagation Saliency Methods", CVPR, arXiv:2004.02866): the
+  map of the most likely class against that of the least likely class.
+
+For all three, LOWER similarity means the map is more sensitive to the model
+or the class (what a faithful method should be). Explainers are passed in (see
+`saljax.metrics.robustness` for the `explainer` / `explainer_options`
+convention). Similarities (`saljax.metrics._similarity`): ``"spearman"``
+(default), ``"pearson"``, ``"ssim"`` and ``"hog"``, on 2-D maps (NHWC
+explanations summed over channels, of ``|e|`` when ``absolute=True``).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from saljax import _validation as V
+from saljax import parallel
+from saljax.metrics import _common as C
+from saljax.metrics import _similarity as S
+from saljax.metrics._registry import REGISTRY
+from saljax.metrics.robustness import check_explainer, explain
+
+Array = jax.Array
+
+MODES = ("cascading", "independent")
+
+
+def truncated_normal_init(key, leaf: Array, std: float = 0.01) -> Array:
+  """Adebayo et al.'s re-initialization (App. B, MNIST CNN): truncated normal
+  (at 2 std), mean 0, std 0.01, for every parameter of the layer."""
+  return std * jax.random.truncated_normal(key, -2.0, 2.0, leaf.shape, jnp.float32).astype(leaf.dtype)
+
+
+def _path_name(path) -> str:
+  parts = []
+  for p in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(p, attr):
+        parts.append(str(getattr(p, attr)))
+        break
+    else:
+      parts.append(str(p))
+  return "/".join(parts)
+
+
+def layer_names(params) -> tuple[str, ...]:
+  """Top-level layer names of a params pytree, input to output as stored
+  (Flax keeps definition order). A ``{"params": ...}`` wrapper is looked
+  through."""
+  if isinstance(params, dict) and set(params) == {"params"}:
+    return tuple("params/" + k for k in params["params"])
+  if isinstance(params, dict):
+    return tuple(str(k) for k in params)
+  raise TypeError("params: expected a dict pytree of layers (e.g. {'conv1': {...}, ...}); pass"
+                  " `layers` explicitly for other pytrees")
+
+
+def _leaf_layers(params, layers: Sequence[str]) -> tuple[int, ...]:
+  """For each leaf, the index in `layers` of the layer it belongs to (-1: none)."""
+  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  out = []
+  for path, _ in leaves:
+    name = _path_name(path)
+    idx = [i for i, l in enumerate(layers) if name == l or name.startswith(l + "/")]
+    out.append(idx[0] if idx else -1)
+  return tuple(out)
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "model_fn", "explainer", "options", "leaf_layers", "n_layers", "mode", "similarity",
+    "absolute", "init", "batch_size", "image_rank"))
+def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, leaf_layers,
+                   n_layers, mode, similarity, absolute, init, batch_size, image_rank):
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  k_init, k_expl = jax.random.split(key)
+  init_keys = jax.random.split(k_init, len(leaves))
+  random = [init(k, l) for k, l in zip(init_keys, leaves)]
+  if e0 is None:
+    e0 = explain(explainer, lambda z: model_fn(params, z), x, target, k_expl, options)
+  m0 = S.to_map(e0, image_rank, absolute=absolute)
+
+  def one(args):
+    stage, k = args
+    new = []
+    for leaf, r, li in zip(leaves, random, leaf_layers):
+      if li < 0:
+        new.append(leaf)
+        continue
+      hit = (li <= stage) if mode == "cascading" else (li == stage)
+      new.append(jnp.where(hit, r, leaf))
+    p = jax.tree_util.tree_unflatten(treedef, new)
+    e = explain(explainer, lambda z: model_fn(p, z), x, target, k, options)
+    if e.shape != e0.shape:  # raised while tracing, before any work
+      raise ValueError(f"attribution: expected the explainer's output shape {e.shape}, got"
+                       f" {e0.shape}")
+    return S.similarity(similarity, m0, S.to_map(e, image_rank, absolute=absolute))
+
+  stages = jnp.arange(n_layers)
+  curve = parallel.chunked_map(one, (stages, jax.random.split(k_expl, n_layers)),
+                               batch_size=batch_size).T
+  return {"score": curve.mean(1), "curve": curve}
+
+
+@REGISTRY.register("model_parameter_randomization", kind="randomization", stochastic=True)
+def model_parameter_randomization(model_fn, x, attribution, target, *, params=None, key=None,
+                                  explainer=None, explainer_options=None, mode: str = "cascading",
+                                  layers: Sequence[str] | None = None,
+                                  similarity: str = "spearman", absolute: bool = True,
+                                  init: Callable | None = None, batch_size: int | None = None):
+  """Model parameter randomization test (Adebayo et al. 2018, arXiv:1810.03292).
+
+  Stage ``s`` re-initializes, in ``mode="cascading"``, layers ``0..s`` of
+  `layers` (listed from the OUTPUT down, so the top layer goes first and each
+  stage adds the next deeper one; Sec. 3.1), or, in ``"independent"``, only
+  layer ``s`` with every other layer trained (Sec. 3.2). At every stage the
+  explainer is rerun for the same `target` (the reference code re-takes the
+  argmax of the randomized model; here the class stays fixed) and its map is
+  compared with the trained model's map. Stages run through
+  `saljax.parallel.chunked_map` (``batch_size`` stages at a time), with the
+  layer choice as traced selections, so the whole test compiles once.
+
+  Args:
+    model_fn: ``model_fn(params, x) -> logits``, the model as a function of
+      its parameters (first argument in place of the contract's `f`).
+    x: inputs.
+    attribution: the trained model's map, or None to compute it.
+    target: class indices ``[B]``, an int, or ``"predicted"``.
+    params: the trained parameters, a dict pytree of layers.
+    key: required (re-initialization and stochastic explainers).
+    explainer, explainer_options: the method under test.
+    mode: ``"cascading"`` (default) or ``"independent"``.
+    layers: layer names (top-level keys, or ``"a/b"`` paths) in randomization
+      order; default: the top-level keys of `params` reversed (output first).
+    similarity: ``"spearman"`` (default; Adebayo et al.'s rank correlation),
+      ``"pearson"``, ``"ssim"`` or ``"hog"``.
+    absolute: compare ``sum_c |e|`` maps (default, the paper's absolute
+      Spearman) or signed channel sums. PAIR's 99th-percentile clipping used
+      for the paper's figures is not applied (it only adds ties at the top).
+    init: ``init(key, leaf) -> leaf``; default `truncated_normal_init`
+      (truncated normal, std 0.01, the paper's MNIST setting).
+    batch_size: stages evaluated together.
+
+  Returns:
+    ``{"score": mean over stages [B], "curve": [B, len(layers)],
+    "layers": layers}`` with stage ``s`` in column ``s``.
+  """
+  if not callable(model_fn):
+    raise TypeError(f"model_fn: expected model_fn(params, x) -> logits, got {V.describe(model_fn)}")
+  if params is None:
+    raise ValueError("params: expected the trained parameters pytree, got None")
+  x = V.check_input(x)
+  _, x, target = C.prepare_model(lambda z: model_fn(params, z), x, target)
+  key = C.check_key(key, "model_parameter_randomization")
+  explainer, options = check_explainer(explainer, explainer_options)
+  V.check_choice(mode, "mode", MODES)
+  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  batch_size = V.check_batch_size(batch_size)
+  if layers is None:
+    layers = tuple(reversed(layer_names(params)))
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  if not layers:
+    raise ValueError("layers: expected at least one layer name, got none")
+  leaf_layers = _leaf_layers(params, layers)
+  missing = [l for i, l in enumerate(layers) if i not in leaf_layers]
+  if missing:
+    raise ValueError(f"layers: {missing} match no parameter; the params have layers"
+                     f" {list(layer_names(params)) if isinstance(params, dict) else '?'}")
+  init = truncated_normal_init if init is None else init
+  e0 = None
+  if attribution is not None:
+    e0 = jnp.asarray(attribution, jnp.float32)
+    if e0.shape[:1] != x.shape[:1]:
+      raise ValueError(f"attribution: expected a batch of {x.shape[0]} maps, got shape"
+                       f" {tuple(e0.shape)}")
+    if not bool(jnp.isfinite(e0).all()):
+      raise ValueError("attribution: expected finite values, got NaN or inf")
+  out = _randomization(model_fn, params, x, target, e0, key, explainer=explainer, options=options,
+                       leaf_layers=leaf_layers, n_layers=len(layers), mode=mode,
+                       similarity=similarity, absolute=bool(absolute), init=init,
+                       batch_size=batch_size, image_rank=x.ndim)
+  return dict(out, layers=layers)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "explainer", "options", "similarity",
+                                             "absolute", "image_rank"))
+def _compare_classes(model, x, e_a, other, key, *, explainer, options, similarity, absolute,
+                     image_rank):
+  e_b = explain(explainer, model, x, other, key, options)
+  return S.similarity(similarity, S.to_map(e_a, image_rank, absolute=absolute),
+                      S.to_map(e_b, image_rank, absolute=absolute))
+
+
+def _checked_attribution(attribution, explainer, model, x, target, key, options):
+  from saljax.metrics.robustness import check_explanation
+  return check_explanation(attribution, explainer, model, x, target, key, options)
+
+
+@REGISTRY.register("random_logit", kind="randomization", stochastic=True)
+def random_logit(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
+                 similarity: str = "ssim", absolute: bool = False):
+  """Random logit test (Sixt, Granz, Landgraf 2020, arXiv:1912.09818; Quantus
+  `RandomLogit`): similarity between the map of `target` and the map of a
+  class drawn uniformly from the other classes. Default similarity SSIM
+  (Quantus), on signed channel sums min-max scaled to [0, 1]. Lower is better.
+
+  Args:
+    attribution: the map of `target`, or None to compute it.
+    key: required (the random class).
+
+  Returns:
+    ``[B]``.
+  """
+  model = f
+  f, x, target = C.prepare_model(f, x, target)
+  key = C.check_key(key, "random_logit")
+  explainer, options = check_explainer(explainer, explainer_options)
+  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  n = C.check_f_output(f, x)
+  if n < 2:
+    raise ValueError(f"random_logit: expected a model with at least 2 classes, got {n}")
+  k0, k1, k2 = jax.random.split(key, 3)
+  e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
+  # Uniform over the n - 1 other classes.
+  shift = jax.random.randint(k1, target.shape, 1, n)
+  other = ((target + shift) % n).astype(jnp.int32)
+  return _compare_classes(model, x, e_a, other, k2, explainer=explainer, options=options,
+                          similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
+
+
+@REGISTRY.register("class_sensitivity", kind="randomization", stochastic=False)
+def class_sensitivity(f, x, attribution=None, target="predicted", *, key=None, explainer=None,
+                      explainer_options=None, similarity: str = "spearman",
+                      absolute: bool = False):
+  """Class sensitivity (Rebuffi, Fong, Ji, Vedaldi 2020, "There and Back Again:
+  Revisiting Backpropagation Saliency Methods", CVPR, arXiv:2004.02866):
+  rank correlation between the map of the most likely class and the map of
+  the least likely class (signed maps, "spearman_no_abs" in the reference
+  code). Lower means more class-sensitive. The reference averages over
+  images and ignores non-finite correlations; here a constant map gives 0.
+
+  Args:
+    attribution: the map of the most likely class, or None to compute it.
+    target: ``"predicted"`` (default) or the most likely class per example.
+    key: passed to stochastic explainers (optional).
+
+  Returns:
+    ``[B]``.
+  """
+  model = f
+  f, x, target = C.prepare_model(f, x, target)
+  key = C.check_key(key, "class_sensitivity", required=False)
+  key = jax.random.key(0) if key is None else key
+  explainer, options = check_explainer(explainer, explainer_options)
+  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  k0, k1 = jax.random.split(key)
+  e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
+  least = _argmin(f, x)
+  return _compare_classes(model, x, e_a, least, k1, explainer=explainer, options=options,
+                          similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _argmin(f, x):
+  return jnp.argmin(f(x), -1).astype(jnp.int32)
+

@@ -1,0 +1,154 @@
+"""Randomization sanity checks on a CNN trained on scikit-learn digits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import sklearn.datasets
+
+import saljax
+from saljax.metrics import randomization as R
+
+KEY = jax.random.key(0)
+
+
+def conv3(x, w):
+  """3x3 'SAME' convolution as one matmul over shifted copies (fast to train on CPU)."""
+  h, wd = x.shape[1:3]
+  p = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  patches = jnp.concatenate([p[:, dy:dy + h, dx:dx + wd] for dy in range(3) for dx in range(3)], -1)
+  return patches @ w.reshape(-1, w.shape[-1])
+
+
+def cnn(params, x):
+  h = jax.nn.relu(conv3(x, params["conv1"]["w"]) + params["conv1"]["b"])
+  h = jax.nn.relu(conv3(h, params["conv2"]["w"]) + params["conv2"]["b"])
+  h = h.reshape(h.shape[0], 4, 2, 4, 2, -1).mean((2, 4)).reshape(h.shape[0], -1)
+  h = jax.nn.relu(h @ params["fc1"]["w"] + params["fc1"]["b"])
+  return h @ params["fc2"]["w"] + params["fc2"]["b"]
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """A small CNN trained on 500 8x8 digits for 100 full-batch Adam steps; returns
+  (params, 16 held-out images, their labels)."""
+  digits = sklearn.datasets.load_digits()
+  images = jnp.asarray(digits.images[..., None] / 16.0, jnp.float32)
+  labels = jnp.asarray(digits.target)
+  x, y = images[:500], labels[:500]
+  ks = jax.random.split(jax.random.key(0), 4)
+  he = lambda k, s: jax.random.normal(k, s) * jnp.sqrt(2.0 / np.prod(s[:-1]))
+  params = {"conv1": {"w": he(ks[0], (3, 3, 1, 8)), "b": jnp.zeros(8)},
+            "conv2": {"w": he(ks[1], (3, 3, 8, 16)), "b": jnp.zeros(16)},
+            "fc1": {"w": he(ks[2], (256, 32)), "b": jnp.zeros(32)},
+            "fc2": {"w": he(ks[3], (32, 10)), "b": jnp.zeros(10)}}
+  opt = optax.adam(1e-2)
+
+  @jax.jit
+  def train(params):
+    def step(carry, _):
+      p, s = carry
+      loss, g = jax.value_and_grad(
+          lambda p: optax.softmax_cross_entropy_with_integer_labels(cnn(p, x), y).mean())(p)
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), loss
+    (p, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=100)
+    return p, losses
+
+  params, losses = train(params)
+  held_x, held_y = images[1000:1200], labels[1000:1200]
+  acc = float((jnp.argmax(cnn(params, held_x), -1) == held_y).mean())
+  assert acc > 0.8, acc  # a trained model, or the sanity check means nothing
+  return params, held_x[:16], held_y[:16]
+
+
+def sobel(f, x, target, *, key=None):
+  """A fixed edge detector: the Sobel magnitude of the input, independent of the model."""
+  gy = jax.scipy.signal.convolve2d
+  k = jnp.array([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])
+  img = x[..., 0]
+  conv = jax.vmap(lambda im: jnp.hypot(gy(im, k, mode="same"), gy(im, k.T, mode="same")))
+  return conv(img)[..., None]
+
+
+def test_cascading_randomization_separates_gradient_from_edge_detector(trained):
+  params, x, y = trained
+  grad = R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY,
+                                         explainer=saljax.explainers.gradient)
+  edge = R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY, explainer=sobel)
+  assert grad["layers"] == ("fc2", "fc1", "conv2", "conv1")
+  assert grad["curve"].shape == (16, 4)
+  # Gradient maps lose their rank order once the model is randomized.
+  assert float(grad["curve"][:, -1].mean()) < 0.5, grad["curve"].mean(0)
+  assert float(grad["curve"].mean()) < 0.6
+  # The edge detector does not read the model: unchanged at every stage.
+  np.testing.assert_allclose(edge["curve"], 1.0, atol=1e-6)
+
+
+def test_independent_mode_chunking_and_one_compile(trained):
+  params, x, y = trained
+  kw = dict(params=params, explainer=saljax.explainers.gradient, mode="independent")
+  a = R.model_parameter_randomization(cnn, x[:4], None, y[:4], key=KEY, **kw)
+  b = R.model_parameter_randomization(cnn, x[:4], None, y[:4], key=KEY, **kw)
+  np.testing.assert_array_equal(a["curve"], b["curve"])
+  size = R._randomization._cache_size()
+  c = R.model_parameter_randomization(cnn, x[4:8], None, y[4:8], key=jax.random.key(1), **kw)
+  assert R._randomization._cache_size() == size
+  assert c["curve"].shape == (4, 4)
+  d = R.model_parameter_randomization(cnn, x[:4], None, y[:4], key=KEY, batch_size=3, **kw)
+  np.testing.assert_allclose(a["curve"], d["curve"], atol=1e-5)
+
+
+def test_randomization_errors(trained):
+  params, x, y = trained
+  g = saljax.explainers.gradient
+  with pytest.raises(ValueError, match="params"):
+    R.model_parameter_randomization(cnn, x, None, y, key=KEY, explainer=g)
+  with pytest.raises(ValueError, match="match no parameter"):
+    R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY, explainer=g,
+                                    layers=["conv9"])
+  with pytest.raises(ValueError, match="mode"):
+    R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY, explainer=g,
+                                    mode="top")
+  with pytest.raises(ValueError, match="output shape"):
+    R.model_parameter_randomization(cnn, x, jnp.ones((16, 4, 4)), y, params=params, key=KEY,
+                                    explainer=g)
+
+
+def _two_region_model():
+  """Class 0 reads the left half of a 16x16 image, class 1 the right half, class 2 all."""
+  w = np.zeros((16, 16, 1, 3), np.float32)
+  w[:, :8, 0, 0] = 1.0
+  w[:, 8:, 0, 1] = 1.0
+  w[..., 0, 2] = 0.1 * np.random.default_rng(0).normal(size=(16, 16))
+  w = jnp.asarray(w)
+  return lambda x: jnp.einsum("bhwc,hwck->bk", x ** 2, w)
+
+
+@pytest.mark.parametrize("similarity", ["ssim", "spearman", "hog", "pearson"])
+def test_random_logit_and_class_sensitivity(similarity):
+  f = _two_region_model()
+  x = jax.random.uniform(jax.random.key(3), (2, 16, 16, 1))
+  t = jnp.array([0, 1])
+  kw = dict(explainer=saljax.explainers.gradient, similarity=similarity)
+  if similarity == "hog":
+    kw["similarity"] = "spearman"  # HOG needs 24x24+; checked below on a larger input
+  s = R.random_logit(f, x, None, t, key=KEY, **kw)
+  same = R.random_logit(lambda x: jnp.concatenate([f(x)[:, :1]] * 3, 1), x, None,
+                        jnp.array([0, 0]), key=KEY, **kw)
+  assert s.shape == (2,)
+  np.testing.assert_allclose(same, 1.0, atol=1e-4)  # every class has the same map
+  assert (s < 0.9).all()
+  cs = R.class_sensitivity(f, x, **kw)
+  assert cs.shape == (2,) and (cs < 0.9).all()
+
+
+def test_hog_similarity_in_random_logit():
+  x = jax.random.uniform(jax.random.key(4), (2, 24, 24, 1))
+  f = lambda x: jnp.stack([(x[:, :12] ** 2).sum((1, 2, 3)), (x[:, 12:] ** 2).sum((1, 2, 3))], 1)
+  s = R.random_logit(f, x, None, jnp.array([0, 1]), key=KEY, explainer=saljax.explainers.gradient,
+                     similarity="hog")
+  assert s.shape == (2,) and np.isfinite(s).all() and (s < 0.9).all()
+  with pytest.raises(ValueError, match="similarity"):
+    R.random_logit(f, x, None, 0, key=KEY, explainer=saljax.explainers.gradient,
+                   similarity="cosine")
