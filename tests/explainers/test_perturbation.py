@@ -23,18 +23,30 @@ def x8():
   return jax.random.normal(jax.random.key(3), (2, H, W, 3))
 
 
+# Module-level models: one function object for every test, so compiled
+# explainers (the model is a static argument) are reused across tests.
+_LIN_W = jax.random.normal(jax.random.key(4), (H * W * 3, 4))
+_K1, _K2 = jax.random.split(jax.random.key(5))
+_MLP_W1 = jax.random.normal(_K1, (H * W * 3, 16)) / math.sqrt(H * W * 3)
+_MLP_W2 = jax.random.normal(_K2, (16, 4))
+
+
+def _lin(x):
+  return x.reshape(x.shape[0], -1) @ _LIN_W
+
+
+def _mlp(x):
+  return jnp.tanh(x.reshape(x.shape[0], -1) @ _MLP_W1 * 2) @ _MLP_W2
+
+
 @pytest.fixture
 def lin8():
-  w = jax.random.normal(jax.random.key(4), (H * W * 3, 4))
-  return (lambda x: x.reshape(x.shape[0], -1) @ w), w
+  return _lin, _LIN_W
 
 
 @pytest.fixture
 def mlp8():
-  k1, k2 = jax.random.split(jax.random.key(5))
-  w1 = jax.random.normal(k1, (H * W * 3, 16)) / math.sqrt(H * W * 3)
-  w2 = jax.random.normal(k2, (16, 4))
-  return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1 * 2) @ w2
+  return _mlp
 
 
 def region_model(r0, r1, c0, c1):
