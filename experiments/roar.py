@@ -90,7 +90,7 @@ def _masked(ds: pipelines.Dataset, mask: np.ndarray, fill: float) -> pipelines.A
 
 def retrain_accuracy(config, ds_train, ds_test, seed: int) -> float:
   """Test accuracy of a fresh model trained for `roar.retrain_steps` (no checkpoints)."""
-  model = C.build_model(config, ds_train.num_classes)
+  model = C.build_model(config, ds_train.num_classes, ds_train.image_shape)
   tcfg = config.train
   cfg = config.copy_and_resolve_references() if hasattr(config, "copy_and_resolve_references") else config
   cfg.unlock()
@@ -98,7 +98,7 @@ def retrain_accuracy(config, ds_train, ds_test, seed: int) -> float:
   cfg.train.eval_examples = 0
   cfg.train.adversarial.mode = "none"  # retraining is standard training, whatever trained the model
   tx = C.make_optimizer(cfg.train)
-  state = C.init_state(model, tx, jax.random.key(seed), ds_train.image_shape)
+  state = C.init_state(model, tx, C.init_key(seed), ds_train.image_shape)
   train_step, eval_step = T.make_steps(cfg, model, tx, None)
   for step in range(cfg.train.steps):
     b = ds_train.batch_for_step(step, tcfg.batch_size, seed=seed)

@@ -118,7 +118,10 @@ def make_steps(config, model: C.Model, tx, bounds):
       x_adv = attacks.pgd_perturb(loss_fn, x, None, float(adv.epsilon), step_size,
                                   steps=int(adv.steps), norm=adv.norm, random_start=False,
                                   bounds=bounds if adv.clip_to_data else None)
-      out["robust_correct"] = ((jnp.argmax(model.apply(v, x_adv)[0], -1) == y) * w).sum()
+      # x itself lies in the ball, so an example counts as robust only when both
+      # the clean and the attacked input are classified correctly.
+      ok = (jnp.argmax(logits, -1) == y) & (jnp.argmax(model.apply(v, x_adv)[0], -1) == y)
+      out["robust_correct"] = (ok * w).sum()
     return out
 
   return train_step, eval_step
@@ -159,11 +162,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       raise ValueError(f"train.{name}: expected a positive int, got {v!r}")
   ds_train = C.load_dataset(config, config.data.train_split)
   ds_eval = C.load_dataset(config, config.data.eval_split)
-  model = C.build_model(config, ds_train.num_classes)
+  model = C.build_model(config, ds_train.num_classes, ds_train.image_shape)
   if model.pretrained is not None:
     raise ValueError("model.pretrained: experiments.train trains from scratch; set model.pretrained=False")
   tx = C.make_optimizer(tcfg)
-  state = C.init_state(model, tx, jax.random.key(config.seed), ds_train.image_shape)
+  state = C.init_state(model, tx, C.init_key(config.seed), ds_train.image_shape)
   bounds = C.input_bounds(config, ds_train.image_shape[-1])
   train_step, eval_step = make_steps(config, model, tx, bounds)
 

@@ -109,7 +109,7 @@ def test_config_models_build(name, shape):
   c.model.width = 8  # the architecture, tiny
   c.model.depth = 1
   c.model.num_heads = 2
-  m = C.build_model(c, 10)
+  m = C.build_model(c, 10, shape)
   # Shapes only (nothing compiles): the architecture builds and maps images to 10 logits.
   v = jax.eval_shape(lambda k: m.module.init(k, jnp.zeros((1, *shape)), train=False), jax.random.key(0))
   logits, _ = jax.eval_shape(lambda v, x: m.apply(v, x, train=True), v, jnp.zeros((2, *shape)))

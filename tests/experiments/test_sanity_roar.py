@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 
 def test_sanity_curves_and_figures(trained):
   out = sanity.run(tiny(), trained)
-  assert out["layers"] == ("head", "dense_0")  # output first
+  assert out["layers"] == ("out", "hidden_0")  # output first
   for m in ("gradient", "gradient_x_input"):
     for sim in ("spearman_abs", "spearman"):
       curve = np.asarray(out["curves"][m][sim])
