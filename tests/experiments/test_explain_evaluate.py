@@ -143,3 +143,26 @@ def test_bad_inputs(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="experiments.train"):
     explain.run(tiny(), str(tmp_path / "untrained"))
   assert not os.path.exists(tmp_path / "untrained" / "maps")
+
+
+def test_layer_method_maps_are_upsampled_for_metrics(tmp_path):
+  # A small CNN: Grad-CAM maps are stored at the layer's resolution [B, h, w]
+  # and upsampled to the image by evaluate.
+  c = tiny()
+  c.model.name = "cnn"
+  c.model.width = 4
+  c.train.steps = 2
+  c.train.eval_every = 2
+  c.train.checkpoint_every = 2
+  c.explain.methods = ("gradcam",)
+  c.explain.num_examples = 4
+  c.explain.overlays = 0
+  c.evaluate.metrics = ("sparseness", "relevance_mass")
+  train.run(c, str(tmp_path))
+  manifest = explain.run(c, str(tmp_path))
+  assert manifest["kinds"] == {"gradcam": "layer"}
+  maps = explain.load_maps(str(tmp_path / "maps"), "gradcam")["attribution"]
+  assert maps.ndim == 3 and maps.shape[0] == 4 and maps.shape[1:] != (56, 28)
+  rows = evaluate.run(c, str(tmp_path))
+  for r in rows.values():
+    assert r["n"] == 4 and np.isfinite(r["mean"]), r
