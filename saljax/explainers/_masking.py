@@ -87,6 +87,8 @@ def fill_values(x: Array, fill: Any, *, labels: Array | None = None, num_labels:
       return _group_mean(x, labels, num_labels)
     raise ValueError(f"fill: expected a float, an array, 'blur' or 'mean', got {fill!r}")
   if isinstance(fill, (int, float, np.floating, np.integer)) and not isinstance(fill, bool):
+    if not np.isfinite(fill):
+      raise ValueError(f"fill: expected a finite value, got {fill!r}")
     return jnp.full_like(x, float(fill))
   if fill is None:
     raise TypeError("fill: expected a float, an array, 'blur' or 'mean', got None")

@@ -397,5 +397,11 @@ def test_bad_inputs(x8, lin8):
     P.extremal_perturbation(f, x8, t, area=1.5)
   with pytest.raises(ValueError, match="output: expected one of"):
     P.rise(f, x8, t, key=KEY, output="softmax")
+  with pytest.raises(ValueError, match="fill: expected a finite value"):
+    P.occlusion(f, x8, t, fill=float("nan"))
+  with pytest.raises(ValueError, match="fill: expected a float, an array, 'blur' or 'mean'"):
+    P.occlusion(f, x8, t, fill="black")
+  with pytest.raises(ValueError, match="fill='mean' needs feature groups"):
+    P.occlusion(f, x8, t, fill="mean")
   with pytest.raises(ValueError, match="NHWC"):
     P.rise(lambda x: x, jnp.ones((2, 4)), t, key=KEY)
