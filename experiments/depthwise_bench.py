@@ -42,19 +42,23 @@ def bench(batch: int = 8, repeats: int = 5, size: int = 224, with_torch: bool = 
   variables = jax.jit(module.init)(jax.random.key(1, impl="rbg"), x[:1])
   for impl in L.DEPTHWISE_IMPLS:
     m = E.efficientnet_lite0(impl=impl)
-    fwd = jax.jit(lambda x, m=m: m.apply(variables, x))
-    grad = jax.jit(jax.grad(lambda x, m=m: m.apply(variables, x)[:, 0].sum()))
-    rows[f"lite0 forward [{impl}]"] = _median_time(lambda: fwd(x), repeats)
-    rows[f"lite0 input gradient [{impl}]"] = _median_time(lambda: grad(x), repeats)
+    # Variables as arguments (not constants) so XLA cannot fold weight-only work.
+    fwd = jax.jit(lambda v, x, m=m: m.apply(v, x))
+    grad = jax.jit(jax.grad(lambda x, v, m=m: m.apply(v, x)[:, 0].sum()))
+    rows[f"lite0 forward [{impl}]"] = _median_time(lambda: fwd(variables, x), repeats)
+    rows[f"lite0 input gradient [{impl}]"] = _median_time(lambda: grad(x, variables), repeats)
   # Single layers: the block shapes of Lite0 at 224 px (channels, spatial, kernel, stride).
   for c, hw, k, s in [(96, 112, 3, 2), (144, 56, 5, 2), (480, 14, 3, 1), (672, 14, 5, 1)]:
     xl = jax.random.normal(jax.random.key(2), (batch, hw, hw, c))
     kern = jax.random.normal(jax.random.key(3), (k, k, 1, c))
+    ct = jax.random.normal(jax.random.key(4), (batch, -(-hw // s), -(-hw // s), c))
     for impl in L.DEPTHWISE_IMPLS:
-      f = jax.jit(lambda x, impl=impl, s=s: L.depthwise_conv(x, kern, s, impl))
-      g = jax.jit(jax.grad(lambda x, impl=impl, s=s: L.depthwise_conv(x, kern, s, impl).sum()))
-      rows[f"dw {k}x{k}/{s} C={c} {hw}px forward [{impl}]"] = _median_time(lambda: f(xl), repeats)
-      rows[f"dw {k}x{k}/{s} C={c} {hw}px input gradient [{impl}]"] = _median_time(lambda: g(xl), repeats)
+      # Kernel and cotangent are arguments: as constants, XLA would fold the
+      # whole input gradient at compile time and time nothing.
+      f = jax.jit(lambda x, kern, impl=impl, s=s: L.depthwise_conv(x, kern, s, impl))
+      g = jax.jit(jax.grad(lambda x, kern, ct, impl=impl, s=s: (L.depthwise_conv(x, kern, s, impl) * ct).sum()))
+      rows[f"dw {k}x{k}/{s} C={c} {hw}px forward [{impl}]"] = _median_time(lambda: f(xl, kern), repeats)
+      rows[f"dw {k}x{k}/{s} C={c} {hw}px input gradient [{impl}]"] = _median_time(lambda: g(xl, kern, ct), repeats)
   if with_torch:
     import numpy as np
     import torch
