@@ -27,7 +27,9 @@ from absl import logging
 
 from experiments import _common as C
 from saljax import attacks
+from saljax import parallel
 from saljax import logging as slog
+from saljax.data import pipelines
 
 
 
@@ -170,6 +172,15 @@ def run(config, workdir: str) -> dict[str, Any]:
   bounds = C.input_bounds(config, ds_train.image_shape[-1])
   train_step, eval_step = make_steps(config, model, tx, bounds)
 
+  # Data parallel over every device: the state is replicated, each batch is
+  # split along its first axis (on several hosts, each process loads its rows).
+  mesh = parallel.make_mesh()
+  if tcfg.batch_size % mesh.size:
+    raise ValueError(f"train.batch_size: expected a multiple of the {mesh.size} devices, got"
+                     f" {tcfg.batch_size}")
+  per_process = tcfg.batch_size // jax.process_count()
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  state = jax.device_put(state, replicated)
   mgr = C.checkpoint_manager(config, workdir, model, state, async_save=tcfg.async_checkpoint)
   start = 0
   if mgr.latest_step() is not None:
@@ -184,8 +195,11 @@ def run(config, workdir: str) -> dict[str, Any]:
   step = start
   with _Preemption() as preemption:
     for step in range(start, tcfg.steps):
-      b = ds_train.batch_for_step(step, tcfg.batch_size, seed=config.seed)
-      state, m = train_step(state, jnp.asarray(b["image"]), jnp.asarray(b["label"]))
+      idx = pipelines.indices_for_step(step, tcfg.batch_size, len(ds_train), seed=config.seed)
+      lo = jax.process_index() * per_process
+      b = ds_train.batch(idx[lo:lo + per_process])
+      x, y = parallel.global_batch((b["image"], b["label"]), mesh)
+      state, m = train_step(state, x, y)
       done = step + 1
       if done % tcfg.log_every == 0:
         writer.write(done, jax.device_get(m))

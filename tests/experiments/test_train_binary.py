@@ -204,3 +204,24 @@ def test_checkpoint_from_another_model(tmp_path):
   c.model.name = "cnn"
   with pytest.raises(ValueError, match="written by model 'mlp'"):
     train.run(c, str(tmp_path))
+
+
+def test_four_devices_match_one(tmp_path):
+  # Data parallel training on 4 simulated CPU devices ends where the 1-device
+  # run ends (up to the order of float sums).
+  wd4 = str(tmp_path / "four")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  code = ("import sys, numpy as np, jax; sys.path.insert(0, %r); sys.path.insert(0, %r);"
+          "import test_train_binary as T; from experiments import train;"
+          "assert jax.device_count() == 4;"
+          "out = train.run(T.tiny(steps=12), %r);"
+          "np.savez(%r, *[np.asarray(a) for a in jax.tree_util.tree_leaves(out['state']['params'])])"
+          % (REPO, os.path.dirname(os.path.abspath(__file__)), wd4, str(tmp_path / "p4.npz")))
+  r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-3000:]
+  one = train.run(tiny(steps=12), str(tmp_path / "one"))
+  four = np.load(tmp_path / "p4.npz")
+  leaves = _leaves(one["state"]["params"])
+  assert len(leaves) == len(four.files)
+  for i, a in enumerate(leaves):
+    np.testing.assert_allclose(four[f"arr_{i}"], a, rtol=2e-4, atol=2e-5)
