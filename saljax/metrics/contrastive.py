@@ -140,8 +140,8 @@ def contrastive_map(explainer, f, x, target=None, *, contrast=None, group=None, 
   explainer, options = check_explainer(explainer, explainer_options)
   x = V.check_input(x)
   batch, n = M.output_shape(M.as_model(f), x)
-  if target is not None and not isinstance(target, str):
-    target = V.check_target(target, batch, n)
+  if target is not None:
+    target = M.resolve_target(f, x, target)
   w = contrast_weights(n, None if target is None else np.asarray(target), contrast=contrast,
                        group=group, contrast_group=contrast_group, batch=batch)
   return explain(explainer, contrastive_model(f, w), x, jnp.zeros((batch,), jnp.int32), key,

@@ -58,10 +58,12 @@ def _path_name(path) -> str:
 
 def layer_names(params) -> tuple[str, ...]:
   """Top-level layer names of a params pytree, input to output as stored
-  (Flax keeps definition order). A ``{"params": ...}`` wrapper is looked
-  through."""
-  if isinstance(params, dict) and set(params) == {"params"}:
-    return tuple("params/" + k for k in params["params"])
+  (Flax keeps definition order). In Flax variables ``{"params": ...,
+  "batch_stats": ...}`` only the layers under ``"params"`` are listed, so
+  batch-norm running statistics are never re-initialized (as the reference
+  code, which leaves moving means and variances alone)."""
+  if isinstance(params, dict) and isinstance(params.get("params"), dict):
+    return tuple("params/" + str(k) for k in params["params"])
   if isinstance(params, dict):
     return tuple(str(k) for k in params)
   raise TypeError("params: expected a dict pytree of layers (e.g. {'conv1': {...}, ...}); pass"

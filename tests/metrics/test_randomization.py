@@ -152,3 +152,11 @@ def test_hog_similarity_in_random_logit():
   with pytest.raises(ValueError, match="similarity"):
     R.random_logit(f, x, None, 0, key=KEY, explainer=saljax.explainers.gradient,
                    similarity="cosine")
+
+
+def test_flax_variables_layers_skip_batch_stats():
+  variables = {"params": {"conv": {"kernel": jnp.ones(2)}, "head": {"kernel": jnp.ones(3)}},
+               "batch_stats": {"conv": {"mean": jnp.zeros(2)}}}
+  assert R.layer_names(variables) == ("params/conv", "params/head")
+  # Leaves in flatten order (batch_stats first): never randomized (-1).
+  assert R._leaf_layers(variables, ("params/head", "params/conv")) == (-1, 1, 0)
