@@ -19,7 +19,7 @@ def tiny():
   c.train.eval_every = 30
   c.train.checkpoint_every = 30
   c.train.eval_examples = 16
-  c.sanity.methods = ("gradient", "gradient_x_input")
+  c.sanity.methods = ("gradient_x_input",)
   c.sanity.num_examples = 6
   c.sanity.similarities = ("spearman_abs", "spearman")
   c.roar.fractions = (0.5,)
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 def test_sanity_curves_and_figures(trained):
   out = sanity.run(tiny(), trained)
   assert out["layers"] == ("out", "hidden_0")  # output first
-  for m in ("gradient", "gradient_x_input"):
+  for m in ("gradient_x_input",):
     for sim in ("spearman_abs", "spearman"):
       curve = np.asarray(out["curves"][m][sim])
       assert curve.shape == (2,) and (np.abs(curve) <= 1 + 1e-5).all()
@@ -48,10 +48,10 @@ def test_sanity_curves_and_figures(trained):
   # absolute rank correlation stays above the signed one once layers are random.
   gxi = out["curves"]["gradient_x_input"]
   assert gxi["spearman_abs"][-1] > gxi["spearman"][-1]
-  # Randomizing every layer changes the gradient map.
-  assert out["curves"]["gradient"]["spearman_abs"][-1] < 0.9
+  # Randomizing every layer flips the signs: the signed rank correlation collapses.
+  assert gxi["spearman"][-1] < 0.5
   with open(os.path.join(trained, "sanity.csv")) as fh:
-    assert len(list(csv.DictReader(fh))) == 2 * 2 * 2
+    assert len(list(csv.DictReader(fh))) == 1 * 2 * 2
   assert json.load(open(os.path.join(trained, "sanity.json")))["mode"] == "cascading"
 
 
