@@ -187,6 +187,8 @@ class TfdsDataset(Dataset):
                max_boxes: int = 16, attribute: str = "Smiling"):
     spec = SPECS.get(name)
     source = open_source(name, split, data_dir)
+    if image_size is None and name in ("imagenet2012", "voc2007", "caltech_birds2011"):
+      raise ValueError(f"image_size: {name!r} has images of many sizes; pass (H, W) to batch them")
     if image_size is None:
       first = np.asarray(source[0]["image"])
       image_size = first.shape[:2]

@@ -57,6 +57,11 @@ def test_missing_dataset_says_how_to_prepare(tmp_path):
     pipelines.load("imagenet2012", "test", data_dir=str(tmp_path))
 
 
+def test_variable_size_sets_need_an_image_size(mock):
+  with pytest.raises(ValueError, match="image_size"):
+    pipelines.load("voc2007", "test")
+
+
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="dataset"):
     pipelines.load("svhn_cropped", "train")
