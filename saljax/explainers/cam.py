@@ -96,6 +96,12 @@ def layer_shapes(f: M.Tapped, x: Array) -> dict[str, jax.ShapeDtypeStruct]:
   (`jax.eval_shape` returns dicts with sorted keys, so the order is recorded
   while tracing.) Nothing runs: this is one abstract trace.
   """
+  return dict(_layer_shapes(f, tuple(x.shape), jnp.dtype(x.dtype)))
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_shapes(f: M.Tapped, shape: tuple[int, ...], dtype) -> tuple:
+  # Cached per (model, shape, dtype): validating a second call traces nothing.
   order: list[str] = []
 
   def acts(x):
@@ -103,8 +109,8 @@ def layer_shapes(f: M.Tapped, x: Array) -> dict[str, jax.ShapeDtypeStruct]:
     order.extend(a)
     return a
 
-  shapes = jax.eval_shape(acts, x)
-  return {k: shapes[k] for k in order}
+  shapes = jax.eval_shape(acts, jax.ShapeDtypeStruct(shape, dtype))
+  return tuple((k, shapes[k]) for k in order)
 
 
 def resolve_layers(f: M.Tapped, x: Array, layer, *, num_prefix_tokens: int | None = None):
@@ -157,7 +163,8 @@ def activations_and_gradients(f: M.Tapped, x: Array, target: Array, layers: Sequ
   Returns ``(logits, acts, grads)``; `acts` (for `layers` and `extra`) and
   `grads` (for `layers`) map name -> array as the layer produced it.
   """
-  taps = f.zero_taps(x, layers)
+  shapes = layer_shapes(f, x)  # cached abstract trace (Tapped.zero_taps would re-trace)
+  taps = {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in layers}
   keep = tuple(dict.fromkeys(tuple(layers) + tuple(extra)))
 
   def score(taps):
@@ -566,7 +573,7 @@ def _check_conv_inputs(f, x, names, grids, input_layer, conv):
   else:
     raise TypeError(f"input_layer: expected None, a layer name or a dict, got {input_layer!r}")
   M.check_layers(f, [k for k in inputs if k is not None])
-  shapes = f.activation_shapes(x)
+  shapes = layer_shapes(f, x)
   for name, (h, w, _), src in zip(names, grids, inputs):
     src_shape = x.shape if src is None else shapes[src].shape
     if len(src_shape) != 4:
