@@ -90,43 +90,92 @@ def _check_steps(steps: Any, x: Array, p: int) -> int:
 # Deletion, insertion, pixel flipping.
 
 
+def _segment_ranks(fmap: Array, segments: Array, num_segments: int, key, descending: bool):
+  """Rank of each pixel's segment (by mean relevance) and segments per example.
+
+  `segments` are per-example labels ``0..S_b-1`` (relabelled by `_check_segments`);
+  label ids an example does not use rank last and are never reached."""
+  b = fmap.shape[0]
+  flat, lab = fmap.reshape(b, -1), segments.reshape(b, -1)
+  sums = jax.vmap(lambda v, l: jax.ops.segment_sum(v, l, num_segments))(flat, lab)
+  counts = jax.vmap(lambda l: jax.ops.segment_sum(jnp.ones_like(l), l, num_segments))(lab)
+  mean = sums / jnp.maximum(counts, 1)
+  sign = 1.0 if descending else -1.0
+  mean = jnp.where(counts > 0, sign * mean, -jnp.inf)
+  r = C.ranks(mean, key, descending=True)
+  return jnp.take_along_axis(r, lab, axis=1).reshape(segments.shape), (counts > 0).sum(1)
+
+
 @functools.partial(jax.jit, static_argnames=("f", "steps", "patch_size", "descending", "insert",
-                                             "score", "batch_size"))
-def _perturbation_curve(f, x, fmap, fill, target, key, steps, patch_size, descending, insert,
-                        score, batch_size):
-  rank, units = _unit_ranks(fmap, key, patch_size, descending)
+                                             "score", "batch_size", "num_segments"))
+def _perturbation_curve(f, x, fmap, fill, target, key, segments, steps, patch_size, descending,
+                        insert, score, batch_size, num_segments):
+  if segments is None:
+    rank, units = _unit_ranks(fmap, key, patch_size, descending)
+    units = jnp.full((x.shape[0],), units, jnp.int32)
+  else:
+    rank, units = _segment_ranks(fmap, segments, num_segments, key, descending)
   start, finish = (fill, x) if insert else (x, fill)
   # Step i has changed the first floor(i * units / steps) units: RISE's grid
   # when steps divides the unit count, and a full sweep at i = steps.
-  thresholds = jnp.asarray((np.arange(steps + 1) * units) // steps, jnp.int32)
+  thresholds = (jnp.arange(steps + 1, dtype=jnp.int32)[:, None] * units[None, :]) // steps
 
   def one(t):
-    changed = C.expand(rank < t, x)
+    changed = C.expand(rank < t.reshape((-1,) + (1,) * (rank.ndim - 1)), x)
     return C.target_score(f, jnp.where(changed, finish, start), target, score)
 
   curve = parallel.chunked_map(one, thresholds, batch_size=batch_size).T
   return {"score": C.trapezoid_auc(curve), "curve": curve}
 
 
+def _check_segments(segments, x, patch_size):
+  """Relabels `segments` ``[B, H, W]`` to ``0..S_b-1`` per example; returns (labels, max S)."""
+  if segments is None:
+    return None, 0
+  if x.ndim != 4:
+    raise ValueError(f"segments need NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
+  if patch_size != 1:
+    raise ValueError("give segments or patch_size, not both")
+  seg = np.asarray(segments)
+  if seg.shape != tuple(x.shape[:3]) or not np.issubdtype(seg.dtype, np.integer):
+    raise ValueError(f"segments: expected integer labels of shape {tuple(x.shape[:3])}, got"
+                     f" {seg.dtype} {seg.shape}")
+  # One np.unique over (example, label) pairs relabels every example at once.
+  seg = seg.astype(np.int64) - seg.min()
+  span = int(seg.max()) + 1
+  offset = np.arange(seg.shape[0])[:, None, None] * span
+  uniq, inv = np.unique(seg + offset, return_inverse=True)
+  first = np.searchsorted(uniq, np.arange(seg.shape[0]) * span)
+  out = inv.reshape(seg.shape) - first[:, None, None]
+  most = int(np.diff(np.append(first, len(uniq))).max())
+  return jnp.asarray(out, jnp.int32), most
+
+
 def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_size, score,
-                  batch_size, order, insert, blur_sigma=5.0):
+                  batch_size, order, insert, blur_sigma=5.0, segments=None):
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   V.check_choice(order, "order", ("morf", "lerf"))
   C.check_score(score)
   p = _check_patch(patch_size, x)
-  steps = _check_steps(steps, x, p)
+  segments, num_segments = _check_segments(segments, x, p)
+  if segments is not None and steps is None:
+    steps = num_segments
+  steps = _check_steps(steps, x, p) if segments is None else V.check_positive_int(steps, "steps")
+  if segments is not None and steps > num_segments:
+    raise ValueError(f"steps: expected at most the number of segments ({num_segments}), got {steps}")
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, method, required=False)
   fill = C.make_fill(x, fill, blur_sigma=blur_sigma)
   fmap = C.feature_map(attribution, x)
-  return _perturbation_curve(f, x, fmap, fill, target, key, steps, p, order == "morf", insert,
-                             score, batch_size)
+  return _perturbation_curve(f, x, fmap, fill, target, key, segments, steps, p, order == "morf",
+                             insert, score, batch_size, num_segments)
 
 
 @REGISTRY.register("deletion", kind="faithfulness")
 def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "zeros",
-             patch_size: int = 1, score: str = "probability", batch_size: int | None = None):
+             patch_size: int = 1, segments=None, score: str = "probability",
+             batch_size: int | None = None):
   """Deletion (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
 
@@ -149,6 +198,10 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
     fill: ``"zeros"`` (default, RISE: zeros in the normalized input space),
       ``"mean"``, ``"blur"``, a float or a baseline array (`_common.make_fill`).
     patch_size: remove square patches of this side instead of pixels.
+    segments: remove regions instead: integer labels ``[B, H, W]`` (e.g.
+      SLIC superpixels), ranked by their mean relevance; `steps` then counts
+      segments (default: one segment per step) and examples with fewer
+      segments sweep theirs in the same number of steps.
     score: ``"probability"`` (default, softmax as RISE) or ``"logit"``.
     batch_size: steps evaluated together (None: all steps at once).
 
@@ -158,13 +211,13 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
   """
   return _curve_metric("deletion", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order="morf",
-                       insert=False)
+                       insert=False, segments=segments)
 
 
 @REGISTRY.register("insertion", kind="faithfulness")
 def insertion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "blur",
-              blur_sigma: float = 5.0, patch_size: int = 1, score: str = "probability",
-              batch_size: int | None = None):
+              blur_sigma: float = 5.0, patch_size: int = 1, segments=None,
+              score: str = "probability", batch_size: int | None = None):
   """Insertion (Petsiuk, Das, Saenko 2018, RISE, arXiv:1806.07421).
 
   Starts from `fill` (default: the image blurred with sigma `blur_sigma` = 5
@@ -174,13 +227,13 @@ def insertion(f, x, attribution, target, *, key=None, steps: int | None = None, 
   """
   return _curve_metric("insertion", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order="morf",
-                       insert=True, blur_sigma=blur_sigma)
+                       insert=True, blur_sigma=blur_sigma, segments=segments)
 
 
 @REGISTRY.register("pixel_flipping", kind="faithfulness")
 def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
                    steps: int | None = None, fill: Any = "zeros", patch_size: int = 1,
-                   score: str = "probability", batch_size: int | None = None):
+                   segments=None, score: str = "probability", batch_size: int | None = None):
   """Pixel flipping / region perturbation (Bach et al. 2015, "On Pixel-Wise
   Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance
   Propagation", PLoS ONE; Samek et al. 2017, "Evaluating the Visualization of
@@ -193,7 +246,7 @@ def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
   """
   return _curve_metric("pixel_flipping", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order=order,
-                       insert=False)
+                       insert=False, segments=segments)
 
 
 @REGISTRY.register("area_between_curves", kind="faithfulness")

@@ -283,3 +283,28 @@ def test_registered_with_family():
   for n in ("deletion", "insertion", "pixel_flipping", "road", "faithfulness_correlation",
             "infidelity", "sensitivity_n", "area_between_curves"):
     assert n in names
+
+
+def test_segment_steps_closed_form(linear):
+  f, wm, x = linear
+  t = jnp.array([0, 1, 2])
+  a = jax.random.normal(jax.random.key(6), x.shape[:3])
+  # Example 0: 4 quadrant segments with arbitrary label ids; 1 and 2: 2 halves (labels 5, 9).
+  seg = np.zeros((3, 6, 6), int)
+  seg[0, :3, 3:], seg[0, 3:, :3], seg[0, 3:, 3:] = 7, 2, 11
+  seg[1:, :, :3], seg[1:, :, 3:] = 5, 9
+  out = F.deletion(f, x, a, t, segments=seg, steps=4, score="logit")
+  contrib = np.asarray(x * wm[:, t].T.reshape(x.shape)).sum(-1)
+  for b in range(3):
+    labels = np.unique(seg[b])
+    means = np.array([np.asarray(a)[b][seg[b] == l].mean() for l in labels])
+    order = labels[np.argsort(-means, kind="stable")]
+    n = len(labels)
+    for i in range(5):
+      removed = np.isin(seg[b], order[: (i * n) // 4])
+      np.testing.assert_allclose(out["curve"][b, i], contrib[b][~removed].sum(), rtol=1e-4,
+                                 atol=1e-4)
+  with pytest.raises(ValueError, match="segments"):
+    F.deletion(f, x, a, t, segments=seg[:, :3])
+  with pytest.raises(ValueError, match="steps"):
+    F.deletion(f, x, a, t, segments=seg, steps=5)
