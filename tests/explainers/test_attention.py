@@ -7,7 +7,9 @@ import pytest
 import saljax
 from saljax.explainers import attention
 
-from _tiny_models import tiny_cnn, tiny_vit
+from saljax import model as M
+
+from _tiny_models import tiny_vit
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +84,17 @@ def test_vit_path_rejects_layers_without_a_token_grid(vit):
     saljax.vit_gradcam(tapped, x, 0, layer="head")
   with pytest.raises(ValueError, match="unknown layer"):
     saljax.vit_gradcam(tapped, x, 0, layer="blocks_9")
-  _, _, rect = tiny_vit(shape=(2, 16, 12, 3))   # a 4 x 3 patch grid: 13 tokens
-  xr = jnp.ones((2, 16, 12, 3))
+  # A 4 x 3 patch grid: 1 + 12 = 13 tokens, neither 13 nor 12 is a square.
+  rect = M.from_features_head(lambda x: x.reshape(x.shape[0], 13, -1),
+                              lambda a: a[:, 0, :5], name="blocks_0")
+  xr = jnp.ones((2, 13, 4, 1))
   with pytest.raises(ValueError, match="square patch grid"):
     saljax.vit_gradcam(rect, xr, 0, layer="blocks_0")
   with pytest.raises(ValueError, match="square patch grid"):
     saljax.gradcam(rect, xr, 0, layer="blocks_0")
   with pytest.raises(ValueError, match="attention-probability"):
     saljax.attention_rollout(rect, xr)
-  _, _, cnn = tiny_cnn()
+  cnn = M.from_features_head(lambda x: x * 2.0, lambda a: a.mean((1, 2)), name="conv")
   with pytest.raises(ValueError, match="attention-probability"):
     saljax.attention_rollout(cnn, jnp.ones((2, 8, 8, 3)))
   with pytest.raises(ValueError, match="two transformer blocks"):
