@@ -320,3 +320,16 @@ def test_eight_devices_equal_one():
   assert len(diffs) == 4, diffs
   for name, d in diffs.items():
     assert d < 1e-5, (name, d)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 3, 16), (2, 4, 4, 3)])  # hw <= C and hw > C
+def test_eigencam_equals_svd_projection(shape):
+  a = jax.random.normal(jax.random.key(11), shape) + 0.5
+  tapped = M.from_features_head(lambda x: x, lambda a: a.mean((1, 2)))
+  got = np.asarray(saljax.eigencam(tapped, a, None, layer="features", relu=False))
+  flat = np.asarray(a, np.float64).reshape(2, -1, shape[-1])
+  for b in range(2):  # reference per example with numpy's SVD
+    c = flat[b] - flat[b].mean(0)
+    proj = c @ np.linalg.svd(c, full_matrices=False)[2][0]
+    proj *= np.sign((proj * (flat[b].sum(-1) - flat[b].sum(-1).mean())).sum())
+    np.testing.assert_allclose(got[b].ravel(), proj, rtol=1e-3, atol=1e-4)
