@@ -255,13 +255,14 @@ class Trained:
   step: int
 
 
-def load_trained(config, workdir: str, image_shape, num_classes: int) -> Trained:
+def load_trained(config, workdir: str, image_shape, num_classes: int,
+                 model: Model | None = None) -> Trained:
   """The pretrained model, or the model of a train run restored from its checkpoints.
 
   Raises FileNotFoundError when there is no checkpoint, ValueError when it is
   another model's.
   """
-  model = build_model(config, num_classes, image_shape)
+  model = build_model(config, num_classes, image_shape) if model is None else model
   if model.pretrained is not None:
     clf = model.pretrained
     return Trained(model, None, clf, clf.tapped, 0)

@@ -125,7 +125,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   model = C.build_model(config, 0) if config.model.pretrained else None
   preprocess = model.pretrained.preprocess if model is not None else None
   ds = C.load_dataset(config, ecfg.split, preprocess)
-  trained = C.load_trained(config, workdir, ds.image_shape, ds.num_classes)
+  trained = C.load_trained(config, workdir, ds.image_shape, ds.num_classes, model)
   if ecfg.target == "label" and config.data.name == "photos":
     raise ValueError("explain.target: the bundled photos have no labels; use 'predicted'")
   entries = {m: explainers.entry(m) for m in methods}
