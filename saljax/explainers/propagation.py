@@ -14,8 +14,9 @@ evaluated as they are, with ordinary gradients inside.
 
 Which equations a rule touches ("tainted" = depends on the input x):
 
-* ReLU: ``jax.nn.relu`` (a ``custom_jvp_call``) or ``max(x, 0)``. Guided
-  backprop and deconvnet change only these.
+* ReLU: ``jax.nn.relu`` (a ``custom_jvp_call``), ``max(x, 0)`` or
+  ``jax.nn.relu6`` (a ``jit`` named ``relu6``; ``jnp.clip`` is not
+  recognized). Guided backprop and deconvnet change only these.
 * Activations: elementwise equations with one tainted operand that are
   nonlinear in it (ReLU, ``tanh``, ``logistic``, ``exp``, a ``jit`` named
   like a ``jax.nn`` activation such as ``silu``...). DeepLIFT's rescale rule
@@ -74,6 +75,8 @@ _ACTIVATION_NAMES = {
     "relu", "relu6", "gelu", "silu", "swish", "sigmoid", "tanh", "elu", "selu", "celu",
     "leaky_relu", "softplus", "soft_sign", "hard_tanh", "hard_sigmoid", "hard_silu",
     "hard_swish", "mish", "log_sigmoid", "sparse_plus", "squareplus"}
+# Activations that guided backprop and deconvnet modify.
+_RELUS = ("relu", "relu6")
 # Division by the relevance denominator when the rule's stabilizer is 0.
 _DIV_FLOOR = 0.0
 # DeepLIFT falls back to the gradient where |x - x_ref| is below this.
@@ -213,13 +216,14 @@ def _zeros(*xs):
 
 
 @jax.custom_vjp
-def _guided_relu(x, y):
+def _guided_relu(x, y, slope):
   return y
 
 
-_guided_relu.defvjp(lambda x, y: (y, (x, y)),
-                    lambda res, g: (jnp.where(res[0] > 0, jax.nn.relu(g), 0.0).astype(g.dtype),
-                                    jnp.zeros_like(res[1])))
+# slope is the ReLU's (or ReLU6's) own derivative, (x > 0) for a ReLU.
+_guided_relu.defvjp(lambda x, y, slope: (y, (x, y, slope)),
+                    lambda res, g: ((jax.nn.relu(g) * res[2]).astype(g.dtype),
+                                    jnp.zeros_like(res[1]), jnp.zeros_like(res[2])))
 
 
 @jax.custom_vjp
@@ -361,7 +365,7 @@ def _activation_kind(eqn, tainted: list[bool]) -> str | None:
   if name == "max" and sum(tainted) == 1 and _is_zero(eqn.invars[tainted.index(False)]):
     return "relu"
   if name in ("jit", "pjit") and eqn.params.get("name") in _ACTIVATION_NAMES:
-    return "relu" if eqn.params["name"] == "relu" else "activation"
+    return "relu" if eqn.params["name"] in _RELUS else "activation"
   if name in ("custom_jvp_call", "custom_vjp_call"):
     sub = _sub_jaxpr(eqn)
     if sub is not None and len(sub[0].eqns) == 1:
@@ -482,13 +486,17 @@ def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in, bias=None):
       xi = invals[i]
       if mode == "lrp":
         return [_pass(xi, y)], ref_outs
-      if mode in ("guided", "deconvnet") and kind == "relu":
-        return [(_guided_relu if mode == "guided" else _deconv_relu)(xi, y)], ref_outs
+      def fn(z):
+        vals = list(invals)
+        vals[i] = z
+        return _bind(eqn, vals)[0]
+
+      if mode == "deconvnet" and kind == "relu":
+        return [_deconv_relu(xi, y)], ref_outs
+      if mode == "guided" and kind == "relu":
+        slope = jax.jvp(fn, (xi,), (jnp.ones_like(xi),))[1]
+        return [_guided_relu(xi, y, jax.lax.stop_gradient(slope))], ref_outs
       if mode == "deeplift" and kind is not None:
-        def fn(z):
-          vals = list(invals)
-          vals[i] = z
-          return _bind(eqn, vals)[0]
         slope = jax.jvp(fn, (xi,), (jnp.ones_like(xi),))[1]
         x_ref, y_ref = ref_in[i], ref_outs[0]
         return [_rescale(xi, y, x_ref, y_ref, jax.lax.stop_gradient(slope))], ref_outs
@@ -583,9 +591,9 @@ def guided_backprop(f, x, target, *, key=None) -> Array:
   The All Convolutional Net", arXiv:1412.6806).
 
   The gradient of the target logit where every ReLU's backward pass keeps only
-  positive gradients at positive inputs: ``g_in = (x > 0) * max(g_out, 0)``.
-  Other nonlinearities keep their ordinary gradient (as Captum's
-  `GuidedBackprop`, which overrides ReLUs only). Returns an array shaped like x.
+  positive gradients at positive inputs: ``g_in = (x > 0) * max(g_out, 0)``
+  (ReLU6: ``(0 < x < 6) * max(g_out, 0)``). Other nonlinearities keep their
+  ordinary gradient (as Captum's `GuidedBackprop`, which overrides ReLUs only). Returns an array shaped like x.
   A map is non-negative wherever the input reaches the logit through a ReLU
   followed only by non-negative linear maps; in general (signed weights after
   the last ReLU) it is not.

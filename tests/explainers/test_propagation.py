@@ -257,3 +257,16 @@ def test_errors():
     saljax.guided_backprop(f, jnp.ones((3, 2, 2, 3), jnp.int32), T)
   with pytest.raises(ValueError, match="target"):
     saljax.deconvnet(f, X, jnp.array([0, 1, 7]))
+
+
+def test_guided_backprop_on_relu6():
+  def f(x):
+    h = jax.nn.relu6(3 * x.reshape(x.shape[0], -1) @ W1)
+    return h @ W1[:10, :4]
+
+  h = 3 * np.asarray(X, np.float64).reshape(3, -1) @ np.asarray(W1, np.float64)
+  g = np.eye(4)[np.asarray(T)] @ np.asarray(W1[:10, :4], np.float64).T
+  want = (((h > 0) & (h < 6)) * np.maximum(g, 0)) @ (3 * np.asarray(W1, np.float64).T)
+  assert ((h > 6).any())  # some units saturate: the test can fail
+  np.testing.assert_allclose(saljax.guided_backprop(f, X, T), want.reshape(X.shape), rtol=1e-4,
+                             atol=1e-6)
