@@ -69,22 +69,26 @@ def attribution_scores(config, trained: C.Trained, ds: pipelines.Dataset, method
   return out
 
 
-def keep_mask(scores: np.ndarray, fraction: float, top: bool) -> np.ndarray:
-  """Bool mask keeping the `fraction` of coordinates of each example with the
-  largest (`top`) or smallest scores; ties broken by position (stable sort)."""
-  n = scores.shape[0]
-  flat = scores.reshape(n, -1)
-  d = flat.shape[1]
-  k = int(round(fraction * d))
-  order = np.argsort(-flat if top else flat, axis=1, kind="stable")
-  mask = np.zeros_like(flat, bool)
-  np.put_along_axis(mask, order[:, :k], True, axis=1)
-  return mask.reshape(scores.shape)
+def masked_dataset(ds: pipelines.Dataset, scores: np.ndarray, k: float, top: bool, fill: float,
+                   batch: int = 256) -> pipelines.ArrayDataset:
+  """`ds` with only the `k` share of coordinates of largest (`top`) or smallest
+  `scores` kept, the others set to `fill`.
 
+  Uses `saljax.metrics.roar.remove_by_attribution` per coordinate (keeping
+  the top-k is removing the bottom 1-k), in chunks of `batch` examples.
+  """
+  import importlib
+  # The module, not the `roar` metric function that saljax.metrics re-exports under that name.
+  roar_metric = importlib.import_module("saljax.metrics.roar")
 
-def _masked(ds: pipelines.Dataset, mask: np.ndarray, fill: float) -> pipelines.ArrayDataset:
   data = ds.batch(np.arange(len(ds)))
-  data["image"] = np.where(mask, data["image"], np.float32(fill)).astype(np.float32)
+  images = np.empty_like(data["image"], np.float32)
+  for lo in range(0, len(ds), batch):
+    sl = slice(lo, lo + batch)
+    images[sl] = np.asarray(roar_metric.remove_by_attribution(
+        jnp.asarray(data["image"][sl], jnp.float32), jnp.asarray(scores[sl]), 1.0 - k,
+        remove="bottom" if top else "top", fill=float(fill), absolute=True, per_coordinate=True))
+  data["image"] = images
   return pipelines.ArrayDataset(ds.name + "_masked", ds.split, data, num_classes=ds.num_classes)
 
 
@@ -138,8 +142,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   for k in fractions:
     acc = {}
     for top in (True, False):
-      tr = _masked(ds_train, keep_mask(s_train, k, top), rcfg.fill)
-      te = _masked(ds_test, keep_mask(s_test, k, top), rcfg.fill)
+      tr = masked_dataset(ds_train, s_train, k, top, rcfg.fill, int(rcfg.attribution_batch))
+      te = masked_dataset(ds_test, s_test, k, top, rcfg.fill, int(rcfg.attribution_batch))
       acc[top] = [retrain_accuracy(config, tr, te, int(s)) for s in rcfg.seeds]
       done += len(rcfg.seeds)
       progress.update(done)

@@ -70,12 +70,17 @@ def test_sanity_bad_inputs(trained):
     sanity.run(c, trained)
 
 
-def test_keep_mask_closed_form():
-  s = np.array([[[0.1, 0.9], [0.5, 0.3]]], np.float32)
-  np.testing.assert_array_equal(roar.keep_mask(s, 0.5, True), [[[False, True], [True, False]]])
-  np.testing.assert_array_equal(roar.keep_mask(s, 0.5, False), [[[True, False], [False, True]]])
-  np.testing.assert_array_equal(roar.keep_mask(s, 0.25, True), [[[False, True], [False, False]]])
-  assert roar.keep_mask(np.zeros((3, 4, 4, 2)), 0.5, True).reshape(3, -1).sum(1).tolist() == [16] * 3
+def test_masked_dataset_keeps_top_or_bottom_coordinates():
+  from saljax.data import pipelines
+  img = np.arange(1, 9, dtype=np.float32).reshape(1, 2, 2, 2)
+  ds = pipelines.ArrayDataset("t", "test", {"image": img, "label": np.zeros(1, np.int32)},
+                              num_classes=2)
+  scores = np.array([0.1, 0.9, 0.5, 0.3, 0.8, 0.2, 0.7, 0.4], np.float32).reshape(1, 2, 2, 2)
+  top = roar.masked_dataset(ds, scores, 0.5, True, -1.0).batch([0])["image"].reshape(-1)
+  bottom = roar.masked_dataset(ds, scores, 0.5, False, -1.0).batch([0])["image"].reshape(-1)
+  # Per coordinate (channels included): the 4 largest scores are at 1, 2, 4, 6.
+  np.testing.assert_array_equal(top, [-1, 2, 3, -1, 5, -1, 7, -1])
+  np.testing.assert_array_equal(bottom, [1, -1, -1, 4, -1, 6, -1, 8])
 
 
 def test_roar_rows_and_files(trained):
