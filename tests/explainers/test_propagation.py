@@ -270,3 +270,38 @@ def test_guided_backprop_on_relu6():
   assert ((h > 6).any())  # some units saturate: the test can fail
   np.testing.assert_allclose(saljax.guided_backprop(f, X, T), want.reshape(X.shape), rtol=1e-4,
                              atol=1e-6)
+
+
+def test_parity_with_captum_on_a_relu_mlp():
+  import captum.attr as ca  # torch and captum are in the test extra
+  import torch
+
+  torch.manual_seed(0)
+  ws = [np.asarray(w, np.float64) for w in (W1, W2, W3)]
+  bs = [np.asarray(b, np.float64) for b in (B1, B2, B3)]
+  lins = []
+  for w, b in zip(ws, bs):
+    lin = torch.nn.Linear(*w.shape).double()
+    lin.weight.data = torch.from_numpy(w.T.copy())
+    lin.bias.data = torch.from_numpy(b.copy())
+    lins.append(lin)
+  net = torch.nn.Sequential(lins[0], torch.nn.ReLU(), lins[1], torch.nn.ReLU(), lins[2]).eval()
+  # Torch gets the NHWC batch flattened in the same order as relu_mlp.
+  xt = torch.from_numpy(np.array(X, np.float64).reshape(3, -1)).requires_grad_()
+  tt = torch.from_numpy(np.array(T)).long()
+  base = 0.3 * jax.random.normal(jax.random.key(4), X.shape)
+  f = relu_mlp(bias=True)
+  cases = {
+      "guided_backprop": (ca.GuidedBackprop(net).attribute(xt, target=tt),
+                          saljax.guided_backprop(f, X, T)),
+      "deconvnet": (ca.Deconvolution(net).attribute(xt, target=tt), saljax.deconvnet(f, X, T)),
+      "deeplift": (ca.DeepLift(net).attribute(
+          xt, target=tt, baselines=torch.from_numpy(np.array(base, np.float64).reshape(3, -1))),
+          saljax.deeplift(f, X, T, baseline=base)),
+      "lrp_epsilon": (ca.LRP(net).attribute(xt, target=tt),  # Captum: epsilon 1e-9 on Linear
+                      saljax.lrp(f, X, T, rules="epsilon", epsilon=1e-9)),
+  }
+  for name, (theirs, ours) in cases.items():
+    theirs = theirs.detach().numpy().reshape(X.shape)
+    assert np.abs(theirs).max() > 1e-3, name
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5, err_msg=name)
