@@ -37,7 +37,11 @@ Which equations a rule touches ("tainted" = depends on the input x):
   changing it. Anything else (products of two tainted values, softmax inside
   attention, normalization by a tainted statistic) gets its ordinary
   gradient, so conservation is only guaranteed for networks built from the
-  supported pieces. Batch normalization in inference mode is a constant
+  supported pieces. A convolution written as a sum of shifted, scaled
+  copies (saljax.models' CPU depthwise formulation "shifts") is seen as
+  constant scalings and sums, so it gets the epsilon rule whatever the rule
+  set says for convolutions (the "xla" formulation gets the conv rule).
+  Batch normalization in inference mode is a constant
   scale and shift: it passes relevance through instead of being merged into
   the previous layer (merge it first for the canonical LRP treatment).
 """
