@@ -246,7 +246,8 @@ def make_fill(x: Array, fill: Any, *, blur_sigma: float = 5.0) -> Array:
       axes = tuple(range(1, x.ndim - 1)) if x.ndim >= 3 else (1,)
       return jnp.broadcast_to(x.mean(axes, keepdims=True), x.shape)
     if x.ndim != 4:
-      raise ValueError(f"fill='blur' needs NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
+      raise ValueError(f"fill='blur' needs NHWC images [B, H, W, C], got x of shape"
+                       f" {tuple(x.shape)}; pass fill='zeros', 'mean', a float or an array")
     # RISE's `gkern(11, 5)`: radius 5 = int(truncate * sigma + 0.5) with truncate 1.
     return blur(x, blur_sigma)
   if isinstance(fill, (int, float, np.floating, np.integer)) and not isinstance(fill, bool):

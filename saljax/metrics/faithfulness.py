@@ -4,7 +4,8 @@
   (MoRF / LeRF, Bach et al. 2015; Samek et al. 2017) and `area_between_curves`:
   a curve of the target score as features are removed (or inserted) in the
   order of the map, one forward pass of the batch per step; score = trapezoid
-  AUC of the curve.
+  AUC of the curve. Steps remove pixels, square patches (`patch_size`) or
+  segments (`segments`, e.g. superpixels).
 - `road` (Rong et al. 2022): removal with noisy linear imputation instead of a
   constant fill.
 - `faithfulness_correlation` (Bhatt et al. 2020) and `sensitivity_n` (Ancona
