@@ -3,7 +3,8 @@
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never
 through pyplot, so nothing depends on (or changes) the user's display backend
 and nothing opens a window. Signed maps use a diverging colormap centred on
-zero (red positive, blue negative, limits +-the 99th percentile of ``|map|``);
+zero (red positive, blue negative, limits +-the 99th percentile of ``|map|``),
+blended over the photo in proportion to ``sqrt(|map| / limit)``;
 unsigned maps a sequential one from 0 (or the map's minimum) to its 99th
 percentile, so a few extreme pixels do not wash out the rest.
 """
@@ -116,9 +117,15 @@ def overlay(image: Any, attribution: Any, *, alpha: float = 0.55, signed: bool |
   """
   img = _as_display_image(image)
   m = _resize_to(to_heatmap(attribution, reduce), img.shape[:2])
-  rgba, _ = heatmap_rgba(m, signed=signed, percentile=percentile, cmap=cmap)
+  rgba, info = heatmap_rgba(m, signed=signed, percentile=percentile, cmap=cmap)
   gray = img.mean(-1, keepdims=True) * np.ones(3)
-  return np.clip((1 - alpha) * gray + alpha * rgba[..., :3], 0.0, 1.0)
+  a = np.full(m.shape + (1,), alpha)
+  if info["signed"]:
+    # The diverging map is white at 0: blend by magnitude so near-zero pixels
+    # show the photo rather than a white veil (sqrt keeps weak evidence visible).
+    mag = np.clip(np.abs(np.nan_to_num(m)) / info["vmax"], 0.0, 1.0)
+    a = alpha * np.sqrt(mag)[..., None]
+  return np.clip((1 - a) * gray + a * rgba[..., :3], 0.0, 1.0)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> pathlib.Path:

@@ -67,3 +67,12 @@ def test_bad_inputs():
     viz.grid([np.zeros((4, 4, 3))], {}, titles=["a", "b"])
   with pytest.raises(ValueError, match=r"\[H, W\]"):
     viz.to_heatmap(np.zeros((1, 2, 3, 4)))
+
+
+def test_signed_overlay_shows_the_photo_where_the_map_is_zero():
+  img = np.full((4, 4, 3), 100, np.uint8)
+  m = np.zeros((4, 4))
+  m[0, 0], m[3, 3] = 1.0, -1.0
+  out = viz.overlay(img, m, percentile=100)
+  np.testing.assert_allclose(out[1, 1], 100 / 255)  # zero attribution: the gray photo
+  assert out[0, 0, 0] > out[0, 0, 2] and out[3, 3, 2] > out[3, 3, 0]  # red positive, blue negative
