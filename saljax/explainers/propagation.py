@@ -103,7 +103,8 @@ class Rule:
     value of Montavon et al. 2019 and Zennit's composites).
   alpha, beta: alpha-beta weights, ``alpha - beta = 1`` (default 1, 0).
   low, high: z^B bounds of the input (model input space): a float, a tuple of
-    per-channel floats, or None for each example's min / max.
+    per-channel floats (broadcast on the last axis of the first layer's
+    input, i.e. NHWC channels), or None for each example's min / max.
   """
   name: str
   epsilon: float = 1e-6
@@ -551,9 +552,9 @@ def _lrp_layer(ctx: _Ctx, eqn, tainted, invals, bias):
   b = jnp.zeros((), a.dtype) if bias is None else bias
   if rule.name == "zbox":
     low, high = ctx.bounds
-    if low.shape[1:] != a.shape[1:] and low.size != 1:
-      low = jnp.broadcast_to(low, a.shape)
-      high = jnp.broadcast_to(high, a.shape)
+    if low.ndim > 1:  # per-example bounds [B, 1, ...]: match the layer input's rank
+      low = low.reshape((low.shape[0],) + (1,) * (a.ndim - 1))
+      high = high.reshape((high.shape[0],) + (1,) * (a.ndim - 1))
   else:
     low = high = jnp.zeros((), a.dtype)
   z = _layer_rule(lin, rule)(a, w, b, low, high)

@@ -305,3 +305,13 @@ def test_parity_with_captum_on_a_relu_mlp():
     theirs = theirs.detach().numpy().reshape(X.shape)
     assert np.abs(theirs).max() > 1e-3, name
     np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-5, err_msg=name)
+
+
+def test_zbox_default_bounds_are_each_examples_min_and_max():
+  f = relu_mlp(bias=True)
+  rules = {"first": P.Rule("zbox"), "dense": P.Rule("epsilon", epsilon=0.1)}
+  got = saljax.lrp(f, X, T, rules=rules)
+  for b in range(3):
+    lo, hi = float(X[b].min()), float(X[b].max())
+    ref = _np_lrp(X[b:b + 1], T[b:b + 1], _np_eps(0.1), first_rule=_np_zbox(lo, hi))
+    np.testing.assert_allclose(got[b:b + 1], ref, rtol=2e-4, atol=2e-5)
