@@ -81,8 +81,6 @@ _ACTIVATION_NAMES = {
     "hard_swish", "mish", "log_sigmoid", "sparse_plus", "squareplus"}
 # Activations that guided backprop and deconvnet modify.
 _RELUS = ("relu", "relu6")
-# Division by the relevance denominator when the rule's stabilizer is 0.
-_DIV_FLOOR = 0.0
 # DeepLIFT falls back to the gradient where |x - x_ref| is below this.
 _DEEPLIFT_EPS = 1e-7
 
