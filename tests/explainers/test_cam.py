@@ -333,3 +333,34 @@ def test_eigencam_equals_svd_projection(shape):
     proj = c @ np.linalg.svd(c, full_matrices=False)[2][0]
     proj *= np.sign((proj * (flat[b].sum(-1) - flat[b].sum(-1).mean())).sum())
     np.testing.assert_allclose(got[b].ravel(), proj, rtol=1e-3, atol=1e-4)
+
+
+def test_gradcam_parity_with_captum_layergradcam():
+  import captum.attr as ca  # torch and captum are in the test extra
+  import torch
+
+  k = jax.random.normal(jax.random.key(12), (3, 3, 3, 4))        # HWIO
+  bias = 0.1 * jax.random.normal(jax.random.key(13), (4,))
+  w = jax.random.normal(jax.random.key(14), (4, 5))
+
+  def features(x):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(y + bias)
+
+  tapped = M.from_features_head(features, lambda a: a.mean((1, 2)) @ w)
+  x = jax.random.normal(jax.random.key(15), (2, 6, 6, 3))
+  target = jnp.array([2, 4])
+  conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
+  conv.weight.data = torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())
+  conv.bias.data = torch.from_numpy(np.array(bias, np.float64))
+  lin = torch.nn.Linear(4, 5, bias=False).double()
+  lin.weight.data = torch.from_numpy(np.array(w, np.float64).T.copy())
+  net = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                            torch.nn.Flatten(), lin).eval()
+  xt = torch.from_numpy(np.array(x, np.float64).transpose(0, 3, 1, 2).copy())
+  theirs = ca.LayerGradCam(net, net[1]).attribute(
+      xt, target=torch.from_numpy(np.array(target)).long(), relu_attributions=True)
+  theirs = theirs.detach().numpy()[:, 0]
+  assert theirs.max() > 1e-3
+  np.testing.assert_allclose(saljax.gradcam(tapped, x, target, layer="features"), theirs,
+                             rtol=1e-4, atol=1e-6)
