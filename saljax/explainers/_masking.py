@@ -98,17 +98,18 @@ def fill_values(x: Array, fill: Any, *, labels: Array | None = None, num_labels:
 @jax.jit
 def _group_mean_core(x, labels, size_dummy):
   # One group per (segment, channel) for images, so each channel is averaged
-  # over the segment as LIME does.
+  # over the segment as LIME does. segment_sum keeps memory at the input's size.
   m = size_dummy.shape[0]
+  b = x.shape[0]
   if x.ndim == 4:
     c = x.shape[-1]
     labels = labels * c + jnp.arange(c, dtype=labels.dtype)
     m = m * c
-  flat_l = labels.reshape(labels.shape[0], -1)
-  flat_x = x.reshape(x.shape[0], -1)
-  oh = jax.nn.one_hot(flat_l, m, dtype=x.dtype)
-  mean = jnp.einsum("bnm,bn->bm", oh, flat_x) / jnp.maximum(oh.sum(1), 1)
-  return jnp.einsum("bnm,bm->bn", oh, mean).reshape(x.shape)
+  ids = (labels.reshape(b, -1) + (jnp.arange(b, dtype=labels.dtype) * m)[:, None]).ravel()
+  vals = x.reshape(-1)
+  sums = jax.ops.segment_sum(vals, ids, num_segments=b * m)
+  counts = jax.ops.segment_sum(jnp.ones_like(vals), ids, num_segments=b * m)
+  return (sums / jnp.maximum(counts, 1))[ids].reshape(x.shape)
 
 
 def _group_mean(x, labels, num_labels):
