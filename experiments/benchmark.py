@@ -219,7 +219,6 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
 
   device = jax.devices()[0]
   model = _load(model_name, dtype, image_size)
-  size = model.input_shape[0]
   photos = list(saljax.data.photos().values())
   imgs = [photos[i % len(photos)] for i in range(batch)]
   x = model.preprocess(imgs) if model_name.startswith("efficientnet_lite") else \

@@ -74,18 +74,16 @@ def masked_dataset(ds: pipelines.Dataset, scores: np.ndarray, k: float, top: boo
   """`ds` with only the `k` share of coordinates of largest (`top`) or smallest
   `scores` kept, the others set to `fill`.
 
-  Uses `saljax.metrics.roar.remove_by_attribution` per coordinate (keeping
+  Uses `saljax.metrics.remove_by_attribution` per coordinate (keeping
   the top-k is removing the bottom 1-k), in chunks of `batch` examples.
   """
-  import importlib
-  # The module, not the `roar` metric function that saljax.metrics re-exports under that name.
-  roar_metric = importlib.import_module("saljax.metrics.roar")
+  from saljax.metrics import remove_by_attribution
 
   data = ds.batch(np.arange(len(ds)))
   images = np.empty_like(data["image"], np.float32)
   for lo in range(0, len(ds), batch):
     sl = slice(lo, lo + batch)
-    images[sl] = np.asarray(roar_metric.remove_by_attribution(
+    images[sl] = np.asarray(remove_by_attribution(
         jnp.asarray(data["image"][sl], jnp.float32), jnp.asarray(scores[sl]), 1.0 - k,
         remove="bottom" if top else "top", fill=float(fill), absolute=True, per_coordinate=True))
   data["image"] = images

@@ -108,6 +108,20 @@ def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, np.ndarray)) or isinstance(x, jax.core.Tracer)
 
 
+def _call_order(forward, example) -> list[str]:
+  """Layer names in the order the forward produces them (one abstract trace;
+  `eval_shape` alone would return them sorted)."""
+  order: list[str] = []
+
+  def acts(x):
+    a = forward(x)[1]
+    order.extend(a)
+    return a
+
+  jax.eval_shape(acts, example)
+  return order
+
+
 def from_linen(module, variables, *, method: str | Callable | None = None,
                apply_kwargs: Mapping[str, Any] | None = None,
                example: Array | None = None, names: Sequence[str] | None = None) -> Tapped:
@@ -159,8 +173,7 @@ def from_linen(module, variables, *, method: str | Callable | None = None,
   if names is None:
     if example is None:
       raise ValueError("from_linen: pass `example` (an input batch) or `names` to list the layers")
-    shapes = jax.eval_shape(lambda x: forward(x)[1], example)
-    names = list(shapes)
+    names = _call_order(forward, example)
   return Tapped(forward, names)
 
 
@@ -219,7 +232,7 @@ def from_nnx(module, *, example: Array | None = None, names: Sequence[str] | Non
   if names is None:
     if example is None:
       raise ValueError("from_nnx: pass `example` (an input batch) or `names` to list the layers")
-    names = list(jax.eval_shape(lambda x: forward(x)[1], example))
+    names = _call_order(forward, example)
   return Tapped(forward, names)
 
 
@@ -282,6 +295,39 @@ def resolve_target(f: Model | Tapped, x: Array, target: Any) -> Array:
 @functools.partial(jax.jit, static_argnums=0)
 def _predicted(f: Model, x: Array) -> Array:
   return jnp.argmax(f(x), axis=-1).astype(jnp.int32)
+
+
+def prepare(f: Any, x: Any, target: Any):
+  """Validates `f`, `x` and `target` before any work; returns ``(f, x, target)``.
+
+  Shared by every explainer and metric. `f` becomes the plain ``x -> logits``
+  callable (a `Tapped` is unwrapped), `x` a floating array, and `target` an
+  int32 array ``[B]`` (``"predicted"`` is resolved with one forward pass).
+  """
+  if not callable(f):
+    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {_validation.describe(f)}")
+  x = _validation.check_input(x)
+  f = as_model(f)
+  target = resolve_target(f, x, target)
+  return f, x, target
+
+
+class WithParams:
+  """``x -> model_fn(params, x)``, equal (and hashing the same) for the same
+  `model_fn` and `params` objects, so jit and shape caches see one model."""
+
+  def __init__(self, model_fn: Callable, params: Any):
+    self.model_fn, self.params = model_fn, params
+
+  def __call__(self, x: Array) -> Array:
+    return self.model_fn(self.params, x)
+
+  def __eq__(self, other):
+    return (isinstance(other, WithParams) and other.model_fn is self.model_fn
+            and other.params is self.params)
+
+  def __hash__(self):
+    return hash((id(self.model_fn), id(self.params)))
 
 
 def target_logit(f: Model, x: Array, target: Array) -> Array:

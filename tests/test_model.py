@@ -20,6 +20,14 @@ class LinenNet(nn.Module):
     return nn.Dense(3, name="head")(x)
 
 
+class Reversed(nn.Module):
+  """Call order differs from alphabetical order."""
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(2, name="b_second")(nn.Dense(3, name="z_first")(x))
+
+
 class NNXNet(nnx.Module):
 
   def __init__(self, rngs):
@@ -55,6 +63,7 @@ def test_linen_tapped_forward():
   variables = module.init(jax.random.key(1), X)
   tapped = saljax.from_linen(module, variables, example=X)
   assert tapped.layer_names == ("conv1", "conv2", "head")
+  assert list(tapped.activation_shapes(X)) == ["conv1", "conv2", "head"]
   p = variables["params"]
 
   def head_from_conv2(a):
@@ -63,6 +72,13 @@ def test_linen_tapped_forward():
   _check_tap_gradient(tapped, "conv2", head_from_conv2)
   shapes = tapped.activation_shapes(X)
   assert shapes["conv1"].shape == (2, 6, 6, 4)
+
+
+def test_layer_names_follow_call_order():
+  m = Reversed()
+  v = m.init(jax.random.key(0), jnp.ones((1, 4)))
+  tapped = saljax.from_linen(m, v, example=jnp.ones((1, 4)))
+  assert tapped.layer_names == ("z_first", "b_second")
 
 
 def test_linen_shared_module_gets_call_suffix():
@@ -82,7 +98,7 @@ def test_nnx_tapped_forward_leaves_the_module_alone():
   model = NNXNet(nnx.Rngs(0))
   before = model(X)
   tapped = saljax.from_nnx(model, example=X)
-  assert set(tapped.layer_names) == {"conv1", "conv2", "head"}
+  assert tapped.layer_names == ("conv1", "conv2", "head")  # call order
 
   def head_from_conv2(a):
     return model.head(a.mean((1, 2)))

@@ -12,19 +12,7 @@ from saljax import model as M
 REGISTRY = _registry.Registry("explainer")
 
 
-def prepare(f: Any, x: Any, target: Any):
-  """Validates `f`, `x` and `target` before any work; returns ``(f, x, target)``.
-
-  `f` becomes the plain ``x -> logits`` callable (a `Tapped` is unwrapped),
-  `x` a floating array, and `target` an int32 array ``[B]`` (``"predicted"``
-  is resolved with one forward pass).
-  """
-  if not callable(f):
-    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
-  x = V.check_input(x)
-  f = M.as_model(f)
-  target = M.resolve_target(f, x, target)
-  return f, x, target
+prepare = M.prepare  # the checks every explainer runs first (shared with metrics)
 
 
 def require_key(key: Any, method: str) -> jax.Array:

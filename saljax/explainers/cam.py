@@ -93,24 +93,10 @@ def _layer_list(layer) -> tuple[tuple[str, ...], bool]:
 def layer_shapes(f: M.Tapped, x: Array) -> dict[str, jax.ShapeDtypeStruct]:
   """Activation shapes for batch `x`, in the order the forward produces them.
 
-  (`jax.eval_shape` returns dicts with sorted keys, so the order is recorded
-  while tracing.) Nothing runs: this is one abstract trace.
+  Nothing runs; `Tapped.activation_shapes` caches the one abstract trace per
+  input shape, so validating a second call traces nothing.
   """
-  return dict(_layer_shapes(f, tuple(x.shape), jnp.dtype(x.dtype)))
-
-
-@functools.lru_cache(maxsize=256)
-def _layer_shapes(f: M.Tapped, shape: tuple[int, ...], dtype) -> tuple:
-  # Cached per (model, shape, dtype): validating a second call traces nothing.
-  order: list[str] = []
-
-  def acts(x):
-    _, a = f(x)
-    order.extend(a)
-    return a
-
-  shapes = jax.eval_shape(acts, jax.ShapeDtypeStruct(shape, dtype))
-  return tuple((k, shapes[k]) for k in order)
+  return f.activation_shapes(x)
 
 
 def resolve_layers(f: M.Tapped, x: Array, layer, *, num_prefix_tokens: int | None = None):

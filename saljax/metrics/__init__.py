@@ -7,7 +7,7 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    complexity, contrastive, faithfulness, localization, randomization, robustness, roar)
+    contrastive, faithfulness, localization, randomization, removal, robustness, simplicity)
 
 
 def names(kind=None):
@@ -25,5 +25,16 @@ def entry(name):
   return _REGISTRY.entry(name)
 
 
+# Helpers that are not metrics but that users of the metrics need.
+from saljax.metrics.contrastive import (  # noqa: E402,F401
+    contrast_weights, contrastive_map, contrastive_model, mask_top)
+from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
+from saljax.metrics.localization import boxes_to_mask  # noqa: E402,F401
+from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
+
+# Module names never equal metric names (complexity lives in `simplicity`, roar
+# in `removal`), so this never hides a module.
 globals().update({_n: _REGISTRY.get(_n) for _n in _REGISTRY.names()})
-__all__ = ["names", "get", "entry", *_REGISTRY.names()]
+__all__ = ["names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
+           "mask_top", "linear_imputation", "boxes_to_mask", "remove_by_attribution",
+           *_REGISTRY.names()]

@@ -28,14 +28,7 @@ Array = jax.Array
 SCORES = ("probability", "logit")
 
 
-def prepare_model(f: Any, x: Any, target: Any):
-  """Validates `f`, `x` and `target`; returns ``(f, x, target)``."""
-  if not callable(f):
-    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
-  x = V.check_input(x)
-  f = M.as_model(f)
-  target = M.resolve_target(f, x, target)
-  return f, x, target
+prepare_model = M.prepare  # the same checks as every explainer's
 
 
 def feature_shape(x: Array) -> tuple[int, ...]:

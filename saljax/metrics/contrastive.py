@@ -1,7 +1,8 @@
 """Contrastive and group faithfulness (the RFxG taxonomy).
 
-Reference: "Rethinking Saliency Maps: A Cognitive Human Aligned Taxonomy and
-Evaluation Framework for Explanations" (RFxG) and its public code. Maps are
+Reference: Elisha, Cohen, Barkan, Koenigstein 2025, "Rethinking Saliency Maps:
+A Cognitive Human Aligned Taxonomy and Evaluation Framework for Explanations"
+(RFxG, arXiv:2511.13081, AAAI 2026) and its public code. Maps are
 placed on two axes: the reference frame (pointwise "why a?" vs contrastive
 "why a and not b?") and the granularity (a class vs a group of classes).
 
@@ -218,7 +219,7 @@ def _mean_group(group, batch, n, name):
 @REGISTRY.register("contrastive_class_score", kind="contrastive")
 def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=None,
                             alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
-  """CCS, contrastive x class (RFxG): AUC over alpha of ``p_a(x_alpha) - p_b(x_alpha)``
+  """CCS, contrastive x class (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC over alpha of ``p_a(x_alpha) - p_b(x_alpha)``
   with ``a = target`` and ``b = contrast`` (class indices), for a map of
   "why a and not b" (e.g. `contrastive_map`). See the module docstring for
   masking, fills and the AUC rule.
@@ -240,7 +241,7 @@ def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=Non
 @REGISTRY.register("class_group_contrastivity", kind="contrastive")
 def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None, alphas=ALPHAS,
                               fill: Any = "zeros", batch_size: int | None = None):
-  """CGC, contrastive x class-vs-group (RFxG): AUC of
+  """CGC, contrastive x class-vs-group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of
   ``((p_a(x_alpha) - p_a(x)) + mean_{k in G_A}(p_k(x_alpha) - p_k(x))) / 2`` with
   ``a = target`` and `group` = G_A (the group of a). As the reference code.
 
@@ -261,7 +262,7 @@ def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None
 @REGISTRY.register("pointwise_group_score", kind="contrastive")
 def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, key=None,
                           alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
-  """PGS, pointwise x group (RFxG): AUC of ``mean_{k in G_A}(p_k(x) - p_k(x_alpha))``,
+  """PGS, pointwise x group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of ``mean_{k in G_A}(p_k(x) - p_k(x_alpha))``,
   the mean probability drop of the group's classes (`target` is not used).
 
   Returns:
@@ -281,7 +282,7 @@ def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, 
 def contrastive_group_score(f, x, attribution, target="predicted", *, group=None,
                             contrast_group=None, key=None, alphas=ALPHAS, fill: Any = "zeros",
                             batch_size: int | None = None):
-  """CGS, contrastive x group (RFxG): AUC of
+  """CGS, contrastive x group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of
   ``(mean_{k in G_A}(p_k(x_alpha) - p_k(x)) + mean_{j in G_B}(p_j(x_alpha) - p_j(x))) / 2``
   with `group` = G_A and `contrast_group` = G_B, as the reference code (both
   terms with the same sign; `target` is not used).

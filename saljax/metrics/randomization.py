@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import parallel
 from saljax.metrics import _common as C
 from saljax.metrics import _similarity as S
@@ -164,7 +165,7 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   if params is None:
     raise ValueError("params: expected the trained parameters pytree, got None")
   x = V.check_input(x)
-  _, x, target = C.prepare_model(lambda z: model_fn(params, z), x, target)
+  _, x, target = C.prepare_model(M.WithParams(model_fn, params), x, target)
   key = C.check_key(key, "model_parameter_randomization")
   explainer, options = check_explainer(explainer, explainer_options)
   V.check_choice(mode, "mode", MODES)

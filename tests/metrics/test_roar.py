@@ -4,12 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import importlib
 
 import saljax
 
-# `saljax.metrics.roar` is the registered metric function; the module is reached by name.
-R = importlib.import_module("saljax.metrics.roar")
+from saljax.metrics import removal as R
 
 
 def test_remove_counts_and_fill(region):
