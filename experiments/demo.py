@@ -53,6 +53,9 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "lime": dict(samples=64),
     "shapley_sampling": dict(samples=1),
     "extremal_perturbation": dict(iterations=20),
+    # 16 superpixels instead of 50 and a 4-long shortlist: LiMA's greedy search
+    # evaluates the model for every candidate region at every step.
+    "lima": dict(segmentation_options={"n_segments": 16}, pending=4),
     # 320 channels instead of the head's 1280: Score-CAM runs one forward pass per channel.
     "scorecam": dict(layer="blocks_15", batch_size=64),
 }
