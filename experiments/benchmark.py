@@ -26,7 +26,6 @@ import json
 import os
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -127,13 +126,10 @@ def _load(name: str, dtype: str, image_size: int | None):
     model = zoo.load_pretrained(name)
   else:
     build = getattr(zoo, name, None)
-    if build is None:
+    if build is None or not callable(build):
       raise app.UsageError(f"--model: unknown model {name!r}")
-    module = build()
     size = image_size or 224
-    variables = module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    model = zoo.Classifier(module, variables, input_shape=(size, size, 3),
-                           default_layer=module.default_layer, name=name)
+    model = zoo.wrap(build(), input_shape=(size, size, 3), name=name)  # random weights
   if dtype == "bfloat16":
     # bf16 parameters; inputs are cast by the explainers' compute_dtype, so
     # every matmul runs in bf16 while attributions accumulate in float32.
@@ -145,7 +141,6 @@ def _load(name: str, dtype: str, image_size: int | None):
 
 
 def _torch_reference(name: str):
-  import torch
   from efficientnet_lite_pytorch import EfficientNet
   from saljax.models import pretrained
   path = pretrained.weight_file(name)
@@ -243,7 +238,7 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
 
   net = None
   if compare == "captum":
-    import torch
+    import torch  # noqa: F401  (only for the comparison)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
     net = _torch_reference(model_name).to(tdev)

@@ -1,0 +1,32 @@
+"""The benchmark harness runs end to end on a small zoo model and writes one
+JSON line per method with the yardsticks of the same run."""
+import json
+
+from experiments import benchmark
+
+
+def test_benchmark_rows(tmp_path):
+  out = tmp_path / "bench.jsonl"
+  rows = benchmark.run("cnn", ["gradient", "integrated_gradients", "occlusion", "deletion"],
+                       batch=2, steps=3, chunk=2, dtype="float32", compare="none", repeats=1,
+                       image_size=32, out=str(out))
+  lines = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [r["method"] for r in lines] == ["gradient", "integrated_gradients", "occlusion",
+                                          "deletion"]
+  for r in lines:
+    for k in ("images_per_s", "compile_s", "peak_memory_mb", "forward_images_per_s",
+              "gradient_images_per_s"):
+      assert r[k] >= 0, (r["method"], k)
+    assert r["batch"] == 2 and r["device"]
+  ig = lines[1]
+  assert ig["model_evals"] == 3 and ig["model_evals_per_s"] > 0 and ig["yardstick_ratio"] > 0
+  assert ig["flops_per_image"] > 0
+  assert lines[2]["model_evals"] == 1  # one 32x32 window on a 32x32 image
+  assert rows == lines
+
+
+def test_bf16_rows(tmp_path):
+  rows = benchmark.run("cnn", ["integrated_gradients", "smoothgrad"], batch=2, steps=2, chunk=None,
+                       dtype="bfloat16", compare="none", repeats=1, image_size=16)
+  assert all("error" not in r for r in rows), rows
+  assert all(r["dtype"] == "bfloat16" for r in rows)
