@@ -182,7 +182,10 @@ def feature_groups(x: Array, segments: Any, options: dict | None = None):
       error, never a silently zero map. Labels need not be consecutive.
 
   Returns:
-    ``(labels int32 [B, *x.shape[1:]], counts int [B] (numpy), M)``.
+    ``(labels int32 [B, *x.shape[1:]], counts int [B] (numpy), M)``. For the
+    data-dependent segmenters (slic, quickshift, felzenszwalb) M is rounded up
+    to a multiple of 8 (padded groups are empty and ignored), so new images
+    with a few more or fewer segments reuse the compiled method.
   """
   b = x.shape[0]
   if isinstance(segments, str):
@@ -227,7 +230,10 @@ def feature_groups(x: Array, segments: Any, options: dict | None = None):
   starts = np.searchsorted(owner, np.arange(b))
   counts = np.bincount(owner, minlength=b)
   relabeled = inv.reshape(b, -1) - starts[:, None]
-  return jnp.asarray(relabeled.reshape(x.shape), jnp.int32), counts, int(counts.max())
+  m = int(counts.max())
+  if isinstance(segments, str) and segments in ("slic", "quickshift", "felzenszwalb"):
+    m = -(-m // 8) * 8
+  return jnp.asarray(relabeled.reshape(x.shape), jnp.int32), counts, m
 
 
 def expand_map(values: Array, labels: Array) -> Array:

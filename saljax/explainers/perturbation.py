@@ -405,6 +405,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
     samples = V.check_positive_int(samples, "samples")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   if exact:
+    m = int(counts.max())  # no padding: 2^M coalitions
     if m > 16:
       raise ValueError(f"exact=True enumerates 2^M coalitions and needs M <= 16 groups, got M = {m}")
     samples = 2 ** m

@@ -71,6 +71,7 @@ def xrai_segments(x: Array, *, scales=XRAI_SCALES, sigma: float = 0.8, min_size:
       masks = ndi.binary_dilation(masks, structure=footprint[None])
     per_image.append(masks)
   k = max(m.shape[0] for m in per_image)
+  k = -(-k // 8) * 8  # a multiple of 8: new images rarely change the compiled shape
   out = np.zeros((b, k, h, w), bool)
   for i, m in enumerate(per_image):
     out[i, :m.shape[0]] = m

@@ -405,3 +405,10 @@ def test_bad_inputs(x8, lin8):
     P.occlusion(f, x8, t, fill="mean")
   with pytest.raises(ValueError, match="NHWC"):
     P.rise(lambda x: x, jnp.ones((2, 4)), t, key=KEY)
+
+
+def test_data_dependent_segment_counts_are_padded_to_multiples_of_8(x8):
+  labels, counts, m = MK.feature_groups(x8, "slic", {"n_segments": 5})
+  assert m % 8 == 0 and m >= counts.max()
+  labels, counts, m = MK.feature_groups(x8, SEG4)
+  assert m == 4  # a given label array is not padded
