@@ -88,6 +88,10 @@ def method_options(name: str, steps: int, chunk: int | None, x, model,
       "occlusion": ({"window": 32, "stride": 16, **chunked}, _windows(x, 32, 16)),
       "rise": ({"masks": max(steps, 1) * 20, **chunked, **key}, max(steps, 1) * 20),
       "kernel_shap": ({"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key}, 256),
+      "lime": ({"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key}, 256),
+      # Permutation sampling: each permutation costs one evaluation per feature plus one.
+      "shapley_sampling": ({"samples": 2, "segments": _grid_segments(x, 32), **chunked, **key},
+                           2 * (_windows(x, 32, 32) + 1)),
       # Deletion-style metrics: every step is one forward pass of the batch.
       "deletion": ({"steps": steps, **chunked}, steps + 1),
       "insertion": ({"steps": steps, **chunked}, steps + 1),
@@ -207,6 +211,20 @@ def _captum_runner(method: str, net, x_nchw, target, steps: int, chunk: int | No
                                              feature_mask=fmask[i:i + 1], n_samples=256,
                                              perturbations_per_eval=8)[0]
                                 for i in range(x_nchw.shape[0])])
+  if method in ("lime", "shapley_sampling"):
+    h = x_nchw.shape[-1]
+    cell = 16 if method == "lime" else 32
+    seg = (torch.arange(h)[:, None] // cell * (h // cell) + torch.arange(h)[None, :] // cell)
+    fmask = seg[None, None].expand(x_nchw.shape[0], 3, h, h).to(x_nchw.device)
+    if method == "lime":
+      lime = ca.Lime(net)
+      return lambda: torch.stack([lime.attribute(x_nchw[i:i + 1], target=target[i:i + 1],
+                                                 feature_mask=fmask[i:i + 1], n_samples=256,
+                                                 perturbations_per_eval=8)[0]
+                                  for i in range(x_nchw.shape[0])])
+    svs = ca.ShapleyValueSampling(net)
+    return lambda: svs.attribute(x_nchw, target=target, feature_mask=fmask, n_samples=2,
+                                 perturbations_per_eval=8)
   return None
 
 
