@@ -150,8 +150,7 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
 
   import saljax
   from saljax import explainers, models, viz
-  # The package attribute `saljax.data.photos` is the function; this is the module.
-  photo_lib = importlib.import_module("saljax.data.photos")
+  photo_lib = importlib.import_module("saljax.data.bundled_photos")
 
   t_start = time.perf_counter()
   if compilation_cache:

@@ -50,7 +50,7 @@ def run(workdir: str, *, small: bool = False, photos: Sequence[str] | None = Non
   from saljax import explainers, metrics, models
   from saljax.explainers import cam, regions
 
-  photo_lib = importlib.import_module("saljax.data.photos")
+  photo_lib = importlib.import_module("saljax.data.bundled_photos")
   table = {k: dict(v) for k, v in (SMALL if small else FULL).items()}
   for k, v in (options or {}).items():
     table.setdefault(k, {}).update(v)

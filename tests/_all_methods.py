@@ -1,6 +1,6 @@
 """Small settings that run every registered explainer and metric on tiny models.
 
-Shared by tests/test_registry.py and tests/parallel/_sharded_all.py. A method
+Shared by tests/test_contracts.py and tests/parallel/_sharded_all.py. A method
 registered without an entry here makes those tests fail, on purpose: every new
 method must join the invariants.
 """

@@ -1,7 +1,4 @@
 """Data: the bundled real photos, ImageNet preprocessing, tfds pipelines, BlockMNIST."""
-from saljax.data import blockmnist, photos as _photos, pipelines, preprocessing  # noqa: F401
-
-
-def photos():
-  """The bundled real photos (scikit-image, scikit-learn): name -> uint8 HWC array."""
-  return _photos.photos()
+from saljax.data import blockmnist, bundled_photos, pipelines, preprocessing  # noqa: F401
+from saljax.data.bundled_photos import NAMES as PHOTO_NAMES  # noqa: F401
+from saljax.data.bundled_photos import photos  # noqa: F401  (the module is bundled_photos)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import saljax
-P = importlib.import_module("saljax.data.photos")  # the package attribute `photos` is the function
+P = importlib.import_module("saljax.data.bundled_photos")
 
 
 def test_all_photos_are_uint8_rgb():
