@@ -71,15 +71,7 @@ class Tapped:
     """
     k = (tuple(x.shape), jnp.dtype(x.dtype))
     if k not in self._shapes:
-      order: list[str] = []
-
-      def acts(x):
-        a = self._forward(x, None)[1]
-        order.extend(a)
-        return a
-
-      shapes = jax.eval_shape(acts, jax.ShapeDtypeStruct(*k))
-      self._shapes[k] = {name: shapes[name] for name in order}
+      self._shapes[k] = _shapes_in_call_order(self._forward, jax.ShapeDtypeStruct(*k))
     return dict(self._shapes[k])
 
   def zero_taps(self, x: Array, layers: Sequence[str]) -> dict[str, Array]:
@@ -108,18 +100,44 @@ def _is_array(x: Any) -> bool:
   return isinstance(x, (jax.Array, np.ndarray)) or isinstance(x, jax.core.Tracer)
 
 
-def _call_order(forward, example) -> list[str]:
-  """Layer names in the order the forward produces them (one abstract trace;
-  `eval_shape` alone would return them sorted)."""
+class _Recorder:
+  """Records each submodule output under its path (``"#k"`` for repeated
+  calls) and adds the tap of that name; shared by the linen and NNX adapters."""
+
+  def __init__(self, taps: Taps | None):
+    self.taps = dict(taps or {})
+    self.acts: dict[str, Array] = {}
+    self.counts: collections.Counter = collections.Counter()
+
+  def __call__(self, path: Sequence[Any], out: Any) -> Any:
+    if not _is_array(out):
+      return out
+    path = "/".join(str(p) for p in path)
+    k = self.counts[path]
+    self.counts[path] += 1
+    name = path if k == 0 else f"{path}#{k}"
+    if name in self.taps:
+      out = out + self.taps[name].astype(out.dtype)
+    self.acts[name] = out
+    return out
+
+
+def _shapes_in_call_order(forward, example) -> dict[str, jax.ShapeDtypeStruct]:
+  """Activation shapes in the order the forward produces them (one abstract
+  trace; `eval_shape` alone would return them sorted by name)."""
   order: list[str] = []
 
   def acts(x):
-    a = forward(x)[1]
+    a = forward(x, None)[1]
     order.extend(a)
     return a
 
-  jax.eval_shape(acts, example)
-  return order
+  shapes = jax.eval_shape(acts, example)
+  return {name: shapes[name] for name in order}
+
+
+def _call_order(forward, example) -> list[str]:
+  return list(_shapes_in_call_order(forward, example))
 
 
 def from_linen(module, variables, *, method: str | Callable | None = None,
@@ -147,28 +165,17 @@ def from_linen(module, variables, *, method: str | Callable | None = None,
   apply_kwargs = dict(apply_kwargs or {})
 
   def forward(x, taps=None):
-    taps = dict(taps or {})
-    acts: dict[str, Array] = {}
-    counts: collections.Counter = collections.Counter()
+    rec = _Recorder(taps)
 
     def interceptor(next_fun, args, kwargs, context):
       out = next_fun(*args, **kwargs)
       if context.method_name != "__call__" or not context.module.path:
         return out
-      if not _is_array(out):
-        return out
-      path = "/".join(str(p) for p in context.module.path)
-      k = counts[path]
-      counts[path] += 1
-      name = path if k == 0 else f"{path}#{k}"
-      if name in taps:
-        out = out + taps[name].astype(out.dtype)
-      acts[name] = out
-      return out
+      return rec(context.module.path, out)
 
     with nn.intercept_methods(interceptor):
       logits = module.apply(variables, x, method=method, **apply_kwargs)
-    return logits, acts
+    return logits, rec.acts
 
   if names is None:
     if example is None:
@@ -204,30 +211,15 @@ def from_nnx(module, *, example: Array | None = None, names: Sequence[str] | Non
     return wrapped_classes[cls]
 
   def forward(x, taps=None):
-    taps = dict(taps or {})
-    acts: dict[str, Array] = {}
+    rec = _Recorder(taps)
     copy = nnx.merge(graphdef, state)
-    counts: collections.Counter = collections.Counter()
     for path, sub in nnx.iter_modules(copy):
       if not path:
         continue
-      name = "/".join(str(p) for p in path)
-
-      def hook(out, name=name):
-        if not _is_array(out):
-          return out
-        k = counts[name]
-        counts[name] += 1
-        key = name if k == 0 else f"{name}#{k}"
-        if key in taps:
-          out = out + taps[key].astype(out.dtype)
-        acts[key] = out
-        return out
-
-      object.__setattr__(sub, "_saljax_hook", hook)
+      object.__setattr__(sub, "_saljax_hook", lambda out, path=path: rec(path, out))
       sub.__class__ = wrap_class(type(sub))
     logits = copy(x)
-    return logits, acts
+    return logits, rec.acts
 
   if names is None:
     if example is None:

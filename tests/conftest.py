@@ -1,8 +1,12 @@
 """Shared fixtures: small models whose answers are known in closed form."""
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# A fresh weight cache per run, so the suite converts the pretrained weights
+# itself, as it must on a new machine (set SALJAX_CACHE to reuse one).
+os.environ.setdefault("SALJAX_CACHE", tempfile.mkdtemp(prefix="saljax-test-cache-"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
