@@ -185,16 +185,23 @@ def _captum_runner(method: str, net, x_nchw, target, steps: int, chunk: int | No
   if method == "gradient":
     s = ca.Saliency(net)
     return lambda: s.attribute(x_nchw, target=target, abs=False)
+  # Captum gets the memory bound saljax uses: with chunk=None, saljax's auto
+  # chunk of 64 model evaluations per pass (SALJAX_MAX_EVALS_PER_CHUNK); Captum's
+  # own default (all steps or samples in one pass) is killed for memory at
+  # 50 steps on a 24 GiB machine.
+  from saljax import parallel
+  per_pass = parallel.max_evals_per_chunk()
   if method == "integrated_gradients":
     ig = ca.IntegratedGradients(net)
-    ibs = None if chunk is None else chunk * x_nchw.shape[0]
+    ibs = per_pass if chunk is None else chunk * x_nchw.shape[0]
     return lambda: ig.attribute(x_nchw, target=target, n_steps=steps, method="gausslegendre",
                                 internal_batch_size=ibs)
   if method == "smoothgrad":
     nt = ca.NoiseTunnel(ca.Saliency(net))
     rng = float((x_nchw.max() - x_nchw.min()).item())
+    nbs = max(1, per_pass // x_nchw.shape[0]) if chunk is None else chunk
     return lambda: nt.attribute(x_nchw, target=target, nt_type="smoothgrad", nt_samples=steps,
-                                stdevs=0.15 * rng, nt_samples_batch_size=chunk, abs=False)
+                                stdevs=0.15 * rng, nt_samples_batch_size=nbs, abs=False)
   if method == "gradcam" and layer is not None:
     gc = ca.LayerGradCam(net, layer)
     return lambda: gc.attribute(x_nchw, target=target, relu_attributions=True)
@@ -228,6 +235,39 @@ def _captum_runner(method: str, net, x_nchw, target, steps: int, chunk: int | No
   return None
 
 
+def _quantus_runner(method: str, net, x_nchw, target, attribution, steps: int, chunk: int | None):
+  """A callable running Quantus's counterpart of the deletion-style `method`, or None.
+
+  Quantus `PixelFlipping` on the same work as saljax's `deletion` with
+  `steps`: the signed channel sum of `attribution` ranks pixels, each step
+  sets `H * W / steps` whole pixels (all channels) to 0 in the normalized
+  input, and the softmax score of the target is read after every step.
+  Quantus flattens C x H x W, so a step is `3 * H * W / steps` features; its
+  check that this divides H * W (not C * H * W) is skipped, since the
+  broadcast map keeps a pixel's channels adjacent in its ranking.
+  """
+  if method not in ("deletion", "pixel_flipping"):
+    return None
+  import numpy as np
+  import quantus
+
+  class _PixelFlipping(quantus.PixelFlipping):
+    def custom_preprocess(self, x_batch, **kwargs):  # see the docstring
+      return None
+
+  b, c, h, w = x_nchw.shape
+  if (c * h * w) % steps:
+    return None
+  pf = _PixelFlipping(features_in_step=c * h * w // steps, perturb_baseline=0.0, abs=False,
+                      normalise=False, disable_warnings=True, display_progressbar=False)
+  x_np = x_nchw.detach().cpu().numpy()
+  y_np = target.detach().cpu().numpy()
+  a_np = np.asarray(attribution, np.float32).sum(-1)[:, None]
+  dev = str(x_nchw.device)
+  return lambda: np.asarray(pf(model=net, x_batch=x_np, y_batch=y_np, a_batch=a_np, device=dev,
+                               softmax=True, channel_first=True, batch_size=chunk or b))
+
+
 def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int | None,
         dtype: str, compare: str, repeats: int, image_size: int | None = None,
         out: str | None = None, threads: int | None = None) -> list[dict]:
@@ -255,7 +295,7 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
   logging.info("forward %.2f images/s, gradient %.2f images/s", forward_ips, gradient_ips)
 
   net = None
-  if compare == "captum":
+  if compare in ("captum", "quantus"):
     import torch  # noqa: F401  (only for the comparison)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     tdev = "cuda" if device.platform == "gpu" and torch.cuda.is_available() else "cpu"
@@ -313,13 +353,20 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
       # The torch port reuses one activation module for stem and head, so
       # Captum's Grad-CAM hooks the head's batch norm (the same map up to the
       # activation, which saljax's default layer includes).
-      runner = _captum_runner(name, net, x_nchw, t_torch, steps, chunk,
-                              layer=getattr(net, "_bn1", None))
+      if compare == "quantus":
+        runner = _quantus_runner(name, net, x_nchw, t_torch, attr if is_metric else None,
+                                 steps, chunk) if is_metric else None
+      else:
+        runner = _captum_runner(name, net, x_nchw, t_torch, steps, chunk,
+                                layer=getattr(net, "_bn1", None))
       if runner is not None:
         import torch
 
+        last = []  # the baseline's latest output, to compare with saljax's
+
         def synced(runner=runner):
           out = runner()
+          last[:] = [out]
           if x_nchw.is_cuda:
             torch.cuda.synchronize()
           return out
@@ -328,11 +375,15 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
           _, t_base = _time(synced, max(1, repeats - 1))
         except Exception as e:  # e.g. Captum out of memory: report it as the baseline's result
           logging.error("captum %s failed: %s", name, e)
-          row.update(baseline="captum", baseline_error=f"{type(e).__name__}: {str(e)[:200]}")
+          row.update(baseline=compare, baseline_error=f"{type(e).__name__}: {str(e)[:200]}")
           t_base = None
         if t_base is not None:
-          row.update(baseline="captum", baseline_images_per_s=batch / t_base,
+          row.update(baseline=compare, baseline_images_per_s=batch / t_base,
                      ratio=(batch / steady) / (batch / t_base))
+          if compare == "quantus":
+            # Same work: the two curves must agree (saljax's starts at the clean image).
+            ours = np.asarray(call()["curve"])[:, 1:]
+            row["baseline_max_abs_diff"] = float(np.abs(ours - last[0]).max())
     rows.append(row)
     line = json.dumps(row)
     print(line, flush=True)
