@@ -32,7 +32,14 @@ KINDS = ("max_sensitivity", "local_lipschitz", "relative_input_stability")
 
 
 def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, tuple]:
-  """Validates the explainer argument; returns it and its options as a static tuple."""
+  """Validates the explainer argument (a callable or a registered name, as the
+  noise wrappers take); returns it and its options as a static tuple."""
+  if isinstance(explainer, str):
+    from saljax import explainers
+    if explainer not in explainers.names():
+      raise ValueError(f"explainer: expected a registered explainer name, one of"
+                       f" {explainers.names()}, got {explainer!r}")
+    explainer = explainers.get(explainer)
   if explainer is None:
     raise ValueError("explainer: expected an explainer callable (e.g. saljax.explainers.gradient),"
                      " got None")

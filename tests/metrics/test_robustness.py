@@ -80,3 +80,14 @@ def test_errors(linear):
     R.max_sensitivity(f, x, None, t, key=KEY, explainer=g, radius=0.0)
   with pytest.raises(ValueError, match="samples"):
     R.max_sensitivity(f, x, None, t, key=KEY, explainer=g, samples=0)
+
+
+def test_explainer_by_registered_name(linear):
+  f, _, x = linear
+  t = jnp.array([0, 1, 2])
+  by_name = R.max_sensitivity(f, x, None, t, key=KEY, explainer="gradient_x_input", samples=5)
+  by_fn = R.max_sensitivity(f, x, None, t, key=KEY, explainer=saljax.explainers.gradient_x_input,
+                            samples=5)
+  np.testing.assert_array_equal(by_name, by_fn)
+  with pytest.raises(ValueError, match="registered explainer name.*got 'gradnet'"):
+    R.max_sensitivity(f, x, None, t, key=KEY, explainer="gradnet", samples=5)
