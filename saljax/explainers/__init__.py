@@ -8,6 +8,7 @@ explainer is also an attribute of this module (and of `saljax`), so
 from saljax.explainers._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its explainers.
 from saljax.explainers import attention, cam, gradients, perturbation, propagation, regions  # noqa: F401
+from saljax.explainers.cam import combine_maps, upsample  # noqa: F401
 from saljax.explainers.gradients import completeness_gap, make_baseline, path_nodes  # noqa: F401
 
 
@@ -28,4 +29,5 @@ def entry(name):
 
 globals().update({_n: _REGISTRY.get(_n) for _n in _REGISTRY.names()})
 __all__ = ["names", "get", "entry", "completeness_gap", "make_baseline", "path_nodes",
+           "upsample", "combine_maps",
            *_REGISTRY.names()]
