@@ -102,6 +102,7 @@ def metric_options(name):
       "complexity": {}, "effective_complexity": {}, "sparseness": {},
       "class_sensitivity": {"explainer": saljax.gradient},
       "random_logit": {"explainer": saljax.gradient},
+      "data_randomization": {"explainer": saljax.gradient},
       "model_parameter_randomization": {"explainer": saljax.gradient},
       "contrastive_class_score": {"contrast": 1, "alphas": (0.2, 0.5)},
       "class_group_contrastivity": {"group": np.array([0, 1]), "alphas": (0.2, 0.5)},
@@ -133,6 +134,15 @@ def _params_model(cnn):
   return lambda p, x: (cnn(x), model_fn(p, x))[1]
 
 
+@functools.lru_cache(maxsize=None)
+def _random_label_model(cnn):
+  """The tiny CNN with other parameters, standing in for one trained on
+  permuted labels; also runs `cnn` so tests count its traces."""
+  model_fn, params = cnn_as_function_of_params()
+  other = jax.tree_util.tree_map(lambda w: -w[::-1], params)
+  return lambda x: (cnn(x), model_fn(other, x))[1]
+
+
 def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0)):
   entry = saljax.metrics.entry(name)
   extra = {"key": key} if entry.stochastic else {}
@@ -140,4 +150,6 @@ def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0)):
     _, params = cnn_as_function_of_params()
     return entry.fn(_params_model(cnn), x, attribution, target, params=params, **extra,
                     **metric_options(name))
+  if name == "data_randomization":
+    extra["random_model"] = _random_label_model(cnn)
   return entry.fn(cnn.logits, x, attribution, target, **extra, **metric_options(name))

@@ -28,15 +28,14 @@ def cnn(params, x):
   return h @ params["fc2"]["w"] + params["fc2"]["b"]
 
 
-@pytest.fixture(scope="module")
-def trained():
-  """A small CNN trained on 500 8x8 digits for 100 full-batch Adam steps; returns
-  (params, 16 held-out images, their labels)."""
+def _digits():
   digits = sklearn.datasets.load_digits()
-  images = jnp.asarray(digits.images[..., None] / 16.0, jnp.float32)
-  labels = jnp.asarray(digits.target)
-  x, y = images[:500], labels[:500]
-  ks = jax.random.split(jax.random.key(0), 4)
+  return jnp.asarray(digits.images[..., None] / 16.0, jnp.float32), jnp.asarray(digits.target)
+
+
+def _fit(x, y, steps, seed=0):
+  """The CNN trained on (x, y) with full-batch Adam (lr 1e-2) for `steps` steps."""
+  ks = jax.random.split(jax.random.key(seed), 4)
   he = lambda k, s: jax.random.normal(k, s) * jnp.sqrt(2.0 / np.prod(s[:-1]))
   params = {"conv1": {"w": he(ks[0], (3, 3, 1, 8)), "b": jnp.zeros(8)},
             "conv2": {"w": he(ks[1], (3, 3, 8, 16)), "b": jnp.zeros(16)},
@@ -52,14 +51,36 @@ def trained():
           lambda p: optax.softmax_cross_entropy_with_integer_labels(cnn(p, x), y).mean())(p)
       u, s = opt.update(g, s, p)
       return (optax.apply_updates(p, u), s), loss
-    (p, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=100)
-    return p, losses
+    (p, _), losses = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+    return p
 
-  params, losses = train(params)
+  return train(params)
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """A small CNN trained on 500 8x8 digits for 100 full-batch Adam steps; returns
+  (params, 16 held-out images, their labels)."""
+  images, labels = _digits()
+  params = _fit(images[:500], labels[:500], 100)
   held_x, held_y = images[1000:1200], labels[1000:1200]
   acc = float((jnp.argmax(cnn(params, held_x), -1) == held_y).mean())
   assert acc > 0.8, acc  # a trained model, or the sanity check means nothing
   return params, held_x[:16], held_y[:16]
+
+
+@pytest.fixture(scope="module")
+def random_labels():
+  """The same CNN trained on the same 500 digits with permuted labels until it
+  memorizes them (Adebayo et al. Sec. 4: > 95% training accuracy, chance on
+  held-out digits)."""
+  images, labels = _digits()
+  y = labels[:500][np.random.default_rng(0).permutation(500)]
+  params = _fit(images[:500], y, 400, seed=1)
+  train_acc = float((jnp.argmax(cnn(params, images[:500]), -1) == y).mean())
+  held_acc = float((jnp.argmax(cnn(params, images[1000:1200]), -1) == labels[1000:1200]).mean())
+  assert train_acc > 0.95 and held_acc < 0.25, (train_acc, held_acc)
+  return params
 
 
 def sobel(f, x, target, *, key=None):
@@ -160,3 +181,46 @@ def test_flax_variables_layers_skip_batch_stats():
   assert R.layer_names(variables) == ("params/conv", "params/head")
   # Leaves in flatten order (batch_stats first): never randomized (-1).
   assert R._leaf_layers(variables, ("params/head", "params/conv")) == (-1, 1, 0)
+
+
+def test_data_randomization_reproduces_the_papers_finding(trained, random_labels):
+  """Adebayo et al. Sec. 4 / Fig. 5 on digits: the gradient of the random-label
+  model shares no rank order with the true model's, while gradient x input
+  keeps the digit's strokes (high absolute, low signed rank correlation)."""
+  params, x, y = trained
+  f = jax.tree_util.Partial(cnn, params)
+  fr = jax.tree_util.Partial(cnn, random_labels)
+  score = lambda m, absolute=True: float(R.data_randomization(
+      f, x, None, y, random_model=fr, explainer=m, absolute=absolute).mean())
+  assert score("gradient") < 0.3
+  assert score("gradient_x_input") > 0.7
+  assert score("gradient_x_input", absolute=False) < 0.4
+  # The true-label model against itself: identical maps.
+  same = R.data_randomization(f, x, None, y, random_model=f, explainer="gradient",
+                              random_target="same")
+  np.testing.assert_allclose(same, 1.0, atol=1e-5)
+  # A precomputed map equals the computed one.
+  e = saljax.gradient(f, x, y)
+  np.testing.assert_allclose(
+      R.data_randomization(f, x, e, y, random_model=fr, explainer="gradient"),
+      R.data_randomization(f, x, None, y, random_model=fr, explainer="gradient"), atol=1e-6)
+
+
+def test_data_randomization_targets_and_errors(trained, random_labels):
+  params, x, y = trained
+  f = jax.tree_util.Partial(cnn, params)
+  fr = jax.tree_util.Partial(cnn, random_labels)
+  g = saljax.explainers.gradient
+  pred = R.data_randomization(f, x, None, y, random_model=fr, explainer=g)
+  same = R.data_randomization(f, x, None, y, random_model=fr, explainer=g, random_target="same")
+  own = jnp.argmax(fr(x), -1)
+  np.testing.assert_allclose(
+      pred, R.data_randomization(f, x, None, y, random_model=fr, explainer=g, random_target=own),
+      atol=1e-6)
+  assert not np.allclose(pred, same)  # the random model's prediction is rarely the label
+  with pytest.raises(ValueError, match="random_model: expected the same architecture"):
+    R.data_randomization(f, x, None, y, explainer=g)
+  with pytest.raises(ValueError, match="random_model: expected 10 classes"):
+    R.data_randomization(f, x, None, y, random_model=lambda z: fr(z)[:, :3], explainer=g)
+  with pytest.raises(ValueError, match="similarity"):
+    R.data_randomization(f, x, None, y, random_model=fr, explainer=g, similarity="cosine")

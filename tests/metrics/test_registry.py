@@ -18,6 +18,8 @@ def model_fn(params, x):
 
 
 F = lambda x: model_fn(PARAMS, x)
+PARAMS_R = jax.tree_util.tree_map(lambda w: w[::-1], PARAMS)  # "trained on other labels"
+F_R = lambda x: model_fn(PARAMS_R, x)
 X = jax.random.uniform(jax.random.key(4), (2, 8, 8, 3))
 T = jnp.array([0, 2])
 BOX = np.array([[1, 1, 5, 5], [2, 2, 8, 8]])
@@ -35,6 +37,7 @@ OPTIONS = {
     "relative_input_stability": dict(key=KEY, explainer=G, samples=3),
     "random_logit": dict(key=KEY, explainer=G, similarity="spearman"),
     "class_sensitivity": dict(explainer=G),
+    "data_randomization": dict(explainer=G, random_model=F_R),
     "model_parameter_randomization": dict(key=KEY, explainer=G, params=PARAMS),
     "pointing_game": dict(boxes=BOX), "energy_pointing_game": dict(boxes=BOX),
     "relevance_mass": dict(boxes=BOX), "relevance_rank": dict(boxes=BOX),
