@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import tempfile
+import uuid
 from typing import Any, Callable
 
 import jax
@@ -18,6 +20,23 @@ from experiments.configs import base as base_config
 from saljax import checkpoint as ckpt_lib
 from saljax import model as M
 from saljax.data import pipelines
+
+
+def atomic_write(path, write: Callable[[pathlib.Path], None]) -> None:
+  """Runs ``write(tmp)`` on a temporary name beside `path`, then renames it
+  into place, so a killed run never leaves a half-written file."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if tmp.exists():
+      tmp.unlink()
+
+
+def atomic_write_text(path, text: str) -> None:
+  atomic_write(path, lambda p: p.write_text(text))
 
 
 # ----------------------------------------------------------------------------
@@ -34,11 +53,23 @@ def app_main(run: Callable[[Any, str], Any], doc: str = "") -> None:
 
   config = config_flags.DEFINE_config_file("config", None, "Path to an experiment config file.")
   workdir = flags.DEFINE_string("workdir", None, "Directory for checkpoints, maps and logs.")
+  distributed = flags.DEFINE_bool(
+      "distributed", False, "join a jax.distributed run whose cluster JAX reads from the"
+      " environment (SLURM, TPU pods); implied by --coordinator_address")
+  address = flags.DEFINE_string("coordinator_address", None,
+                                "HOST:PORT of process 0, for a multi-process run")
+  num_processes = flags.DEFINE_integer("num_processes", None, "processes in the run")
+  process_id = flags.DEFINE_integer("process_id", None, "this process's index, 0..N-1")
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if address.value or distributed.value:
+      from saljax import parallel
+      parallel.initialize_distributed(address.value, num_processes.value, process_id.value)
+      logging.info("process %d of %d, %d devices in all", jax.process_index(),
+                   jax.process_count(), jax.device_count())
     out = run(config.value, workdir.value)
     if isinstance(out, dict):
       logging.info("done: %s", {k: v for k, v in out.items() if k != "state"})
@@ -265,6 +296,13 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   model = build_model(config, num_classes, image_shape) if model is None else model
   if model.pretrained is not None:
     clf = model.pretrained
+    if jax.process_count() > 1:
+      from saljax import parallel
+      from saljax.models import pretrained as pretrained_lib
+      clf = pretrained_lib.Classifier(
+          clf.module, parallel.replicate(clf.params), input_shape=clf.input_shape,
+          default_layer=clf.default_layer, class_names=clf.class_names, name=clf.name,
+          preprocess=clf._preprocess)
     return Trained(model, None, clf, clf.tapped, 0)
   tx = make_optimizer(config.train)
   state = init_state(model, tx, init_key(config.seed), image_shape)
@@ -278,6 +316,9 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   step, state, _ = mgr.restore(state, best=best)
   mgr.close()
   variables = variables_of(state)
+  if jax.process_count() > 1:  # one global copy, so jit can mix it with a global batch
+    from saljax import parallel
+    variables = parallel.replicate(variables)
   module = model.module
   f = _Forward(module, variables)
   tapped = M.from_linen(module, variables, apply_kwargs={"train": False},

@@ -27,11 +27,12 @@ import os
 import pathlib
 import platform
 import time
-import uuid
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+
+from experiments import _common as C
 
 # Reduced settings so every method fits the demo's time budget on a CPU; the
 # library defaults (papers' values) are in each explainer's docstring.
@@ -87,16 +88,6 @@ def _enable_compilation_cache() -> None:
   from saljax.models import pretrained
   jax.config.update("jax_compilation_cache_dir", str(pretrained.cache_dir() / "jax"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
-def _atomic_write(path: pathlib.Path, write: Callable[[pathlib.Path], None]) -> None:
-  tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
 
 
 def _call_options(name: str, model, x, options: Mapping[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -213,7 +204,7 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
       continue
     rec["status"] = "ok"
     maps[name] = a
-    _atomic_write(out / "maps" / f"{name}.npz", lambda p: np.savez_compressed(
+    C.atomic_write(out / "maps" / f"{name}.npz", lambda p: np.savez_compressed(
         p, attribution=a, targets=targets, photos=np.array(photo_names)))
     log(f"{prefix}: {rec['seconds']:.1f} s, shape {tuple(a.shape)}")
 
@@ -240,7 +231,7 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
       "note": "reduced steps/samples for a CPU demo; see each method's options",
       "total_seconds": round(time.perf_counter() - t_start, 1),
   }
-  _atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
+  C.atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   log(f"[demo] done in {summary['total_seconds']:.0f} s: {counts}; wrote {out}/summary.json,"
       f" {out}/grid.png, {out}/maps/")
   return summary

@@ -13,6 +13,13 @@ left in ``explain.train_workdir`` (default: the workdir itself). Layout::
 
 Chunks are written atomically (temporary file, then rename), and a chunk
 already on disk is not recomputed, so a killed run resumes where it stopped.
+
+Several hosts: every binary takes ``--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I`` (or ``--distributed`` to read the cluster
+from the environment, as on SLURM or TPU pods) and joins one
+`jax.distributed` run. Then the mesh spans every process's devices, each
+process reads only its share of every chunk (``explain.chunk_size`` must be a
+multiple of the global device count), and process 0 alone writes.
 Every chunk has `explain.chunk_size` rows (the last is padded by repetition
 and sliced back), so each explainer compiles once.
 """
@@ -25,11 +32,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from experiments import _common as C
 from saljax import explainers
 from saljax import logging as slog
+from saljax import parallel
 
 
 
@@ -136,6 +143,13 @@ def run(config, workdir: str) -> dict[str, Any]:
 
   n = min(int(ecfg.num_examples), len(ds))
   num_chunks = -(-n // chunk)
+  # Several processes (jax.distributed): one global mesh; each process reads
+  # its contiguous share of every chunk, and only process 0 writes.
+  procs, pid = jax.process_count(), jax.process_index()
+  if procs > 1 and chunk % jax.device_count():
+    raise ValueError(f"explain.chunk_size: expected a multiple of the {jax.device_count()} devices"
+                     f" of the {procs} processes, got {chunk}")
+  per_process = chunk // procs
   maps_dir = os.path.join(workdir, "maps")
   writer = slog.MetricWriter(workdir)
   writer.write_config(config)
@@ -143,44 +157,61 @@ def run(config, workdir: str) -> dict[str, Any]:
                            every_seconds=config.train.progress_every_s)
   predict = jax.jit(lambda x: jnp.argmax(trained.f(x), -1).astype(jnp.int32))
   base_key = jax.random.key(config.seed)
+  # What is already stored, as process 0 sees it, decided once before any work,
+  # so every process skips the same chunks (and the same collectives).
+  stored = parallel.broadcast_from_writer(np.array(
+      [[os.path.exists(chunk_path(maps_dir, what, c)) for what in ["inputs", *methods]]
+       for c in range(num_chunks)], np.int32).reshape(num_chunks, len(methods) + 1))
   done = 0
   for c in range(num_chunks):
     idx = np.arange(c * chunk, (c + 1) * chunk)
     valid = int((idx < n).sum())
-    batch = ds.batch(np.minimum(idx, n - 1))
-    x = jnp.asarray(batch["image"])
-    target = np.asarray(predict(x)) if ecfg.target == "predicted" else batch["label"].astype(np.int32)
-    inputs_path = chunk_path(maps_dir, "inputs", c)
-    if not os.path.exists(inputs_path):
+    if stored[c].all():
+      done += len(methods)
+      continue
+    mine = idx[pid * per_process:(pid + 1) * per_process]
+    local = ds.batch(np.minimum(mine, n - 1))
+    if procs > 1:
+      x = parallel.global_batch(local["image"])
+      batch = parallel.gather(parallel.global_batch(local))  # process 0 writes the inputs
+    else:
+      x, batch = jnp.asarray(local["image"]), local
+    if ecfg.target == "predicted":
+      target = parallel.gather(predict(x))
+    else:
+      target = batch["label"].astype(np.int32)
+    target_in = (parallel.global_batch(target[pid * per_process:(pid + 1) * per_process])
+                 if procs > 1 else jnp.asarray(target))
+    if not stored[c, 0] and parallel.is_writer():
       extra = {}
       gt = ground_truth_mask(batch, target, ds.image_shape[:2])
       if gt is not None:
         extra["gt_mask"] = gt[:valid]
-      save_npz(inputs_path, image=batch["image"][:valid], label=batch["label"][:valid],
-               target=target[:valid], index=idx[:valid], **extra)
-    for m in methods:
-      path = chunk_path(maps_dir, m, c)
+      save_npz(chunk_path(maps_dir, "inputs", c), image=batch["image"][:valid],
+               label=batch["label"][:valid], target=target[:valid], index=idx[:valid], **extra)
+    for j, m in enumerate(methods):
       done += 1
-      if os.path.exists(path):
+      if stored[c, j + 1]:
         continue
       e = entries[m]
       f = trained.tapped if e.kind == "layer" else trained.f
       key = jax.random.fold_in(jax.random.fold_in(base_key, c), methods.index(m)) if e.stochastic else None
       try:
-        a = e.fn(f, x, jnp.asarray(target), key=key, **_options(config, m, e, trained))
+        a = e.fn(f, x, target_in, key=key, **_options(config, m, e, trained))
       except (TypeError, ValueError) as err:
         raise type(err)(f"explainer {m!r} on chunk {c}: {err}") from err
-      a = np.asarray(jax.device_get(a), np.float32)[:valid]
-      save_npz(path, attribution=a)
-      if c == 0 and ecfg.overlays:
-        _save_overlays(workdir, m, batch["image"][:valid], a, int(ecfg.overlays))
+      a = np.asarray(parallel.gather(a), np.float32)[:valid]
+      if parallel.is_writer():
+        save_npz(chunk_path(maps_dir, m, c), attribution=a)
+        if c == 0 and ecfg.overlays:
+          _save_overlays(workdir, m, batch["image"][:valid], a, int(ecfg.overlays))
       progress.update(done)
   manifest = {"methods": methods, "num_examples": n, "chunk_size": chunk, "num_chunks": num_chunks,
               "dataset": config.data.name, "split": ecfg.split, "model": trained.model.name,
               "model_step": trained.step, "target": ecfg.target,
               "kinds": {m: entries[m].kind for m in methods}}
-  with open(os.path.join(maps_dir, "manifest.json"), "w") as fh:
-    json.dump(manifest, fh, indent=2)
+  if parallel.is_writer():
+    C.atomic_write_text(os.path.join(maps_dir, "manifest.json"), json.dumps(manifest, indent=2))
   progress.update(done, force=True)
   writer.close()
   return manifest

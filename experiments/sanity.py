@@ -1,5 +1,7 @@
-"""Model-parameter randomization tests (Adebayo et al. 2018, "Sanity Checks for
-Saliency Maps", NeurIPS, arXiv:1810.03292) with figures.
+"""Randomization sanity checks (Adebayo et al. 2018, "Sanity Checks for
+Saliency Maps", NeurIPS, arXiv:1810.03292) with figures: the model parameter
+randomization test (``sanity.test="model"``, the default) and the data
+randomization test (``sanity.test="data"``).
 
     python -m experiments.sanity --config=experiments/configs/blockmnist_standard.py \
         --workdir=runs/bm_std --config.sanity.methods='("gradient","integrated_gradients")'
@@ -17,10 +19,27 @@ the data and the figures. Writes::
     sanity.json             the same curves
     sanity_<method>.png     similarity vs randomized depth, one line per similarity
     sanity_maps.png         the first example's trained map next to its input
+
+Data randomization (Sec. 4): train the same config a second time on permuted
+labels, then compare the two models' maps on the same test inputs::
+
+    python -m experiments.train --config=experiments/configs/blockmnist_standard.py \
+        --workdir=runs/bm_rand --config.train.permute_labels=True --config.train.steps=6000
+    python -m experiments.sanity --config=experiments/configs/blockmnist_standard.py \
+        --workdir=runs/bm_std --config.sanity.test=data \
+        --config.sanity.random_labels_workdir=runs/bm_rand
+
+Each model explains its own prediction (`saljax.metrics.data_randomization`);
+layer methods (Grad-CAM) are allowed here. Writes ``sanity_data.csv``
+(method, similarity, mean, std), ``sanity_data.json`` and
+``sanity_data_maps.png`` (input, then each method's map for the true-label
+and the random-label model, first examples).
 """
 from __future__ import annotations
 
+import copy
 import csv
+import io
 import json
 import os
 from typing import Any
@@ -56,6 +75,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   workdir = C.check_workdir(workdir)
   scfg = config.sanity
   methods = E.check_methods(scfg.methods, "sanity.methods")
+  if scfg.test not in ("model", "data"):
+    raise ValueError(f"sanity.test: expected 'model' or 'data', got {scfg.test!r}")
   if scfg.mode not in ("cascading", "independent"):
     raise ValueError(f"sanity.mode: expected 'cascading' or 'independent', got {scfg.mode!r}")
   sims = [s for s in SIMILARITIES if s[0] in tuple(scfg.similarities)]
@@ -63,6 +84,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   if unknown or not sims:
     raise ValueError(f"sanity.similarities: expected some of {[t[0] for t in SIMILARITIES]}, got"
                      f" {list(scfg.similarities)}")
+  if scfg.test == "data":
+    return _data_randomization(config, workdir, methods, sims)
   layer_methods = [m for m in methods if explainers.entry(m).kind == "layer"]
   if layer_methods:
     raise ValueError(f"sanity.methods: layer methods {layer_methods} are not supported here (the"
@@ -106,16 +129,123 @@ def run(config, workdir: str) -> dict[str, Any]:
                      "mean": float(curve[:, s].mean()), "std": float(curve[:, s].std())})
       writer.write(step, {f"{m}/{label}_mean": float(curve.mean())})
   if slog.is_writer():
-    with open(os.path.join(workdir, "sanity.csv"), "w", newline="") as fh:
-      w = csv.DictWriter(fh, fieldnames=["method", "similarity", "stage", "layer", "mean", "std"])
-      w.writeheader()
-      w.writerows(rows)
-    with open(os.path.join(workdir, "sanity.json"), "w") as fh:
-      json.dump({"mode": scfg.mode, "layers": list(layers), "curves": results}, fh, indent=2)
+    C.atomic_write_text(os.path.join(workdir, "sanity.csv"), _csv(rows))
+    C.atomic_write_text(os.path.join(workdir, "sanity.json"), json.dumps(
+        {"mode": scfg.mode, "layers": list(layers), "curves": results}, indent=2))
     _figures(workdir, results, layers, scfg.mode, methods, x, target, model_fn, params, config)
   writer.close()
   logging.info("sanity curves: %s", results)
   return {"layers": layers, "curves": results}
+
+
+def _data_randomization(config, workdir, methods, sims) -> dict[str, Any]:
+  """The data randomization test: the model of `workdir` against the model of
+  `sanity.random_labels_workdir` (same config, trained on permuted labels)."""
+  scfg = config.sanity
+  rwd = scfg.random_labels_workdir
+  if not rwd:
+    raise ValueError("sanity.random_labels_workdir: expected the workdir of a train run with"
+                     " train.permute_labels=True (same config), got None")
+  if not os.path.isdir(rwd):
+    raise FileNotFoundError(f"sanity.random_labels_workdir: no such directory {rwd!r}")
+  if config.model.pretrained:
+    raise ValueError("sanity.test='data': expected a model trained by experiments.train (both"
+                     " models must be trained, one on permuted labels), got model.pretrained=True")
+  ds = C.load_dataset(config, config.explain.split)
+  trained = C.load_trained(config, workdir, ds.image_shape, ds.num_classes)
+  rconfig = copy.deepcopy(config)
+  rconfig.explain.train_workdir = rwd
+  rconfig.explain.checkpoint = "latest"  # "best" by eval accuracy means nothing at chance
+  rand = C.load_trained(rconfig, rwd, ds.image_shape, ds.num_classes, model=trained.model)
+  n = min(int(scfg.num_examples), len(ds))
+  batch = ds.batch(np.arange(n))
+  x = jnp.asarray(batch["image"])
+  target = (jnp.asarray(batch["label"]) if config.explain.target == "label" else "predicted")
+  key = jax.random.key(config.seed)
+  layer = config.explain.layer or trained.model.default_layer
+  results: dict[str, dict[str, float]] = {}
+  rows = []
+  writer = slog.MetricWriter(workdir)
+  writer.write_config(config)
+  for m in methods:
+    entry = explainers.entry(m)
+    opts = dict(config.explain.options.get(m, {}) or {})
+    if entry.kind == "layer":
+      opts.setdefault("layer", layer)
+      f, fr = trained.tapped, rand.tapped
+    else:
+      f, fr = trained.f, rand.f
+    results[m] = {}
+    for label, sim, absolute in sims:
+      score = np.asarray(metrics.data_randomization(
+          f, x, None, target, random_model=fr, key=key, explainer=entry.fn,
+          explainer_options=opts, similarity=sim, absolute=absolute))
+      results[m][label] = float(score.mean())
+      rows.append({"method": m, "similarity": label, "mean": float(score.mean()),
+                   "std": float(score.std())})
+      writer.write(trained.step, {f"{m}/data_{label}_mean": float(score.mean())})
+  accuracy = {
+      "model": float((jnp.argmax(trained.f(x), -1) == jnp.asarray(batch["label"])).mean()),
+      "random_labels_model": float((jnp.argmax(rand.f(x), -1)
+                                    == jnp.asarray(batch["label"])).mean())}
+  if slog.is_writer():
+    C.atomic_write_text(os.path.join(workdir, "sanity_data.csv"), _csv(rows))
+    C.atomic_write_text(os.path.join(workdir, "sanity_data.json"), json.dumps(
+        {"test": "data", "random_labels_workdir": rwd, "accuracy_on_examples": accuracy,
+         "scores": results}, indent=2))
+    _data_figure(workdir, methods, x, target, trained, rand, layer, config)
+  writer.close()
+  logging.info("data randomization: %s (accuracy %s)", results, accuracy)
+  return {"scores": results, "accuracy": accuracy}
+
+
+def _csv(rows) -> str:
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+  w.writeheader()
+  w.writerows(rows)
+  return buf.getvalue()
+
+
+def _data_figure(workdir, methods, x, target, trained, rand, layer, config, count=3):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  k = min(count, x.shape[0])
+  cols = 1 + 2 * len(methods)
+  fig, axes = plt.subplots(k, cols, figsize=(1.8 * cols, 1.9 * k), squeeze=False)
+  key = jax.random.key(config.seed)
+  maps = {}
+  for m in methods:
+    entry = explainers.entry(m)
+    opts = dict(config.explain.options.get(m, {}) or {})
+    extra = {"key": key} if entry.stochastic else {}
+    for tag, model in (("true", trained), ("random", rand)):
+      if entry.kind == "layer":
+        fn, o = model.tapped, dict(opts, layer=opts.get("layer", layer))
+      else:
+        fn, o = model.f, opts
+      t = target[:k] if not isinstance(target, str) else target
+      if tag == "random":
+        t = "predicted"
+      a = np.asarray(entry.fn(fn, x[:k], t, **extra, **o))
+      maps[(m, tag)] = np.abs(a).sum(-1) if a.ndim == 4 else np.abs(a)
+  for i in range(k):
+    img = np.asarray(x[i])
+    axes[i, 0].imshow(img[..., 0] if img.shape[-1] == 1
+                      else (img - img.min()) / max(np.ptp(img), 1e-12), cmap="gray")
+    for j, m in enumerate(methods):
+      for h, tag in enumerate(("true", "random")):
+        ax = axes[i, 1 + 2 * j + h]
+        ax.imshow(maps[(m, tag)][i], cmap="inferno")
+        if i == 0:
+          ax.set_title(f"{m}\n{tag} labels", fontsize=7)
+  for ax in axes.ravel():
+    ax.axis("off")
+  C.atomic_write(os.path.join(workdir, "sanity_data_maps.png"),
+                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight"))
+  plt.close(fig)
 
 
 def _figures(workdir, results, layers, mode, methods, x, target, model_fn, params, config):

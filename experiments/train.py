@@ -11,10 +11,14 @@ the last `train.max_to_keep`, ``checkpoints/best`` the best by
 complete checkpoint and ends with the same parameters as an uninterrupted run:
 the batch and the attack's random start at step `s` depend only on
 ``(seed, s)``. SIGTERM (preemption) saves a checkpoint before exiting.
+
+``train.permute_labels=True`` trains on a fixed random permutation of the
+training labels (the data randomization test of Adebayo et al. 2018, Sec. 4,
+see `experiments.sanity`); eval then also reports ``permuted_train_accuracy``
+(memorization; the paper trains to > 95%) next to ``eval_accuracy`` (chance).
 """
 from __future__ import annotations
 
-import functools
 import signal
 import threading
 from typing import Any
@@ -129,9 +133,19 @@ def make_steps(config, model: C.Model, tx, bounds):
   return train_step, eval_step
 
 
-def evaluate(eval_step, state, ds, config) -> dict[str, float]:
+def permuted_labels(ds, seed: int) -> np.ndarray:
+  """The labels of `ds` under one fixed random permutation (Adebayo et al.
+  2018, "Sanity Checks for Saliency Maps", Sec. 4: example ``i`` gets the label
+  of example ``perm[i]``), so the label marginals stay those of the data while
+  any relation between image and label is gone."""
+  labels = ds.labels()
+  return labels[np.random.default_rng([int(seed), 0x5EED]).permutation(len(labels))]
+
+
+def evaluate(eval_step, state, ds, config, labels=None, prefix="eval") -> dict[str, float]:
   """Loss, accuracy (and PGD accuracy when adversarial) on the first
-  `train.eval_examples` of `ds` (all when 0), in batches of one shape."""
+  `train.eval_examples` of `ds` (all when 0), in batches of one shape; with
+  `labels`, against those instead of the dataset's."""
   n = len(ds) if not config.train.eval_examples else min(len(ds), config.train.eval_examples)
   bs = config.train.batch_size
   totals: dict[str, float] = {}
@@ -139,13 +153,14 @@ def evaluate(eval_step, state, ds, config) -> dict[str, float]:
     idx = np.arange(start, start + bs)
     w = (idx < n).astype(np.float32)
     b = ds.batch(np.minimum(idx, n - 1))
-    out = jax.device_get(eval_step(state, jnp.asarray(b["image"]), jnp.asarray(b["label"]),
+    y = b["label"] if labels is None else labels[np.minimum(idx, n - 1)]
+    out = jax.device_get(eval_step(state, jnp.asarray(b["image"]), jnp.asarray(y),
                                    jnp.asarray(w)))
     for k, v in out.items():
       totals[k] = totals.get(k, 0.0) + float(v)
-  metrics = {"eval_loss": totals["loss_sum"] / n, "eval_accuracy": totals["correct"] / n}
+  metrics = {f"{prefix}_loss": totals["loss_sum"] / n, f"{prefix}_accuracy": totals["correct"] / n}
   if "robust_correct" in totals:
-    metrics["eval_robust_accuracy"] = totals["robust_correct"] / n
+    metrics[f"{prefix}_robust_accuracy"] = totals["robust_correct"] / n
   return metrics
 
 
@@ -164,6 +179,9 @@ def run(config, workdir: str) -> dict[str, Any]:
       raise ValueError(f"train.{name}: expected a positive int, got {v!r}")
   ds_train = C.load_dataset(config, config.data.train_split)
   ds_eval = C.load_dataset(config, config.data.eval_split)
+  if not isinstance(tcfg.permute_labels, bool):
+    raise ValueError(f"train.permute_labels: expected True or False, got {tcfg.permute_labels!r}")
+  labels = permuted_labels(ds_train, config.seed) if tcfg.permute_labels else None
   model = C.build_model(config, ds_train.num_classes, ds_train.image_shape)
   if model.pretrained is not None:
     raise ValueError("model.pretrained: experiments.train trains from scratch; set model.pretrained=False")
@@ -197,14 +215,18 @@ def run(config, workdir: str) -> dict[str, Any]:
     for step in range(start, tcfg.steps):
       idx = pipelines.indices_for_step(step, tcfg.batch_size, len(ds_train), seed=config.seed)
       lo = jax.process_index() * per_process
-      b = ds_train.batch(idx[lo:lo + per_process])
-      x, y = parallel.global_batch((b["image"], b["label"]), mesh)
+      rows = idx[lo:lo + per_process]
+      b = ds_train.batch(rows)
+      y = b["label"] if labels is None else labels[rows]
+      x, y = parallel.global_batch((b["image"], y), mesh)
       state, m = train_step(state, x, y)
       done = step + 1
       if done % tcfg.log_every == 0:
         writer.write(done, jax.device_get(m))
       if done % tcfg.eval_every == 0 or done == tcfg.steps:
         metrics = evaluate(eval_step, state, ds_eval, config)
+        if labels is not None:  # how far the permuted labels are memorized
+          metrics.update(evaluate(eval_step, state, ds_train, config, labels, "permuted_train"))
         writer.write(done, metrics)
         mgr.save(done, state, metrics=metrics, force=True)
       elif done % tcfg.checkpoint_every == 0:

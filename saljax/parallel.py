@@ -215,6 +215,31 @@ def global_batch(local: Any, mesh: Mesh | None = None):
       local)
 
 
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+  """Every leaf as one global array replicated over `mesh` (default: every
+  device of every process). Each process passes the same values (the same
+  checkpoint, say); model variables must be replicated this way before a jit
+  mixes them with a batch sharded over several processes' devices."""
+  mesh = make_mesh() if mesh is None else mesh
+  sharding = NamedSharding(mesh, P())
+
+  def one(a):
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+  return jax.tree_util.tree_map(one, tree)
+
+
+def broadcast_from_writer(x: Any) -> Any:
+  """Process 0's value of `x` (numpy), on every process: so that decisions
+  read from the file system (is this chunk already stored?) are the same
+  everywhere and no process skips a collective the others enter."""
+  if jax.process_count() == 1:
+    return jax.tree_util.tree_map(np.asarray, x)
+  from jax.experimental import multihost_utils
+  return jax.tree_util.tree_map(np.asarray, multihost_utils.broadcast_one_to_all(x))
+
+
 def gather(x: Any) -> Any:
   """The full value of a (possibly multi-process) sharded array, on every process, as numpy."""
   if jax.process_count() == 1:

@@ -50,6 +50,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.best_metric = "eval_accuracy"
   c.train.async_checkpoint = True
   c.train.progress_every_s = 10.0
+  c.train.permute_labels = False  # train on a fixed random permutation of the labels (Adebayo et al. 2018 Sec. 4)
   c.train.adversarial = ml_collections.ConfigDict()
   c.train.adversarial.mode = "none"   # none, fgsm, pgd
   c.train.adversarial.norm = "linf"   # linf, l2
@@ -79,6 +80,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.sanity = ml_collections.ConfigDict()
   c.sanity.methods = ("gradient",)
+  c.sanity.test = "model"         # model: parameter randomization; data: against sanity.random_labels_workdir
+  c.sanity.random_labels_workdir = placeholder(str)  # a train run with train.permute_labels=True
   c.sanity.mode = "cascading"     # cascading, independent
   c.sanity.num_examples = 16
   c.sanity.init_std = 0.01

@@ -157,6 +157,13 @@ class Dataset:
   def batch(self, indices) -> dict[str, np.ndarray]:
     raise NotImplementedError
 
+  def labels(self, chunk: int = 1024) -> np.ndarray:
+    """Every example's ``"label"``, in order: one pass over the split in
+    batches of `chunk` (what label-permutation training needs up front)."""
+    n = len(self)
+    out = [self.batch(np.arange(i, min(i + chunk, n)))["label"] for i in range(0, n, chunk)]
+    return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
   def batch_for_step(self, step: int, batch_size: int, *, seed: int = 0,
                      shuffle: bool = True) -> dict[str, np.ndarray]:
     """The batch a training loop sees at `step` (see `indices_for_step`)."""
@@ -171,6 +178,9 @@ class ArrayDataset(Dataset):
     self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
     super().__init__(name, split, self.arrays["label"], num_classes=num_classes,
                      image_shape=self.arrays["image"].shape[1:], mean=mean, std=std)
+
+  def labels(self, chunk: int = 1024) -> np.ndarray:
+    return self.arrays["label"].copy()
 
   def batch(self, indices) -> dict[str, np.ndarray]:
     idx = np.asarray(indices)

@@ -70,6 +70,70 @@ def test_sanity_bad_inputs(trained):
     sanity.run(c, trained)
 
 
+def test_permuted_labels_keep_the_marginals_and_break_the_pairing():
+  c = tiny()
+  ds = sanity.C.load_dataset(c, "train")
+  labels = ds.labels()
+  perm = train.permuted_labels(ds, 0)
+  np.testing.assert_array_equal(np.sort(perm), np.sort(labels))
+  assert (perm == labels).mean() < 0.25  # 10 balanced classes: about 0.1 by chance
+  np.testing.assert_array_equal(perm, train.permuted_labels(ds, 0))
+  assert not np.array_equal(perm, train.permuted_labels(ds, 1))
+
+
+@pytest.fixture(scope="module")
+def random_labels(tmp_path_factory):
+  c = tiny()
+  c.train.permute_labels = True
+  wd = str(tmp_path_factory.mktemp("random_labels"))
+  train.run(c, wd)
+  return wd
+
+
+def data_config(random_wd):
+  c = tiny()
+  c.sanity.test = "data"
+  c.sanity.methods = ("gradient", "gradient_x_input")
+  c.sanity.random_labels_workdir = random_wd
+  return c
+
+
+def test_data_randomization_files_and_scores(trained, random_labels):
+  lines = [json.loads(l) for l in open(os.path.join(random_labels, "metrics.jsonl"))]
+  assert any("permuted_train_accuracy" in l for l in lines)
+  out = sanity.run(data_config(random_labels), trained)
+  for m in ("gradient", "gradient_x_input"):
+    for sim in ("spearman_abs", "spearman"):
+      assert -1 <= out["scores"][m][sim] <= 1
+  # Another model (permuted labels), other maps; the model against itself: identical.
+  assert out["scores"]["gradient"]["spearman_abs"] < 0.95
+  c = data_config(trained)
+  c.explain.target = "predicted"  # the random model always explains its own prediction
+  same = sanity.run(c, trained)
+  for m in ("gradient", "gradient_x_input"):
+    assert same["scores"][m]["spearman_abs"] == pytest.approx(1.0, abs=1e-5)
+  with open(os.path.join(trained, "sanity_data.csv")) as fh:
+    assert len(list(csv.DictReader(fh))) == 2 * 2
+  assert os.path.exists(os.path.join(trained, "sanity_data_maps.png"))
+  assert json.load(open(os.path.join(trained, "sanity_data.json")))["test"] == "data"
+
+
+def test_data_randomization_bad_inputs(trained, tmp_path):
+  c = data_config(None)
+  with pytest.raises(ValueError, match="sanity.random_labels_workdir"):
+    sanity.run(c, trained)
+  c = data_config(str(tmp_path / "nowhere"))
+  with pytest.raises(FileNotFoundError, match="sanity.random_labels_workdir"):
+    sanity.run(c, trained)
+  c = data_config(str(tmp_path))  # a directory without checkpoints
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    sanity.run(c, trained)
+  c = data_config(str(tmp_path))
+  c.sanity.test = "labels"
+  with pytest.raises(ValueError, match="sanity.test"):
+    sanity.run(c, trained)
+
+
 def test_masked_dataset_keeps_top_or_bottom_coordinates():
   from saljax.data import pipelines
   img = np.arange(1, 9, dtype=np.float32).reshape(1, 2, 2, 2)
