@@ -148,6 +148,8 @@ def load_dataset(config, split: str, preprocess: Callable | None = None) -> pipe
   kw = {}
   if d.name.startswith("blockmnist"):
     kw["seed"] = d.seed
+  if d.name == "voc2007":
+    kw["keep_difficult"] = d.keep_difficult
   return pipelines.load(d.name, split, data_dir=d.data_dir, image_size=d.image_size,
                         mean=_norm(d.mean), std=_norm(d.std), **kw)
 

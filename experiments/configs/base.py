@@ -32,6 +32,7 @@ def base() -> ml_collections.ConfigDict:
   c.data.train_split = "train"
   c.data.eval_split = "test"
   c.data.seed = 0                 # BlockMNIST placement seed
+  c.data.keep_difficult = True    # VOC: keep boxes marked "difficult" (False drops them, as VOC's evaluation)
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 1000

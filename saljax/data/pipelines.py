@@ -194,8 +194,11 @@ class TfdsDataset(Dataset):
 
   def __init__(self, name: str, split: str, *, data_dir: str | None = None,
                image_size: tuple[int, int] | None = None, mean=None, std=None,
-               max_boxes: int = 16, attribute: str = "Smiling"):
+               max_boxes: int = 16, attribute: str = "Smiling", keep_difficult: bool = True):
     spec = SPECS.get(name)
+    if not isinstance(keep_difficult, bool):
+      raise TypeError(f"keep_difficult: expected True or False, got {keep_difficult!r}")
+    self.keep_difficult = keep_difficult
     source = open_source(name, split, data_dir)
     if image_size is None and name in ("imagenet2012", "voc2007", "caltech_birds2011"):
       raise ValueError(f"image_size: {name!r} has images of many sizes; pass (H, W) to batch them")
@@ -226,14 +229,20 @@ class TfdsDataset(Dataset):
       obj = ex["objects"]
       boxes = np.asarray(obj["bbox"], np.float32).reshape(-1, 4)
       labels = np.asarray(obj["label"], np.int64).reshape(-1)
-      k = min(len(boxes), len(labels))
-      boxes, labels = boxes[:k], labels[:k]
+      difficult = np.asarray(obj.get("is_difficult", np.zeros(len(labels))), bool).reshape(-1)
+      k = min(len(boxes), len(labels), len(difficult))
+      boxes, labels, difficult = boxes[:k], labels[:k], difficult[:k]
       ok = (labels >= 0) & (labels < spec.num_classes)
+      if not self.keep_difficult:  # as VOC's own evaluation, which ignores them
+        ok &= ~difficult
       boxes, labels = boxes[ok][: self.max_boxes], labels[ok][: self.max_boxes]
+      difficult = difficult[ok][: self.max_boxes]
       out["boxes"] = np.zeros((self.max_boxes, 4), np.float32)
       out["boxes"][: len(boxes)] = boxes
       out["box_labels"] = np.full((self.max_boxes,), -1, np.int32)
       out["box_labels"][: len(labels)] = labels
+      out["box_difficult"] = np.zeros((self.max_boxes,), bool)
+      out["box_difficult"][: len(difficult)] = difficult
       out["labels"] = np.zeros((spec.num_classes,), np.int32)
       out["labels"][labels] = 1
       out["label"] = np.int32(labels[0] if len(labels) else 0)
@@ -268,8 +277,10 @@ def load(name: str, split: str = "train", *, data_dir: str | None = None,
       image's size, right for fixed-size sets such as mnist and cifar10).
     mean, std: per-channel normalization applied after scaling to [0, 1].
     seed: BlockMNIST's placement seed.
-    **kwargs: `max_boxes` (VOC), `attribute` (CelebA, default "Smiling"),
-      `classes` (BlockMNIST).
+    **kwargs: `max_boxes` (VOC), `keep_difficult` (VOC, default True: boxes
+      marked "difficult" are kept and flagged in ``"box_difficult"``; False
+      drops them, as VOC's detection evaluation ignores them), `attribute`
+      (CelebA, default "Smiling"), `classes` (BlockMNIST).
   """
   if name in ("blockmnist", "blockmnist_top"):
     from saljax.data import blockmnist

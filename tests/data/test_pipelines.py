@@ -44,6 +44,30 @@ def test_voc_boxes(mock):
       assert b["label"][i] == b["box_labels"][i][0]
 
 
+def test_voc_difficult_boxes_flagged_or_dropped(mock):
+  keep = pipelines.load("voc2007", "test", image_size=(20, 20), max_boxes=16)
+  drop = pipelines.load("voc2007", "test", image_size=(20, 20), max_boxes=16,
+                        keep_difficult=False)
+  bk, bd = keep.batch(np.arange(6)), drop.batch(np.arange(6))
+  flagged = 0
+  for i in range(6):
+    obj = keep._source[i]["objects"]
+    # mock_data draws each sequence's length on its own: objects are the common prefix.
+    k = min(len(obj["bbox"]), len(obj["label"]), len(obj["is_difficult"]))
+    diff = np.asarray(obj["is_difficult"], bool)[:k]
+    boxes = np.asarray(obj["bbox"], np.float32).reshape(-1, 4)[:k]
+    valid_k, valid_d = bk["box_labels"][i] >= 0, bd["box_labels"][i] >= 0
+    np.testing.assert_array_equal(bk["boxes"][i][valid_k], boxes[:16])
+    np.testing.assert_array_equal(bk["box_difficult"][i][valid_k], diff[:16])
+    # Dropping keeps exactly the boxes not flagged, in order.
+    np.testing.assert_array_equal(bd["boxes"][i][valid_d], boxes[~diff][:16])
+    assert not bd["box_difficult"][i].any()
+    flagged += int(diff.sum())
+  assert flagged > 0  # the mock data has some difficult objects, or this test shows nothing
+  with pytest.raises(TypeError, match="keep_difficult"):
+    pipelines.load("voc2007", "test", image_size=(20, 20), keep_difficult="no")
+
+
 def test_birds_box_and_mask(mock):
   b = pipelines.load("caltech_birds2011", "train", image_size=(24, 24)).batch([0, 1])
   assert b["boxes"].shape == (2, 1, 4) and b["segmentation_mask"].shape == (2, 24, 24)

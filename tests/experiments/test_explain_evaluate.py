@@ -166,3 +166,16 @@ def test_layer_method_maps_are_upsampled_for_metrics(tmp_path):
   rows = evaluate.run(c, str(tmp_path))
   for r in rows.values():
     assert r["n"] == 4 and np.isfinite(r["mean"]), r
+
+
+def test_voc_difficult_boxes_follow_the_config():
+  import tensorflow_datasets as tfds
+  c = tiny()
+  c.data.name = "voc2007"
+  c.data.image_size = (20, 20)
+  with tfds.testing.mock_data(num_examples=6):
+    kept = C.load_dataset(c, "test").batch(np.arange(6))
+    c.data.keep_difficult = False
+    dropped = C.load_dataset(c, "test").batch(np.arange(6))
+  assert kept["box_difficult"].any() and not dropped["box_difficult"].any()
+  assert (dropped["box_labels"] >= 0).sum() < (kept["box_labels"] >= 0).sum()
