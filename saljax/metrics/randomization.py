@@ -213,6 +213,21 @@ def _checked_attribution(attribution, explainer, model, x, target, key, options)
   return check_explanation(attribution, explainer, model, x, target, key, options)
 
 
+def _prepare_comparison(name, f, x, target, key, explainer, explainer_options, similarity, *,
+                        key_required):
+  """The checks every map-against-map test makes before any work: model,
+  inputs and target; the key (a fixed one when optional and absent); the
+  explainer; the similarity. Returns ``(model as given, plain forward, x,
+  target, key, explainer, options)``."""
+  model = f
+  f, x, target = C.prepare_model(f, x, target)
+  key = C.check_key(key, name, required=key_required)
+  key = jax.random.key(0) if key is None else key
+  explainer, options = check_explainer(explainer, explainer_options)
+  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  return model, f, x, target, key, explainer, options
+
+
 @REGISTRY.register("random_logit", kind="randomization", stochastic=True)
 def random_logit(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
                  similarity: str = "ssim", absolute: bool = False):
@@ -228,11 +243,9 @@ def random_logit(f, x, attribution, target, *, key=None, explainer=None, explain
   Returns:
     ``[B]``.
   """
-  model = f
-  f, x, target = C.prepare_model(f, x, target)
-  key = C.check_key(key, "random_logit")
-  explainer, options = check_explainer(explainer, explainer_options)
-  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  model, f, x, target, key, explainer, options = _prepare_comparison(
+      "random_logit", f, x, target, key, explainer, explainer_options, similarity,
+      key_required=True)
   n = C.check_f_output(f, x)
   if n < 2:
     raise ValueError(f"random_logit: expected a model with at least 2 classes, got {n}")
@@ -264,12 +277,9 @@ def class_sensitivity(f, x, attribution=None, target="predicted", *, key=None, e
   Returns:
     ``[B]``.
   """
-  model = f
-  f, x, target = C.prepare_model(f, x, target)
-  key = C.check_key(key, "class_sensitivity", required=False)
-  key = jax.random.key(0) if key is None else key
-  explainer, options = check_explainer(explainer, explainer_options)
-  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  model, f, x, target, key, explainer, options = _prepare_comparison(
+      "class_sensitivity", f, x, target, key, explainer, explainer_options, similarity,
+      key_required=False)
   k0, k1 = jax.random.split(key)
   e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
   least = _argmin(f, x)
@@ -280,7 +290,6 @@ def class_sensitivity(f, x, attribution=None, target="predicted", *, key=None, e
 @functools.partial(jax.jit, static_argnums=0)
 def _argmin(f, x):
   return jnp.argmin(f(x), -1).astype(jnp.int32)
-
 
 
 @REGISTRY.register("data_randomization", kind="randomization", stochastic=False)
@@ -327,12 +336,9 @@ def data_randomization(f, x, attribution, target, *, random_model=None,
   if random_model is None:
     raise ValueError("random_model: expected the same architecture trained on permuted labels"
                      " (experiments.train with train.permute_labels=True), got None")
-  model = f
-  f, x, target = C.prepare_model(f, x, target)
-  key = C.check_key(key, "data_randomization", required=False)
-  key = jax.random.key(0) if key is None else key
-  explainer, options = check_explainer(explainer, explainer_options)
-  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  model, f, x, target, key, explainer, options = _prepare_comparison(
+      "data_randomization", f, x, target, key, explainer, explainer_options, similarity,
+      key_required=False)
   if isinstance(random_target, str) and random_target == "same":
     random_target = target
   rf, _, random_target = C.prepare_model(random_model, x, random_target)
