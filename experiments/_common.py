@@ -298,13 +298,9 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   model = build_model(config, num_classes, image_shape) if model is None else model
   if model.pretrained is not None:
     clf = model.pretrained
-    if jax.process_count() > 1:
+    if jax.process_count() > 1:  # one global copy, so jit can mix it with a global batch
       from saljax import parallel
-      from saljax.models import pretrained as pretrained_lib
-      clf = pretrained_lib.Classifier(
-          clf.module, parallel.replicate(clf.params), input_shape=clf.input_shape,
-          default_layer=clf.default_layer, class_names=clf.class_names, name=clf.name,
-          preprocess=clf._preprocess)
+      clf = clf.with_params(parallel.replicate(clf.params))
     return Trained(model, None, clf, clf.tapped, 0)
   tx = make_optimizer(config.train)
   state = init_state(model, tx, init_key(config.seed), image_shape)

@@ -138,9 +138,7 @@ def _load(name: str, dtype: str, image_size: int | None):
     # bf16 parameters; inputs are cast by the explainers' compute_dtype, so
     # every matmul runs in bf16 while attributions accumulate in float32.
     cast = jax.tree_util.tree_map(lambda a: a.astype(jnp.bfloat16), model.params)
-    model = zoo.Classifier(model.module, cast, input_shape=model.input_shape,
-                           default_layer=model.default_layer, name=model.name,
-                           preprocess=model._preprocess)
+    model = model.with_params(cast)
   return model
 
 

@@ -348,6 +348,13 @@ class Classifier:
       raise ValueError(f"{self.name}: no preprocessing is defined for this model")
     return self._preprocess(images)
 
+  def with_params(self, variables) -> "Classifier":
+    """The same classifier with other variables (cast to bf16, replicated
+    over a multi-process mesh, ...): a new object, so a new jit cache entry."""
+    return Classifier(self.module, variables, input_shape=self.input_shape,
+                      default_layer=self.default_layer, class_names=self.class_names,
+                      name=self.name, preprocess=self._preprocess)
+
   def top_k(self, x: jax.Array, k: int = 5):
     """``(indices [B, k], probabilities [B, k], names)`` of the top-`k` classes."""
     p = jax.nn.softmax(self(x), axis=-1)
