@@ -13,6 +13,8 @@ left in ``explain.train_workdir`` (default: the workdir itself). Layout::
 
 Chunks are written atomically (temporary file, then rename), and a chunk
 already on disk is not recomputed, so a killed run resumes where it stopped.
+Every chunk has `explain.chunk_size` rows (the last is padded by repetition
+and sliced back), so each explainer compiles once.
 
 Several hosts: every binary takes ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`` (or ``--distributed`` to read the cluster
@@ -20,8 +22,6 @@ from the environment, as on SLURM or TPU pods) and joins one
 `jax.distributed` run. Then the mesh spans every process's devices, each
 process reads only its share of every chunk (``explain.chunk_size`` must be a
 multiple of the global device count), and process 0 alone writes.
-Every chunk has `explain.chunk_size` rows (the last is padded by repetition
-and sliced back), so each explainer compiles once.
 """
 from __future__ import annotations
 
@@ -55,9 +55,7 @@ def check_methods(names, what="explain.methods") -> list[str]:
 def save_npz(path: str, **arrays) -> None:
   """Writes `path` atomically: a reader never sees a half-written chunk."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  C.atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def chunk_path(maps_dir: str, what: str, i: int) -> str:
@@ -172,16 +170,13 @@ def run(config, workdir: str) -> dict[str, Any]:
     mine = idx[pid * per_process:(pid + 1) * per_process]
     local = ds.batch(np.minimum(mine, n - 1))
     if procs > 1:
-      x = parallel.global_batch(local["image"])
-      batch = parallel.gather(parallel.global_batch(local))  # process 0 writes the inputs
+      shared = parallel.global_batch(local)
+      x, labels = shared["image"], shared["label"]
+      batch = parallel.gather(shared)  # the whole chunk, which process 0 writes
     else:
-      x, batch = jnp.asarray(local["image"]), local
-    if ecfg.target == "predicted":
-      target = parallel.gather(predict(x))
-    else:
-      target = batch["label"].astype(np.int32)
-    target_in = (parallel.global_batch(target[pid * per_process:(pid + 1) * per_process])
-                 if procs > 1 else jnp.asarray(target))
+      x, labels, batch = jnp.asarray(local["image"]), jnp.asarray(local["label"]), local
+    target_in = predict(x) if ecfg.target == "predicted" else labels.astype(jnp.int32)
+    target = np.asarray(parallel.gather(target_in))
     if not stored[c, 0] and parallel.is_writer():
       extra = {}
       gt = ground_truth_mask(batch, target, ds.image_shape[:2])
