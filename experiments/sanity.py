@@ -162,19 +162,14 @@ def _data_randomization(config, workdir, methods, sims) -> dict[str, Any]:
   x = jnp.asarray(batch["image"])
   target = (jnp.asarray(batch["label"]) if config.explain.target == "label" else "predicted")
   key = jax.random.key(config.seed)
-  layer = config.explain.layer or trained.model.default_layer
   results: dict[str, dict[str, float]] = {}
   rows = []
   writer = slog.MetricWriter(workdir)
   writer.write_config(config)
   for m in methods:
     entry = explainers.entry(m)
-    opts = dict(config.explain.options.get(m, {}) or {})
-    if entry.kind == "layer":
-      opts.setdefault("layer", layer)
-      f, fr = trained.tapped, rand.tapped
-    else:
-      f, fr = trained.f, rand.f
+    opts = E._options(config, m, entry, trained)
+    f, fr = _forward(entry, trained), _forward(entry, rand)
     results[m] = {}
     for label, sim, absolute in sims:
       score = np.asarray(metrics.data_randomization(
@@ -193,7 +188,7 @@ def _data_randomization(config, workdir, methods, sims) -> dict[str, Any]:
     C.atomic_write_text(os.path.join(workdir, "sanity_data.json"), json.dumps(
         {"test": "data", "random_labels_workdir": rwd, "accuracy_on_examples": accuracy,
          "scores": results}, indent=2))
-    _data_figure(workdir, methods, x, target, trained, rand, layer, config)
+    _data_figure(workdir, methods, x, target, trained, rand, config)
   writer.close()
   logging.info("data randomization: %s (accuracy %s)", results, accuracy)
   return {"scores": results, "accuracy": accuracy}
@@ -207,7 +202,12 @@ def _csv(rows) -> str:
   return buf.getvalue()
 
 
-def _data_figure(workdir, methods, x, target, trained, rand, layer, config, count=3):
+def _forward(entry, trained: C.Trained):
+  """The model as `entry` takes it: tapped for layer methods, else plain."""
+  return trained.tapped if entry.kind == "layer" else trained.f
+
+
+def _data_figure(workdir, methods, x, target, trained, rand, config, count=3):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -219,17 +219,12 @@ def _data_figure(workdir, methods, x, target, trained, rand, layer, config, coun
   maps = {}
   for m in methods:
     entry = explainers.entry(m)
-    opts = dict(config.explain.options.get(m, {}) or {})
+    opts = E._options(config, m, entry, trained)
     extra = {"key": key} if entry.stochastic else {}
     for tag, model in (("true", trained), ("random", rand)):
-      if entry.kind == "layer":
-        fn, o = model.tapped, dict(opts, layer=opts.get("layer", layer))
-      else:
-        fn, o = model.f, opts
-      t = target[:k] if not isinstance(target, str) else target
-      if tag == "random":
-        t = "predicted"
-      a = np.asarray(entry.fn(fn, x[:k], t, **extra, **o))
+      # The random-label model explains its own prediction, as in the metric.
+      t = "predicted" if tag == "random" or isinstance(target, str) else target[:k]
+      a = np.asarray(entry.fn(_forward(entry, model), x[:k], t, **extra, **opts))
       maps[(m, tag)] = np.abs(a).sum(-1) if a.ndim == 4 else np.abs(a)
   for i in range(k):
     img = np.asarray(x[i])

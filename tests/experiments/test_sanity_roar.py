@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from experiments import _common as C
 from experiments import roar, sanity, train
 from experiments.configs import blockmnist_standard
 
@@ -72,7 +73,7 @@ def test_sanity_bad_inputs(trained):
 
 def test_permuted_labels_keep_the_marginals_and_break_the_pairing():
   c = tiny()
-  ds = sanity.C.load_dataset(c, "train")
+  ds = C.load_dataset(c, "train")
   labels = ds.labels()
   perm = train.permuted_labels(ds, 0)
   np.testing.assert_array_equal(np.sort(perm), np.sort(labels))
