@@ -317,19 +317,8 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   if jax.process_count() > 1:  # one global copy, so jit can mix it with a global batch
     from saljax import parallel
     variables = parallel.replicate(variables)
-  module = model.module
-  f = _Forward(module, variables)
-  tapped = M.from_linen(module, variables, apply_kwargs={"train": False},
+  # The variables are data of the tapped model: every checkpoint of one
+  # architecture shares the explainers' compiled programs.
+  tapped = M.from_linen(model.module, variables, apply_kwargs={"train": False},
                         example=jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return Trained(model, variables, f, tapped, step)
-
-
-class _Forward:
-  """``x -> logits`` of a linen module with fixed variables; hashes by identity
-  so explainers compile once per (model, shape)."""
-
-  def __init__(self, module, variables):
-    self.module, self.variables = module, variables
-
-  def __call__(self, x):
-    return self.module.apply(self.variables, x, train=False)
+  return Trained(model, variables, tapped.as_model(), tapped, step)

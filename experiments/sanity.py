@@ -52,21 +52,23 @@ from absl import logging
 from experiments import _common as C
 from experiments import explain as E
 from saljax import explainers, metrics
+from saljax import model as M
 from saljax import logging as slog
 
 SIMILARITIES = (("spearman_abs", "spearman", True), ("spearman", "spearman", False),
                 ("ssim", "ssim", True))
 
 
-class _ModelFn:
-  """``model_fn(params, x) -> logits`` with the batch statistics fixed; hashes by identity."""
+def _apply_eval(module_and_stats, params, x):
+  """``module.apply`` in eval mode with the batch statistics fixed."""
+  module, batch_stats = module_and_stats
+  v = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+  return module.apply(v, x, train=False)
 
-  def __init__(self, module, batch_stats):
-    self.module, self.batch_stats = module, batch_stats
 
-  def __call__(self, params, x):
-    v = {"params": params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
-    return self.module.apply(v, x, train=False)
+def _model_fn(module, batch_stats):
+  """``model_fn(params, x) -> logits`` as data: the batch statistics are leaves."""
+  return jax.tree_util.Partial(_apply_eval, (module, batch_stats))
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   n = min(int(scfg.num_examples), len(ds))
   batch = ds.batch(np.arange(n))
   x = jnp.asarray(batch["image"])
-  model_fn = _ModelFn(module, variables.get("batch_stats"))
+  model_fn = _model_fn(module, variables.get("batch_stats"))
   params = variables["params"]
   target = (jnp.asarray(batch["label"]) if config.explain.target == "label"
             and config.data.name != "photos" else "predicted")
@@ -262,7 +264,7 @@ def _figures(workdir, results, layers, mode, methods, x, target, model_fn, param
     fig.savefig(os.path.join(workdir, f"sanity_{m}.png"), dpi=90, bbox_inches="tight")
     plt.close(fig)
   # The trained maps of the first example, for reference.
-  f = lambda z: model_fn(params, z)
+  f = M.bind(model_fn, params)
   fig, axes = plt.subplots(1, len(methods) + 1, figsize=(2 * (len(methods) + 1), 2.4))
   img = np.asarray(x[0])
   axes[0].imshow(img[..., 0] if img.shape[-1] == 1 else (img - img.min()) / max(np.ptp(img), 1e-12),

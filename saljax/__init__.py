@@ -12,7 +12,8 @@ from saljax import explainers, metrics, model, ops, parallel  # noqa: F401
 from saljax.explainers import *  # noqa: F401,F403  (one function per method)
 from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample  # noqa: F401
 from saljax.model import (  # noqa: F401
-    PREDICTED, Tapped, as_model, from_features_head, from_linen, from_nnx, resolve_target)
+    PREDICTED, Model, Tapped, as_model, bind, from_features_head, from_linen, from_nnx,
+    resolve_target)
 
 __version__ = "0.1.0"
 

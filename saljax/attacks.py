@@ -136,7 +136,7 @@ def _check(f, x, y, epsilon, norm, bounds):
   return f, x, y, bounds
 
 
-@functools.partial(jax.jit, static_argnames=("f", "norm", "bounds"))
+@M.jit(static_argnames=("norm", "bounds"))
 def _fgsm(f, x, y, epsilon, norm, bounds):
   return fgsm_perturb(lambda z: cross_entropy(f)(z, y), x, epsilon, norm=norm, bounds=bounds)
 
@@ -162,7 +162,7 @@ def fgsm(f, x, y, *, key=None, epsilon: float, norm: str = "linf", bounds=None) 
   return _fgsm(f, x, y, jnp.asarray(epsilon, x.dtype), norm, bounds)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "norm", "random_start", "bounds"))
+@M.jit(static_argnames=("steps", "norm", "random_start", "bounds"))
 def _pgd(f, x, y, key, epsilon, step_size, steps, norm, random_start, bounds):
   return pgd_perturb(lambda z: cross_entropy(f)(z, y), x, key, epsilon, step_size,
                      steps=steps, norm=norm, random_start=random_start, bounds=bounds)

@@ -1,27 +1,53 @@
 """The model contract and adapters.
 
-An explainer receives ``f: x[B, ...] -> logits[B, C]``: any pure, traceable JAX
-callable with its parameters closed over (PAIR saliency's ``call_model_function``,
-Captum's ``forward_func``). A Haiku or Equinox model needs no adapter.
+An explainer receives a model ``f: x[B, ...] -> logits[B, C]`` whose *arrays
+are data*: they travel into compiled code as traced pytree leaves, and only
+the model's structure (an apply function, a Flax NNX graph, an Equinox
+module's static fields) is static. So one compiled explainer serves every
+checkpoint of an architecture, runs inside a user's `jax.jit`, `jax.vmap`s
+over stacked parameters and is differentiable with respect to them, the way
+Flax's ``TrainState`` (``apply_fn`` static, ``params`` a node) travels through
+`jax.jit`.
 
-Layer methods also need activations at named layers and gradients with respect
-to them. They take a *tapped* forward::
+Accepted models (`as_data` turns each into a `Model`):
+
+- ``jax.tree_util.Partial(apply_fn, params)``, or `bind(apply_fn, params)`
+  (also when ``apply_fn`` is itself a pytree);
+- a Flax NNX module, passed directly (its current state is read on each call,
+  so an in-place optimizer update is seen by the next explanation);
+- an Equinox module (arrays are leaves, everything else static);
+- a Flax linen module with its variables: ``from_linen(module, variables)``;
+- `saljax.models.Classifier` (the pretrained models) and `Tapped`, which are
+  pytrees themselves;
+- any other pytree whose non-array leaves are hashable structure.
+
+A plain Python callable that closes over its parameters (PAIR's
+``call_model_function``, Captum's ``forward_func``) still works, with the
+semantics of `jax.jit` on that function: its closed-over arrays are compile-time
+constants, so **each new callable compiles anew** (seconds for a real network)
+and a callable reused after its captured arrays were reassigned keeps the old
+values. Compiled programs for such a callable are held only while the caller
+holds the callable (a weak reference), so dropping it frees them.
+
+Layer methods also need activations at named layers and gradients with
+respect to them. They take a *tapped* forward::
 
     forward(x, taps=None) -> (logits, activations: dict[str, Array])
 
 where ``taps[name]`` is added to activation ``name`` (zeros by default), so the
 gradient with respect to a zero tap is the gradient with respect to that
 activation. One forward and one backward pass serve every requested layer.
-
-Adapters here build a `Tapped` from a Flax linen module (``nn.intercept_methods``:
-every submodule's ``__call__`` output can be tapped, no edit of the model), from
-an NNX module (the same, through a class swap on a merged copy), and from a plain
-``features``/``head`` pair.
+`Tapped` is a pytree too: adapters build it from a linen module
+(``nn.intercept_methods``: every submodule's ``__call__`` output can be
+tapped, no edit of the model), from an NNX module (the same, through a class
+swap on a merged copy), and from a ``features``/``head`` pair.
 """
 from __future__ import annotations
 
 import collections
 import functools
+import inspect
+import weakref
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -31,25 +57,306 @@ import numpy as np
 from saljax import _validation
 
 Array = jax.Array
-Model = Callable[[Array], Array]
 Taps = Mapping[str, Array]
 
 PREDICTED = "predicted"
 
 
+def _is_array(x: Any) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray, np.generic)) or isinstance(x, jax.core.Tracer)
+
+
+class _Static:
+  """A non-array leaf as static data: compared by value when hashable, else by identity."""
+
+  __slots__ = ("value", "_key", "_hash")
+
+  def __init__(self, value):
+    self.value = value
+    try:
+      self._hash = hash((type(value), value))
+      self._key = (True, value)
+    except TypeError:
+      self._hash = id(value)
+      self._key = (False, id(value))
+
+  def __eq__(self, other):
+    if not isinstance(other, _Static) or type(self.value) is not type(other.value):
+      return False
+    if self._key[0] != other._key[0]:
+      return False
+    if not self._key[0]:
+      return self.value is other.value
+    try:
+      return bool(self.value == other.value)
+    except Exception:  # an __eq__ that returns arrays or raises: identity
+      return self.value is other.value
+
+  def __hash__(self):
+    return self._hash
+
+  def __repr__(self):
+    return f"_Static({self.value!r})"
+
+
+class _Weak:
+  """A weak reference to an opaque callable, equal only to the same live object.
+
+  A bound method is referenced through its owner (``weakref.WeakMethod``), as
+  ``obj.method`` makes a new, short-lived method object on every access.
+  """
+
+  __slots__ = ("ref", "owner", "func", "_hash")
+
+  def __init__(self, value):
+    if inspect.ismethod(value):
+      self.ref = weakref.WeakMethod(value)
+      self.owner, self.func = weakref.ref(value.__self__), value.__func__
+    else:
+      self.ref = weakref.ref(value)
+      self.owner, self.func = self.ref, None
+    self._hash = hash((id(self.owner()), self.func))
+
+  def __eq__(self, other):
+    return (isinstance(other, _Weak) and self.func is other.func
+            and self.owner() is not None and self.owner() is other.owner())
+
+  def __hash__(self):
+    return self._hash
+
+
+@jax.tree_util.register_pytree_node_class
+class Model:
+  """A callable model whose arrays are pytree leaves and whose structure is static.
+
+  ``Model(fn)`` partitions `fn` (any pytree callable: ``Partial``, an NNX or
+  Equinox module, `Tapped`, ...) into its array leaves (traced) and the rest
+  (static, compared by value). Calling it rebuilds `fn` and calls it, so
+  ``Model(fn)(x) == fn(x)``. A callable that is not a pytree (a closure) is
+  kept *opaque*: no arrays, held by a weak reference, compiled per object
+  (see the module docstring).
+  """
+
+  __slots__ = ("_treedef", "_statics", "_arrays", "_fn", "_source")
+
+  def __init__(self, fn: Callable):
+    if isinstance(fn, Model):
+      self._treedef, self._statics, self._arrays, self._fn, self._source = (
+          fn._treedef, fn._statics, fn._arrays, fn._fn, fn._source)
+      return
+    # Opaque callables nested in `fn` are referenced weakly by the static
+    # structure; the source keeps them alive as long as this model lives.
+    self._source = fn
+    if not callable(fn):
+      raise TypeError(f"model: expected a callable x[B, ...] -> logits[B, C], got"
+                      f" {_validation.describe(fn)}")
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    if len(leaves) == 1 and leaves[0] is fn:  # not a pytree: an opaque callable
+      self._treedef, self._arrays, self._fn = None, (), fn
+      try:
+        self._statics = (_Weak(fn),)
+      except TypeError:  # not weakly referable: held like any static value
+        self._statics = (_Static(fn),)
+      return
+    self._treedef = treedef
+    self._statics = tuple(None if _is_array(l) else _Static(l) for l in leaves)
+    self._arrays = tuple(l if _is_array(l) else None for l in leaves)
+    self._fn = None
+
+  @property
+  def opaque(self) -> Callable | None:
+    """The callable itself when it is not a pytree (compiled per object), else None."""
+    return self._fn if self._treedef is None else None
+
+  def unwrap(self) -> Callable:
+    """The callable this model was built from (rebuilt from its leaves)."""
+    if self._treedef is None:
+      return self._fn
+    leaves = [a if s is None else s.value for a, s in zip(self._arrays, self._statics)]
+    return jax.tree_util.tree_unflatten(self._treedef, leaves)
+
+  def __call__(self, *args, **kwargs):
+    return self.unwrap()(*args, **kwargs)
+
+  def tree_flatten(self):
+    arrays = tuple(a for a in self._arrays if a is not None)
+    # The aux data never holds an opaque callable strongly (jit caches keep it).
+    # "kind" first: tuple equality stops there before comparing a PyTreeDef with None.
+    return arrays, (self._treedef is None, self._treedef, self._statics)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    obj = object.__new__(cls)
+    _, obj._treedef, obj._statics = aux
+    obj._source = None
+    if obj._treedef is None:
+      obj._fn = _deref(obj._statics[0])
+      obj._arrays = ()
+      return obj
+    it = iter(children)
+    obj._arrays = tuple(None if s is not None else next(it) for s in obj._statics)
+    obj._fn = None
+    obj._source = None
+    return obj
+
+  def __repr__(self):
+    if self._treedef is None:
+      return f"Model(opaque {self._fn!r})"
+    return f"Model({self._treedef}, {sum(a is not None for a in self._arrays)} arrays)"
+
+
+def _deref(s):
+  if isinstance(s, _Weak):
+    v = s.ref()
+    if v is None:
+      raise RuntimeError("saljax: the model callable was garbage-collected during the call")
+    return v
+  return s.value
+
+
+@jax.tree_util.register_pytree_node_class
+class _Bound:
+  """``x -> fn(params, x)`` with both `fn` and `params` pytree children."""
+
+  def __init__(self, fn, params):
+    self.fn, self.params = fn, params
+
+  def __call__(self, *args, **kwargs):
+    return self.fn(self.params, *args, **kwargs)
+
+  def tree_flatten(self):
+    return (self.fn, self.params), None
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(*children)
+
+
+def bind(apply_fn: Callable, params: Any) -> Model:
+  """``x -> apply_fn(params, x)`` as a `Model`: `params` are traced leaves.
+
+  Like ``jax.tree_util.Partial(apply_fn, params)``, but `apply_fn` may itself
+  be a pytree (a bound `Model`, an Equinox module); a plain function is
+  static and compared by identity (define it once, not per call).
+  """
+  return Model(_Bound(apply_fn, params))
+
+
+def as_data(f: Any) -> Any:
+  """`f` as a pytree whose leaves are all arrays: `Model`, `Tapped` and
+  `Classifier`-like pytrees that declare ``__saljax_data__`` pass through,
+  anything else callable is wrapped in `Model`."""
+  if isinstance(f, Model) or getattr(type(f), "__saljax_data__", False):
+    return f
+  if inspect.ismethod(f) and _is_pytree(f.__self__):
+    # ``tapped.logits``, ``classifier.__call__``: the owner's arrays are data.
+    return Model(jax.tree_util.Partial(f.__func__, f.__self__))
+  return Model(f)
+
+
+def _is_pytree(obj) -> bool:
+  leaves = jax.tree_util.tree_leaves(obj)
+  return not (len(leaves) == 1 and leaves[0] is obj)
+
+
+def jit(fun: Callable | None = None, *, static_argnames: Sequence[str] = ()):
+  """`jax.jit` for kernels whose first argument is a model.
+
+  The model travels as a pytree argument (its arrays traced), so new
+  parameters of one architecture reuse the compiled program. An opaque
+  callable (not a pytree) gets a compiled program of its own, kept in a
+  weak-keyed table: it lives while the caller keeps the callable, and is
+  freed with it, so fresh closures neither accumulate nor leak their weights.
+  """
+  if fun is None:
+    return functools.partial(jit, static_argnames=tuple(static_argnames))
+  static_argnames = tuple(static_argnames)
+  shared = jax.jit(fun, static_argnames=static_argnames)
+  # id(owner) -> {func: compiled}; an entry is dropped when its owner dies.
+  per_callable: dict[int, dict] = {}
+  sig = inspect.signature(fun)
+  rest = sig.replace(parameters=list(sig.parameters.values())[1:])
+
+  def compiled_for(weak: _Weak):
+    owner = weak.owner()
+    table = per_callable.get(id(owner))
+    if table is None or table["ref"]() is not owner:
+      key = id(owner)
+      table = {"ref": weakref.ref(owner, lambda _, key=key: per_callable.pop(key, None))}
+      per_callable[key] = table
+    j = table.get(weak.func)
+    if j is None:
+      ref = weak.ref
+
+      def bound(*args, **kwargs):
+        return fun(Model(ref()), *args, **kwargs)
+
+      bound.__signature__ = rest
+      bound.__name__ = getattr(fun, "__name__", "kernel")
+      j = table[weak.func] = jax.jit(bound, static_argnames=static_argnames)
+    return j
+
+  def route(f):
+    f = as_data(f)
+    if isinstance(f, Model) and f.opaque is not None and isinstance(f._statics[0], _Weak):
+      return compiled_for(f._statics[0]), ()
+    return shared, (f,)
+
+  @functools.wraps(fun)
+  def call(f, *args, **kwargs):
+    j, head = route(f)
+    return j(*head, *args, **kwargs)
+
+  def eval_shape(f, *args, **kwargs):
+    j, head = route(f)
+    return j.eval_shape(*head, *args, **kwargs)
+
+  def cache_size() -> int:
+    """Compiled programs held: the shared one's and those of live opaque callables."""
+    return shared._cache_size() + sum(
+        j._cache_size() for t in per_callable.values() for k, j in t.items() if k != "ref")
+
+  def lower(f, *args, **kwargs):
+    j, head = route(f)
+    return j.lower(*head, *args, **kwargs)
+
+  call.eval_shape = eval_shape
+  call.lower = lower
+  call.shared = shared
+  call._cache_size = cache_size
+  return call
+
+
+# ----------------------------------------------------------------------------
+# Tapped models.
+
+
+@jax.tree_util.register_pytree_node_class
 class Tapped:
   """A tapped forward: ``tapped(x, taps=None) -> (logits, activations)``.
 
+  A pytree: the forward (any pytree callable ``(x, taps) -> (logits, acts)``,
+  kept as a `Model`) carries the arrays; `layer_names` is static.
+
   Attributes:
     layer_names: the names that can be tapped, in call order.
-  Instances hash by identity, so one can be a static argument of `jax.jit`.
   """
+
+  __saljax_data__ = True
 
   def __init__(self, forward: Callable[[Array, Taps | None], tuple[Array, dict[str, Array]]],
                layer_names: Sequence[str]):
-    self._forward = forward
+    self._forward = as_data(forward) if not isinstance(forward, Model) else forward
     self.layer_names = tuple(layer_names)
-    self._shapes: dict = {}
+
+  def tree_flatten(self):
+    return (self._forward,), self.layer_names
+
+  @classmethod
+  def tree_unflatten(cls, layer_names, children):
+    obj = object.__new__(cls)
+    obj._forward, obj.layer_names = children[0], layer_names
+    return obj
 
   def __call__(self, x: Array, taps: Taps | None = None) -> tuple[Array, dict[str, Array]]:
     if taps:
@@ -63,22 +370,32 @@ class Tapped:
     """The plain model: ``x -> logits``."""
     return self._forward(x, None)[0]
 
+  def as_model(self) -> Model:
+    """The plain ``x -> logits`` model, as data."""
+    return Model(jax.tree_util.Partial(_tapped_logits, self))
+
   def activation_shapes(self, x: Array) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes of every activation for the batch at hand, without running the model.
 
-    The dict lists layers in the order the forward produces them. Cached per
-    input shape and dtype, so a second call traces nothing.
+    The dict lists layers in the order the forward produces them. Cached by
+    the model's structure and array shapes (never by the object or its
+    values), so a new checkpoint of one architecture traces nothing.
     """
-    k = (tuple(x.shape), jnp.dtype(x.dtype))
-    if k not in self._shapes:
-      self._shapes[k] = _shapes_in_call_order(self._forward, jax.ShapeDtypeStruct(*k))
-    return dict(self._shapes[k])
+    return _activation_shapes(self._forward, jax.ShapeDtypeStruct(tuple(x.shape),
+                                                                  jnp.dtype(x.dtype)))
 
   def zero_taps(self, x: Array, layers: Sequence[str]) -> dict[str, Array]:
     """Zero taps shaped like the activations of `layers` for batch `x`."""
     check_layers(self, layers)
     shapes = self.activation_shapes(x)
     return {k: jnp.zeros(shapes[k].shape, shapes[k].dtype) for k in layers}
+
+  def __repr__(self):
+    return f"Tapped({len(self.layer_names)} layers)"
+
+
+def _tapped_logits(tapped: Tapped, x: Array) -> Array:
+  return tapped._forward(x, None)[0]
 
 
 def check_layers(tapped: Tapped, layers: Sequence[str]) -> tuple[str, ...]:
@@ -94,10 +411,6 @@ def check_layers(tapped: Tapped, layers: Sequence[str]) -> tuple[str, ...]:
     raise ValueError(
         f"layer: unknown layer name(s) {unknown}; the model has {list(tapped.layer_names)}")
   return tuple(layers)
-
-
-def _is_array(x: Any) -> bool:
-  return isinstance(x, (jax.Array, np.ndarray)) or isinstance(x, jax.core.Tracer)
 
 
 class _Recorder:
@@ -127,44 +440,56 @@ def _shapes_in_call_order(forward, example) -> dict[str, jax.ShapeDtypeStruct]:
   trace; `eval_shape` alone would return them sorted by name)."""
   order: list[str] = []
 
-  def acts(x):
+  def acts(forward, x):
     a = forward(x, None)[1]
     order.extend(a)
     return a
 
-  shapes = jax.eval_shape(acts, example)
+  shapes = jax.eval_shape(acts, forward, example)
   return {name: shapes[name] for name in order}
 
 
-def _call_order(forward, example) -> list[str]:
-  return list(_shapes_in_call_order(forward, example))
+_SHAPES: "collections.OrderedDict[Any, dict]" = collections.OrderedDict()
+_SHAPES_MAX = 256
 
 
-def from_linen(module, variables, *, method: str | Callable | None = None,
-               apply_kwargs: Mapping[str, Any] | None = None,
-               example: Array | None = None, names: Sequence[str] | None = None) -> Tapped:
-  """Tapped forward of a Flax linen module, without editing it.
+def _activation_shapes(forward, example: jax.ShapeDtypeStruct) -> dict[str, jax.ShapeDtypeStruct]:
+  leaves, treedef = jax.tree_util.tree_flatten(forward)
+  # The key is structure and shapes only: it holds no array and, for an
+  # opaque callable, only a weak reference.
+  key = (treedef, tuple((tuple(l.shape), jnp.dtype(l.dtype)) for l in leaves),
+         tuple(example.shape), example.dtype)
+  hit = _SHAPES.get(key)
+  if hit is None:
+    hit = _shapes_in_call_order(forward, example)
+    _SHAPES[key] = hit
+    while len(_SHAPES) > _SHAPES_MAX:
+      _SHAPES.popitem(last=False)
+  return dict(hit)
 
-  Every submodule ``__call__`` whose output is a single array becomes a layer,
-  named by its module path joined with ``/`` (``"Conv_0"``,
-  ``"blocks_3/conv"``); a module called several times gets ``"#k"`` suffixes
-  for calls after the first. Layer names are found by tracing once with
-  ``jax.eval_shape`` on `example` (shape only, nothing runs); pass `names`
-  instead to skip that.
 
-  Args:
-    module: the linen module.
-    variables: its variables (``{"params": ..., "batch_stats": ...}``).
-    method: an optional method to apply instead of ``__call__``.
-    apply_kwargs: extra keyword arguments for ``module.apply`` (e.g. ``train=False``).
-    example: an input batch (or ShapeDtypeStruct) used to list layer names.
-    names: the layer names, when known.
+class _LinenForward:
+  """Static part of a linen tapped forward: the module, method and apply kwargs.
+
+  Equal for equal modules (linen modules compare by their fields), so
+  variables of one architecture share compiled programs.
   """
-  import flax.linen as nn
 
-  apply_kwargs = dict(apply_kwargs or {})
+  def __init__(self, module, method, apply_kwargs):
+    self.module, self.method = module, method
+    self.apply_kwargs = tuple(sorted(dict(apply_kwargs or {}).items()))
 
-  def forward(x, taps=None):
+  def _key(self):
+    return (self.module, self.method, self.apply_kwargs)
+
+  def __eq__(self, other):
+    return isinstance(other, _LinenForward) and self._key() == other._key()
+
+  def __hash__(self):
+    return hash(self._key())
+
+  def __call__(self, variables, x, taps=None):
+    import flax.linen as nn
     rec = _Recorder(taps)
 
     def interceptor(next_fun, args, kwargs, context):
@@ -174,92 +499,148 @@ def from_linen(module, variables, *, method: str | Callable | None = None,
       return rec(context.module.path, out)
 
     with nn.intercept_methods(interceptor):
-      logits = module.apply(variables, x, method=method, **apply_kwargs)
+      logits = self.module.apply(variables, x, method=self.method, **dict(self.apply_kwargs))
     return logits, rec.acts
 
-  if names is None:
-    if example is None:
-      raise ValueError("from_linen: pass `example` (an input batch) or `names` to list the layers")
-    names = _call_order(forward, example)
-  return Tapped(forward, names)
+
+def _layer_names(forward, example, names, who):
+  if names is not None:
+    return tuple(names)
+  if example is None:
+    raise ValueError(f"{who}: pass `example` (an input batch) or `names` to list the layers")
+  if not isinstance(example, jax.ShapeDtypeStruct):
+    example = jax.ShapeDtypeStruct(np.shape(example), jnp.result_type(example))
+  return tuple(_shapes_in_call_order(as_data(forward), example))
+
+
+def from_linen(module, variables, *, method: str | Callable | None = None,
+               apply_kwargs: Mapping[str, Any] | None = None,
+               example: Array | None = None, names: Sequence[str] | None = None) -> Tapped:
+  """Tapped forward of a Flax linen module, without editing it; a pytree whose
+  leaves are `variables`.
+
+  Every submodule ``__call__`` whose output is a single array becomes a layer,
+  named by its module path joined with ``/`` (``"Conv_0"``,
+  ``"blocks_3/conv"``); a module called several times gets ``"#k"`` suffixes
+  for calls after the first. Layer names are found by tracing once with
+  ``jax.eval_shape`` on `example` (shape only, nothing runs); pass `names`
+  instead to skip that. ``tapped.as_model()`` (or passing the `Tapped` to a
+  pixel method) gives the plain ``x -> logits`` model.
+
+  Args:
+    module: the linen module.
+    variables: its variables (``{"params": ..., "batch_stats": ...}``).
+    method: an optional method to apply instead of ``__call__``.
+    apply_kwargs: extra keyword arguments for ``module.apply`` (e.g. ``train=False``).
+    example: an input batch (or ShapeDtypeStruct) used to list layer names.
+    names: the layer names, when known.
+  """
+  forward = _Bound(_LinenForward(module, method, apply_kwargs), variables)
+  return Tapped(forward, _layer_names(forward, example, names, "from_linen"))
+
+
+_NNX_WRAPPED: dict[type, type] = {}
+
+
+def _nnx_hooked_class(cls):
+  if cls not in _NNX_WRAPPED:
+    orig_call = cls.__call__
+
+    def __call__(self, *args, **kwargs):
+      out = orig_call(self, *args, **kwargs)
+      hook = getattr(self, "_saljax_hook", None)
+      return hook(out) if hook is not None else out
+
+    _NNX_WRAPPED[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
+  return _NNX_WRAPPED[cls]
+
+
+def _nnx_forward(module, x, taps=None):
+  from flax import nnx
+  rec = _Recorder(taps)
+  copy = nnx.merge(*nnx.split(module))  # never touch the caller's module
+  for path, sub in nnx.iter_modules(copy):
+    if not path:
+      continue
+    object.__setattr__(sub, "_saljax_hook", lambda out, path=path: rec(path, out))
+    sub.__class__ = _nnx_hooked_class(type(sub))
+  return copy(x), rec.acts
 
 
 def from_nnx(module, *, example: Array | None = None, names: Sequence[str] | None = None) -> Tapped:
-  """Tapped forward of a Flax NNX module, without editing it.
+  """Tapped forward of a Flax NNX module, without editing it; a pytree whose
+  leaves are the module's current state.
 
   Every submodule whose ``__call__`` returns a single array becomes a layer,
   named by its attribute path joined with ``/`` (``"conv1"``, ``"blocks/0/mlp"``).
-  The module is split once; each call merges a fresh copy and swaps the class
-  of every submodule for a subclass whose ``__call__`` records the output and
-  adds the tap, so the user's module object is never changed.
+  Each call merges a copy and swaps the class of every submodule for a
+  subclass whose ``__call__`` records the output and adds the tap, so the
+  user's module object is never changed. The `Tapped` holds the module's
+  state as of this call: build it again (cheap with `names`) after updating
+  the module in place, or pass the module itself to pixel methods, which
+  read its state on every call.
   """
-  from flax import nnx
-
-  graphdef, state = nnx.split(module)
-  wrapped_classes: dict[type, type] = {}
-
-  def wrap_class(cls):
-    if cls not in wrapped_classes:
-      orig_call = cls.__call__
-
-      def __call__(self, *args, **kwargs):
-        out = orig_call(self, *args, **kwargs)
-        hook = getattr(self, "_saljax_hook", None)
-        return hook(out) if hook is not None else out
-
-      wrapped_classes[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
-    return wrapped_classes[cls]
-
-  def forward(x, taps=None):
-    rec = _Recorder(taps)
-    copy = nnx.merge(graphdef, state)
-    for path, sub in nnx.iter_modules(copy):
-      if not path:
-        continue
-      object.__setattr__(sub, "_saljax_hook", lambda out, path=path: rec(path, out))
-      sub.__class__ = wrap_class(type(sub))
-    logits = copy(x)
-    return logits, rec.acts
-
-  if names is None:
-    if example is None:
-      raise ValueError("from_nnx: pass `example` (an input batch) or `names` to list the layers")
-    names = _call_order(forward, example)
-  return Tapped(forward, names)
+  forward = jax.tree_util.Partial(_nnx_forward, module)
+  return Tapped(forward, _layer_names(forward, example, names, "from_nnx"))
 
 
-def from_features_head(features: Model, head: Callable[[Array], Array],
+@jax.tree_util.register_pytree_node_class
+class _FeaturesHead:
+
+  def __init__(self, features, head, name):
+    self.features, self.head, self.name = features, head, name
+
+  def __call__(self, x, taps=None):
+    a = self.features(x)
+    if taps and self.name in taps:
+      a = a + taps[self.name].astype(a.dtype)
+    return self.head(a), {self.name: a}
+
+  def tree_flatten(self):
+    return (as_data(self.features), as_data(self.head)), self.name
+
+  @classmethod
+  def tree_unflatten(cls, name, children):
+    return cls(children[0], children[1], name)
+
+
+def from_features_head(features: Callable, head: Callable[[Array], Array],
                        name: str = "features") -> Tapped:
-  """Tapped forward of ``head(features(x))`` with one layer, `name`."""
+  """Tapped forward of ``head(features(x))`` with one layer, `name`.
 
-  def forward(x, taps=None):
-    a = features(x)
-    if taps and name in taps:
-      a = a + taps[name].astype(a.dtype)
-    return head(a), {name: a}
-
-  return Tapped(forward, [name])
+  `features` and `head` follow the model contract: pytree callables carry
+  their arrays as data; plain closures are compiled per object."""
+  return Tapped(_FeaturesHead(features, head, name), [name])
 
 
-def as_model(model: Model | Tapped) -> Model:
-  """The plain ``x -> logits`` callable of a model or a tapped model."""
-  return model.logits if isinstance(model, Tapped) else model
+def as_model(model: Any) -> Any:
+  """The plain ``x -> logits`` model of a model or a tapped model, as data."""
+  if isinstance(model, Tapped):
+    return model.as_model()
+  as_logits = getattr(model, "as_model", None)
+  if as_logits is not None and getattr(type(model), "__saljax_data__", False):
+    return as_logits()
+  return as_data(model)
 
 
-def output_shape(f: Model, x: Array) -> tuple[int, int]:
+def _logits(f, x):
+  return f(x)
+
+
+_logits_jit = jit(_logits)
+
+
+def output_shape(f: Any, x: Array) -> tuple[int, int]:
   """`(B, C)` of the model's logits for `x`, from an abstract evaluation, or raises.
 
-  Cached per (model, shape, dtype), so validating a second call with the same
-  shapes traces nothing.
+  Uses the tracing cache of `jax.jit`, keyed by the model's structure and the
+  shapes of its arrays (never by the arrays or the model object), so a second
+  call with the same shapes traces nothing.
   """
-  return _output_shape(as_model(f), tuple(x.shape), jnp.dtype(x.dtype))
-
-
-@functools.lru_cache(maxsize=256)
-def _output_shape(f: Model, shape: tuple[int, ...], dtype) -> tuple[int, int]:
-  x = jax.ShapeDtypeStruct(shape, dtype)
+  f = as_model(f)
+  xs = jax.ShapeDtypeStruct(tuple(x.shape), jnp.dtype(x.dtype))
   try:
-    out = jax.eval_shape(f, x)
+    out = _logits_jit.eval_shape(f, xs)
   except Exception as e:  # the model cannot take this input at all
     raise ValueError(
         f"the model could not be evaluated on an input of shape {tuple(x.shape)}"
@@ -272,7 +653,7 @@ def _output_shape(f: Model, shape: tuple[int, ...], dtype) -> tuple[int, int]:
   return int(shape[0]), int(shape[1])
 
 
-def resolve_target(f: Model | Tapped, x: Array, target: Any) -> Array:
+def resolve_target(f: Any, x: Array, target: Any) -> Array:
   """Class indices `[B]` (int32) from ``"predicted"``, an int, or an int array."""
   batch, num_classes = output_shape(f, x)
   if isinstance(target, str):
@@ -284,8 +665,8 @@ def resolve_target(f: Model | Tapped, x: Array, target: Any) -> Array:
   return _validation.check_target(target, batch, num_classes)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predicted(f: Model, x: Array) -> Array:
+@jit
+def _predicted(f, x: Array) -> Array:
   return jnp.argmax(f(x), axis=-1).astype(jnp.int32)
 
 
@@ -293,8 +674,8 @@ def prepare(f: Any, x: Any, target: Any):
   """Validates `f`, `x` and `target` before any work; returns ``(f, x, target)``.
 
   Shared by every explainer and metric. `f` becomes the plain ``x -> logits``
-  callable (a `Tapped` is unwrapped), `x` a floating array, and `target` an
-  int32 array ``[B]`` (``"predicted"`` is resolved with one forward pass).
+  model as data (a `Tapped` is unwrapped), `x` a floating array, and `target`
+  an int32 array ``[B]`` (``"predicted"`` is resolved with one forward pass).
   """
   if not callable(f):
     raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {_validation.describe(f)}")
@@ -304,25 +685,7 @@ def prepare(f: Any, x: Any, target: Any):
   return f, x, target
 
 
-class WithParams:
-  """``x -> model_fn(params, x)``, equal (and hashing the same) for the same
-  `model_fn` and `params` objects, so jit and shape caches see one model."""
-
-  def __init__(self, model_fn: Callable, params: Any):
-    self.model_fn, self.params = model_fn, params
-
-  def __call__(self, x: Array) -> Array:
-    return self.model_fn(self.params, x)
-
-  def __eq__(self, other):
-    return (isinstance(other, WithParams) and other.model_fn is self.model_fn
-            and other.params is self.params)
-
-  def __hash__(self):
-    return hash((id(self.model_fn), id(self.params)))
-
-
-def target_logit(f: Model, x: Array, target: Array) -> Array:
+def target_logit(f: Callable, x: Array, target: Array) -> Array:
   """``f(x)[b, target[b]]`` for each row, shape `[B]`."""
   logits = f(x)
   return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=1)[:, 0]

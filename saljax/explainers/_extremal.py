@@ -13,6 +13,7 @@ import numpy as np
 import optax
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import ops
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare
@@ -82,8 +83,8 @@ def _apply(pyramid, mask):
   return (1 - frac) * y0 + frac * y1
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "f", "shape_in", "padding", "margin", "iterations", "levels", "max_blur", "variant", "jitter"))
+@M.jit(static_argnames=(
+    "shape_in", "padding", "margin", "iterations", "levels", "max_blur", "variant", "jitter"))
 def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, padding, margin,
               iterations, levels, max_blur, variant, jitter):
   b, h, w = x.shape[:3]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import parallel
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
@@ -55,7 +56,7 @@ def sobol_design(grid: int, designs: int) -> np.ndarray:
   return qmc.Sobol(d=2 * grid * grid, scramble=False).random(designs).astype(np.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "grid", "designs", "output", "batch_size"))
+@M.jit(static_argnames=("grid", "designs", "output", "batch_size"))
 def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
   d = grid * grid
   size = x.shape[1:3]
@@ -150,7 +151,7 @@ def hsic_scores(masks: Array, y: Array) -> Array:
   return (on + off) / (p - 1) ** 2
 
 
-@functools.partial(jax.jit, static_argnames=("f", "grid", "samples", "output", "batch_size"))
+@M.jit(static_argnames=("grid", "samples", "output", "batch_size"))
 def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
   d = grid * grid
   size = x.shape[1:3]

@@ -106,7 +106,7 @@ def _check_attention(f, x, layers, num_prefix_tokens):
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
-@functools.partial(jax.jit, static_argnames=("f", "names", "grid", "head_fusion", "query"))
+@M.jit(static_argnames=("names", "grid", "head_fusion", "query"))
 def _rollout(f, x, names, grid, head_fusion, discard_ratio, query):
   h, w, p = grid
   _, acts = f(x)
@@ -207,7 +207,7 @@ def vit_gradcam(f, x, target, *, key=None, layer: Any = None, relu: bool = True,
 # Class-token (Prompt-CAM) attention maps.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "layer", "grid", "per_head"))
+@M.jit(static_argnames=("layer", "grid", "per_head"))
 def _token_attention(f, x, query, layer, grid, per_head):
   h, w, p = grid
   _, acts = f(x)

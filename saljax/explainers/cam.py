@@ -269,7 +269,7 @@ _GRAD_CAMS = {
 }
 
 
-@functools.partial(jax.jit, static_argnames=("f", "names", "grids", "method", "relu"))
+@M.jit(static_argnames=("names", "grids", "method", "relu"))
 def _grad_cam(f, x, target, names, grids, method, relu):
   _, acts, grads = activations_and_gradients(f, x, target, names)
   out = {}
@@ -399,7 +399,7 @@ def _eigencam_map(a):
   return (proj * sign[:, None]).reshape(b, h, w)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "names", "grids", "relu"))
+@M.jit(static_argnames=("names", "grids", "relu"))
 def _eigencam(f, x, names, grids, relu):
   _, acts = f(x)
   out = {}
@@ -432,7 +432,7 @@ eigencam.__doc__ = """Eigen-CAM (Muhammad and Yeasin 2020, "Eigen-CAM: Class Act
 SCORECAM_SCORES = ("probability", "logit_softmax")
 
 
-@functools.partial(jax.jit, static_argnames=("f", "layer", "grid", "score", "batch_size", "relu"))
+@M.jit(static_argnames=("layer", "grid", "score", "batch_size", "relu"))
 def _scorecam(f, x, target, baseline, layer, grid, score, batch_size, relu):
   h, w, p = grid
   _, acts = f(x)
@@ -541,7 +541,7 @@ def _pair(v, name):
   raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
 
 
-@functools.partial(jax.jit, static_argnames=("f", "names", "grids", "variant", "inputs", "conv"))
+@M.jit(static_argnames=("names", "grids", "variant", "inputs", "conv"))
 def _normgrad(f, x, target, names, grids, variant, inputs, conv):
   _, acts, grads = activations_and_gradients(
       f, x, target, names, extra=tuple(k for k in inputs if k is not None))

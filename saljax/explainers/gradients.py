@@ -66,7 +66,7 @@ def _bcast(v: Array, x: Array) -> Array:
 # Vanilla gradient and gradient x input.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "absolute", "compute_dtype"))
+@M.jit(static_argnames=("absolute", "compute_dtype"))
 def _gradient(f, x, target, absolute, compute_dtype):
   g = _grad_fn(f, compute_dtype)(x, target)
   return jnp.abs(g) if absolute else g
@@ -101,7 +101,7 @@ def absolute_gradient(f, x, target, *, key=None) -> Array:
   return gradient(f, x, target, absolute=True)
 
 
-@functools.partial(jax.jit, static_argnames=("f",))
+@M.jit(static_argnames=())
 def _gradient_x_input(f, x, target):
   return x * _grad_fn(f)(x, target)
 
@@ -169,7 +169,7 @@ def make_baseline(x: Array, baseline: Any = None, *, blur_sigma: float = 10.0) -
   return V.check_same_shape(baseline, x, name="baseline")
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "rule", "batch_size", "compute_dtype"))
+@M.jit(static_argnames=("steps", "rule", "batch_size", "compute_dtype"))
 def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size, compute_dtype):
   alphas, weights = path_nodes(steps, rule)
   grad = _grad_fn(f, compute_dtype)
@@ -265,8 +265,8 @@ def _resolve_explainer(explainer) -> tuple[Callable, bool]:
   return explainer, True
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "f", "base", "stochastic", "samples", "noise_level", "noise", "reduce", "batch_size",
+@M.jit(static_argnames=(
+    "base", "stochastic", "samples", "noise_level", "noise", "reduce", "batch_size",
     "static_options"))
 def _noise_wrapper(f, x, target, key, dynamic_options, base, stochastic, samples, noise_level,
                    noise, reduce, batch_size, static_options):
@@ -375,7 +375,7 @@ vargrad.__doc__ = ("""VarGrad: the (population) variance of maps over noisy inpu
 # Expected gradients / GradientSHAP.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "samples", "batch_size"))
+@M.jit(static_argnames=("samples", "batch_size"))
 def _expected_gradients(f, x, target, key, references, stdev, samples, batch_size):
   grad = _grad_fn(f)
   b = x.shape[0]
@@ -458,7 +458,7 @@ def gradient_shap(f, x, target, *, key=None, references=None, samples: int = 5,
 # Guided IG.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "fraction", "max_dist", "max_inner"))
+@M.jit(static_argnames=("steps", "fraction", "max_dist", "max_inner"))
 def _guided_ig(f, x, target, baseline, steps, fraction, max_dist, max_inner):
   def single(xi, bi, ti):
     def grad1(z):
@@ -545,7 +545,7 @@ def guided_ig(f, x, target, *, key=None, baseline: Any = None, steps: int = 200,
 # Blur IG.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "max_sigma", "grad_step", "sqrt",
+@M.jit(static_argnames=("steps", "max_sigma", "grad_step", "sqrt",
                                              "batch_size"))
 def _blur_ig(f, x, target, steps, max_sigma, grad_step, sqrt, batch_size):
   i = np.arange(steps + 1, dtype=np.float64)

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import parallel
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
@@ -51,7 +52,7 @@ def _to_x(m: Array, x: Array) -> Array:
 # Occlusion.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "window", "output", "batch_size"))
+@M.jit(static_argnames=("window", "output", "batch_size"))
 def _occlusion(f, x, target, fill, starts, window, output, batch_size):
   h, w = x.shape[1:3]
   wh, ww = window
@@ -145,7 +146,7 @@ def _rise_mask(k, size, cells, p, dtype):
   return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
 
 
-@functools.partial(jax.jit, static_argnames=("f", "masks", "cells", "output", "batch_size"))
+@M.jit(static_argnames=("masks", "cells", "output", "batch_size"))
 def _rise(f, x, target, key, fill, p, masks, cells, output, batch_size):
   size = x.shape[1:3]
 
@@ -219,7 +220,7 @@ def _lime_coalitions(key, samples, counts, m):
   return (z & valid[None]).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "samples", "m", "output", "batch_size"))
+@M.jit(static_argnames=("samples", "m", "output", "batch_size"))
 def _lime(f, x, target, key, fill, labels, counts, kernel_width, alpha, samples, m, output,
           batch_size):
   z = _lime_coalitions(key, samples, counts, m)
@@ -331,7 +332,7 @@ def _kernel_coalitions(key, samples, counts, m):
   return (rank < drawn[..., None]).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "samples", "m", "exact", "output", "batch_size"))
+@M.jit(static_argnames=("samples", "m", "exact", "output", "batch_size"))
 def _kernel_shap(f, x, target, key, fill, labels, counts, samples, m, exact, output, batch_size):
   valid = jnp.arange(m)[None, :] < counts[:, None]  # [B, M]
   if exact:
@@ -418,7 +419,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
 # Shapley value sampling.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "samples", "m", "output", "batch_size"))
+@M.jit(static_argnames=("samples", "m", "output", "batch_size"))
 def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, output, batch_size):
   b = x.shape[0]
   u = jax.random.uniform(key, (samples, b, m))

@@ -583,7 +583,7 @@ def _modified_vjp(f, x, target, mode, rules=None, bounds=None, reference=None):
 # Public explainers.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "mode"))
+@M.jit(static_argnames=("mode",))
 def _modified_gradient(f, x, target, mode):
   return _modified_vjp(f, x, target, mode)
 
@@ -618,7 +618,7 @@ def deconvnet(f, x, target, *, key=None) -> Array:
   return _modified_gradient(f, x, target, "deconvnet")
 
 
-@functools.partial(jax.jit, static_argnames=("f",))
+@M.jit(static_argnames=())
 def _deeplift(f, x, target, reference):
   g = _modified_vjp(f, x, target, "deeplift", reference=reference)
   return (x - reference) * g
@@ -668,7 +668,7 @@ def _bounds(x, rules, low_default=None, high_default=None):
   return one(zb.low, jnp.min), one(zb.high, jnp.max)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "rules"))
+@M.jit(static_argnames=("rules",))
 def _lrp(f, x, target, rules):
   return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
 

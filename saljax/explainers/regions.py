@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import parallel
 from saljax.explainers import _masking as MK
 from saljax.explainers import gradients
@@ -275,7 +276,7 @@ def bidirectional_iterations(m: int, pending: int) -> int:
   return t
 
 
-@functools.partial(jax.jit, static_argnames=("f", "m", "pending", "iterations", "batch_size"))
+@M.jit(static_argnames=("m", "pending", "iterations", "batch_size"))
 def _lima_search(f, x, target, fill, labels, counts, weights, dist, m, pending, iterations,
                  batch_size):
   b = x.shape[0]
@@ -324,7 +325,7 @@ def _lima_search(f, x, target, fill, labels, counts, weights, dist, m, pending, 
   return rank
 
 
-@functools.partial(jax.jit, static_argnames=("f", "m", "batch_size"))
+@M.jit(static_argnames=("m", "batch_size"))
 def _region_curves(f, x, target, fill, labels, counts, order, m, batch_size):
   b = x.shape[0]
   valid = (jnp.arange(m)[None, :] < counts[:, None]).astype(jnp.float32)
@@ -375,7 +376,7 @@ def region_curves(f, x, target, segments, order, *, fill: Any = 0.0,
                         V.check_batch_size(batch_size))
 
 
-@functools.partial(jax.jit, static_argnames=("embedding", "m", "batch_size"))
+@M.jit(static_argnames=("m", "batch_size"))
 def _region_distances(embedding, x, fill, labels, m, batch_size):
   b = x.shape[0]
 

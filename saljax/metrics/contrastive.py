@@ -128,8 +128,12 @@ def contrastive_model(f, weights: Array):
   is the weighted logit combination (explain it with ``target=0``). The
   explainer must call the model with batches of the original `B` rows in
   order (every gradient explainer does)."""
-  f = M.as_model(f)
-  return lambda x: (f(x) * weights).sum(-1, keepdims=True)
+  return M.bind(_weighted_logits, (M.as_model(f), jnp.asarray(weights)))
+
+
+def _weighted_logits(fw, x):
+  f, weights = fw
+  return (f(x) * weights).sum(-1, keepdims=True)
 
 
 def contrastive_map(explainer, f, x, target=None, *, contrast=None, group=None, contrast_group=None,
@@ -168,7 +172,7 @@ def _fill(x, fill, key):
   return fill
 
 
-@functools.partial(jax.jit, static_argnames=("f", "alphas", "fill", "batch_size"))
+@M.jit(static_argnames=("alphas", "fill", "batch_size"))
 def _curve(f, x, fmap, u, v, key, fill_array, alphas, fill, batch_size):
   rank = C.ranks(fmap, key)
   n = int(np.prod(fmap.shape[1:]))

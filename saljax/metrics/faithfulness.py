@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saljax import _validation as V
+from saljax import model as M
 from saljax import parallel
 from saljax.metrics import _common as C
 from saljax.metrics._registry import REGISTRY
@@ -107,7 +108,7 @@ def _segment_ranks(fmap: Array, segments: Array, num_segments: int, key, descend
   return jnp.take_along_axis(r, lab, axis=1).reshape(segments.shape), (counts > 0).sum(1)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "steps", "patch_size", "descending", "insert",
+@M.jit(static_argnames=("steps", "patch_size", "descending", "insert",
                                              "score", "batch_size", "num_segments"))
 def _perturbation_curve(f, x, fmap, fill, target, key, segments, steps, patch_size, descending,
                         insert, score, batch_size, num_segments):
@@ -313,7 +314,7 @@ def linear_imputation(x: Array, removed: Array, *, tol: float = 1e-6,
   return jnp.where(m > 0, u, x)
 
 
-@functools.partial(jax.jit, static_argnames=("f", "counts", "descending", "score", "batch_size",
+@M.jit(static_argnames=("counts", "descending", "score", "batch_size",
                                              "maxiter"))
 def _road(f, x, fmap, target, key, noise, counts, descending, score, batch_size, maxiter):
   b = x.shape[0]
@@ -399,7 +400,7 @@ def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, o
 # Random-subset correlations.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "n_values", "samples", "score", "batch_size"))
+@M.jit(static_argnames=("n_values", "samples", "score", "batch_size"))
 def _subset_correlation(f, x, fmap, base, target, key, n_values, samples, score, batch_size):
   b = x.shape[0]
   flat = fmap.reshape(b, -1)
@@ -516,7 +517,7 @@ def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples
 # Infidelity.
 
 
-@functools.partial(jax.jit, static_argnames=("f", "samples", "normalize", "batch_size"))
+@M.jit(static_argnames=("samples", "normalize", "batch_size"))
 def _infidelity(f, x, attr, target, key, noise_scale, samples, normalize, batch_size):
   b = x.shape[0]
   s0 = C.target_score(f, x, target, "logit")

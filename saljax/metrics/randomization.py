@@ -84,8 +84,8 @@ def _leaf_layers(params, layers: Sequence[str]) -> tuple[int, ...]:
   return tuple(out)
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "model_fn", "explainer", "options", "leaf_layers", "n_layers", "mode", "similarity",
+@M.jit(static_argnames=(
+    "explainer", "options", "leaf_layers", "n_layers", "mode", "similarity",
     "absolute", "init", "batch_size", "image_rank"))
 def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, leaf_layers,
                    n_layers, mode, similarity, absolute, init, batch_size, image_rank):
@@ -94,7 +94,7 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
   init_keys = jax.random.split(k_init, len(leaves))
   random = [init(k, l) for k, l in zip(init_keys, leaves)]
   if e0 is None:
-    e0 = explain(explainer, lambda z: model_fn(params, z), x, target, k_expl, options)
+    e0 = explain(explainer, M.bind(model_fn, params), x, target, k_expl, options)
   m0 = S.to_map(e0, image_rank, absolute=absolute)
 
   def one(args):
@@ -107,7 +107,7 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
       hit = (li <= stage) if mode == "cascading" else (li == stage)
       new.append(jnp.where(hit, r, leaf))
     p = jax.tree_util.tree_unflatten(treedef, new)
-    e = explain(explainer, lambda z: model_fn(p, z), x, target, k, options)
+    e = explain(explainer, M.bind(model_fn, p), x, target, k, options)
     if e.shape != e0.shape:  # raised while tracing, before any work
       raise ValueError(f"attribution: expected the explainer's output shape {e.shape}, got"
                        f" {e0.shape}")
@@ -167,7 +167,7 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   if params is None:
     raise ValueError("params: expected the trained parameters pytree, got None")
   x = V.check_input(x)
-  _, x, target = C.prepare_model(M.WithParams(model_fn, params), x, target)
+  _, x, target = C.prepare_model(M.bind(model_fn, params), x, target)
   key = C.check_key(key, "model_parameter_randomization")
   explainer, options = check_explainer(explainer, explainer_options)
   V.check_choice(mode, "mode", MODES)
@@ -199,7 +199,7 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   return dict(out, layers=layers)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "explainer", "options", "similarity",
+@M.jit(static_argnames=("explainer", "options", "similarity",
                                              "absolute", "image_rank"))
 def _compare_classes(model, x, e_a, other, key, *, explainer, options, similarity, absolute,
                      image_rank):
@@ -287,7 +287,7 @@ def class_sensitivity(f, x, attribution=None, target="predicted", *, key=None, e
                           similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@M.jit
 def _argmin(f, x):
   return jnp.argmin(f(x), -1).astype(jnp.int32)
 

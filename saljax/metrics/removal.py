@@ -96,7 +96,7 @@ def remove_by_attribution(x, attribution, fraction: float, *, remove: str = "top
                  bool(per_coordinate))
 
 
-@functools.partial(jax.jit, static_argnames=("f",))
+@M.jit(static_argnames=())
 def _correct(f, x, target):
   return (jnp.argmax(f(x), -1) == target).astype(jnp.float32)
 

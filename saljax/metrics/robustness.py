@@ -59,13 +59,13 @@ def explain(explainer, model, x, target, key, options: tuple) -> Array:
   return jnp.asarray(explainer(model, x, target, key=key, **dict(options)), jnp.float32)
 
 
-@functools.lru_cache(maxsize=256)
 def _explanation_shape(explainer, model, options, shape, dtype):
+  # The model is an argument (its arrays abstract), never a cache key.
   x = jax.ShapeDtypeStruct(shape, dtype)
   t = jax.ShapeDtypeStruct(shape[:1], jnp.int32)
   k = jax.eval_shape(lambda: jax.random.key(0))
-  return tuple(jax.eval_shape(lambda x, t, k: explain(explainer, model, x, t, k, options),
-                              x, t, k).shape)
+  return tuple(jax.eval_shape(lambda m, x, t, k: explain(explainer, m, x, t, k, options),
+                              M.as_data(model), x, t, k).shape)
 
 
 def check_explanation(attribution, explainer, model, x, target, key, options, *, name="attribution"):
@@ -90,7 +90,7 @@ def _norm(v: Array) -> Array:
   return jnp.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "explainer", "options", "kind", "samples",
+@M.jit(static_argnames=("explainer", "options", "kind", "samples",
                                              "batch_size"))
 def _stability(model, x, target, e_x, key, radius, eps, *, explainer, options,
                kind, samples, batch_size):

