@@ -7,11 +7,11 @@ Reads ``maps/`` as written by `experiments.explain` (the model is rebuilt
 from the same config), runs every metric of `evaluate.metrics` on every
 stored method chunk by chunk, and writes::
 
-    results.csv       method, metric, mean, std, n, note
+    results.csv       method, metric, better (higher / lower is better), mean, std, n, note
     results.md        the same as a markdown table
     scores/<method>__<metric>.npy   per-example scores
 
-Arguments a metric needs are passed when it declares them: ``mask`` (the
+Arguments a metric needs (its registry entry's ``needs``) are passed: ``mask`` (the
 ground-truth region stored with the inputs: BlockMNIST's signal block, the
 birds' segmentation, the target class's VOC boxes), ``explainer`` and
 ``explainer_options`` (robustness metrics re-explain perturbed inputs), and a
@@ -23,7 +23,6 @@ bilinearly to the image size first.
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import os
 from typing import Any
@@ -39,8 +38,23 @@ from saljax import explainers, metrics
 from saljax import logging as slog
 
 
-# Keyword arguments evaluate knows how to supply.
-_SUPPLIED = {"key", "mask", "boxes", "explainer", "explainer_options", "batch_size"}
+# Needs evaluate cannot supply, and where to go instead.
+_ELSEWHERE = {
+    "params": "needs the model as a function of its parameters: run experiments.sanity",
+    "random_model": "needs a model trained on permuted labels: run experiments.sanity",
+}
+
+
+def _note(entry, options: dict, has_mask: bool, dataset: str) -> str:
+  """Why `entry` cannot be scored here, or "" when it can."""
+  for need, why in _ELSEWHERE.items():
+    if need in entry.needs:
+      return why
+  if "classes" in entry.needs and not {"contrast", "group", "contrast_group"} & set(options):
+    return f"needs class indices (evaluate.options.{entry.name}: contrast / group)"
+  if "mask" in entry.needs and not has_mask:
+    return f"needs a ground-truth mask; dataset {dataset!r} has none"
+  return ""
 
 
 def check_metrics(names) -> list[str]:
@@ -52,17 +66,6 @@ def check_metrics(names) -> list[str]:
   if unknown or not names:
     raise ValueError(f"evaluate.metrics: unknown metric(s) {unknown or names}; registered: {known}")
   return names
-
-
-def _required(fn) -> list[str]:
-  """Keyword-only arguments without defaults."""
-  sig = inspect.signature(fn)
-  return [p.name for p in sig.parameters.values()
-          if p.kind == p.KEYWORD_ONLY and p.default is inspect.Parameter.empty]
-
-
-def _accepts(fn, name: str) -> bool:
-  return name in inspect.signature(fn).parameters
 
 
 def score_of(out: Any) -> np.ndarray:
@@ -115,33 +118,28 @@ def run(config, workdir: str) -> dict[str, Any]:
       done += 1
       entry = metrics.entry(name)
       fn = entry.fn
-      missing = [r for r in _required(fn) if r not in _SUPPLIED]
-      note = ""
-      if entry.kind == "randomization" and not _accepts(fn, "explainer"):
-        note = "a randomization test: run experiments.sanity"
-      elif _accepts(fn, "params") or _accepts(fn, "model_fn"):
-        note = "needs the model as a function of its parameters: run experiments.sanity"
-      elif missing:
-        note = f"needs {missing}, which evaluate cannot supply"
-      needs_mask = _accepts(fn, "mask") and entry.kind == "localization"
-      if needs_mask and "gt_mask" not in inputs:
-        note = f"needs a ground-truth mask; dataset {manifest['dataset']!r} has none"
+      opts = dict(config.evaluate.options.get(name, {}) or {})
+      note = _note(entry, opts, "gt_mask" in inputs, manifest["dataset"])
+      needs_mask = "mask" in entry.needs
+      try:
+        better = entry.better(**opts)
+      except TypeError:  # an unknown option: the call below reports it
+        better = None
       if note:
         rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
-                                "n": 0, "note": note}
+                                "n": 0, "note": note, "better": None}
         continue
-      opts = dict(config.evaluate.options.get(name, {}) or {})
       scores = []
       for c in range(-(-n // chunk)):
         sl = slice(c * chunk, min((c + 1) * chunk, n))
         # Pad the last chunk by repetition so every call has one shape.
         idx = np.minimum(np.arange(c * chunk, (c + 1) * chunk), n - 1)
         kw = dict(opts)
-        if entry.stochastic or (_accepts(fn, "key") and "key" in _required(fn)):
+        if entry.stochastic:
           kw["key"] = jax.random.fold_in(base_key, c)
         if needs_mask:
           kw["mask"] = jnp.asarray(inputs["gt_mask"][idx])
-        if _accepts(fn, "explainer") and "explainer" not in kw:
+        if "explainer" in entry.needs and "explainer" not in kw:
           kw["explainer"] = explainers.get(method)
           kw.setdefault("explainer_options", dict(config.explain.options.get(method, {}) or {}))
           if explainers.entry(method).kind == "layer":
@@ -161,12 +159,13 @@ def run(config, workdir: str) -> dict[str, Any]:
         scores.append(score_of(out)[: sl.stop - sl.start])
       if note:
         rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
-                                "n": 0, "note": note}
+                                "n": 0, "note": note, "better": None}
         continue
       s = np.concatenate(scores)
       np.save(os.path.join(workdir, "scores", f"{method}__{name}.npy"), s)
       rows[(method, name)] = {"method": method, "metric": name, "mean": float(np.mean(s)),
-                              "std": float(np.std(s)), "n": int(len(s)), "note": ""}
+                              "std": float(np.std(s)), "n": int(len(s)), "note": "",
+                              "better": better}
       writer.write(0, {f"{method}/{name}": float(np.mean(s))})
       progress.update(done)
   _write_tables(workdir, list(rows.values()))
@@ -175,7 +174,7 @@ def run(config, workdir: str) -> dict[str, Any]:
 
 
 def _write_tables(workdir: str, rows: list[dict[str, Any]]) -> None:
-  fields = ["method", "metric", "mean", "std", "n", "note"]
+  fields = ["method", "metric", "better", "mean", "std", "n", "note"]
   if not slog.is_writer():
     return
   with open(os.path.join(workdir, "results.csv"), "w", newline="") as fh:

@@ -1,8 +1,9 @@
-"""Small settings that run every registered explainer and metric on tiny models.
+"""Every registered explainer and metric on tiny models, with the registry's
+smoke options and the arguments its `needs` name.
 
-Shared by tests/test_contracts.py and tests/parallel/_sharded_all.py. A method
-registered without an entry here makes those tests fail, on purpose: every new
-method must join the invariants.
+Shared by tests/test_contracts.py, tests/test_registry_facts.py,
+tests/test_composability.py and tests/parallel/_sharded_all.py: a new method
+joins every invariant through its registry entry alone.
 """
 import functools
 import os
@@ -44,77 +45,46 @@ def cnn_as_function_of_params():
   return (lambda p, x: module.apply({"params": p}, x)), variables["params"]
 
 
+# What the tiny models supply for each of the registry's `needs`.
+CNN_LAYER, CNN_LAYERS = "block2", ["block1", "block2"]
+
+
+def _supplied(entry, shape=SHAPE):
+  """Arguments for the entry's `needs` (besides the model and a key)."""
+  out = {}
+  if "references" in entry.needs:
+    out["references"] = jax.random.normal(jax.random.key(3), (4,) + tuple(shape[1:]))
+  if "segments" in entry.needs:
+    out["segments"] = grid_segments(shape)
+  if "tapped" in entry.needs:
+    out["layer"] = CNN_LAYERS if "layers" in entry.needs else CNN_LAYER
+  if "mask" in entry.needs:
+    out["mask"] = jnp.zeros(shape[:3], bool).at[:, :8, :8].set(True)
+  if "explainer" in entry.needs:
+    out["explainer"] = saljax.gradient
+  if "classes" in entry.needs:
+    # The contrastive scores: a contrast class, or the target's group and another.
+    params = entry.options()
+    if "contrast" in params:
+      out["contrast"] = 1
+    if "group" in params:
+      out["group"] = np.array([0]) if "contrast_group" in params else np.array([0, 1])
+    if "contrast_group" in params:
+      out["contrast_group"] = np.array([1, 2])
+  return out
+
+
 def explainer_options(name):
-  """(which model: "cnn" or "vit", options)."""
-  refs = jax.random.normal(jax.random.key(3), (4,) + SHAPE[1:])
-  seg = grid_segments()
-  table = {
-      "absolute_gradient": {}, "gradient": {}, "gradient_x_input": {},
-      "deconvnet": {}, "guided_backprop": {}, "deeplift": {}, "lrp": {},
-      "integrated_gradients": {"steps": 4},
-      "blur_ig": {"steps": 4, "max_sigma": 2.0},
-      "guided_ig": {"steps": 4},
-      "smoothgrad": {"samples": 4}, "squaregrad": {"samples": 4}, "vargrad": {"samples": 4},
-      "expected_gradients": {"samples": 4, "references": refs},
-      "gradient_shap": {"samples": 4, "references": refs},
-      "extremal_perturbation": {"iterations": 4, "area": 0.25, "step": 2, "sigma": 3.0,
-                                "max_blur": 3.0},
-      "hsic": {"grid": 4, "samples": 16},
-      "sobol": {"grid": 4, "designs": 4},
-      "kernel_shap": {"samples": 16, "segments": seg},
-      "lime": {"samples": 16, "segments": seg},
-      "shapley_sampling": {"samples": 2, "segments": seg},
-      "occlusion": {"window": 4, "stride": 4},
-      "rise": {"masks": 16, "cells": 4},
-      "gradcam": {"layer": "block2"}, "gradcam_plus_plus": {"layer": "block2"},
-      "xgradcam": {"layer": "block2"}, "layercam": {"layer": "block2"},
-      "hirescam": {"layer": "block2"}, "eigencam": {"layer": "block2"},
-      "scorecam": {"layer": "block2", "batch_size": 3},
-      "normgrad": {"layer": "block2"},
-      "normgrad_combined": {"layer": ["block1", "block2"]},
-      "vit_gradcam": {"layer": "blocks_1"},
-      "attention_rollout": {},
-      "class_token_attention": {"layer": "blocks_2/attn/probs"},
-      "xrai": {"steps": 4, "resize": None, "scales": (50, 100)},
-      "lima": {"segments": seg, "pending": 4},
-  }
-  if name not in table:
-    raise KeyError(f"{name}: add small settings for it to tests/_all_methods.py")
-  model = "vit" if name in ("vit_gradcam", "attention_rollout", "class_token_attention") else "cnn"
-  return model, table[name]
+  """(which model: "cnn" or "vit", options): the registry's smoke options and
+  what the entry needs."""
+  entry = saljax.explainers.entry(name)
+  model = "vit" if "vit" in entry.needs else "cnn"
+  return model, {**entry.smoke, **_supplied(entry)}
 
 
 def metric_options(name):
-  mask = jnp.zeros(SHAPE[:3], bool).at[:, :8, :8].set(True)
-  table = {
-      "deletion": {"steps": 8}, "insertion": {"steps": 8}, "pixel_flipping": {"steps": 8},
-      "area_between_curves": {"steps": 8},
-      "faithfulness_correlation": {"samples": 8, "subset_size": 16},
-      "infidelity": {"samples": 4},
-      "sensitivity_n": {"samples": 8},
-      "road": {"percentages": (0.2, 0.5)},
-      "max_sensitivity": {"explainer": saljax.gradient, "samples": 3},
-      "local_lipschitz": {"explainer": saljax.gradient, "samples": 3},
-      "relative_input_stability": {"explainer": saljax.gradient, "samples": 3},
-      "pointing_game": {"mask": mask}, "energy_pointing_game": {"mask": mask},
-      "relevance_mass": {"mask": mask}, "relevance_rank": {"mask": mask},
-      "top_k_intersection": {"mask": mask}, "attribution_localisation": {"mask": mask},
-      "complexity": {}, "effective_complexity": {}, "sparseness": {},
-      "class_sensitivity": {"explainer": saljax.gradient},
-      "random_logit": {"explainer": saljax.gradient},
-      "data_randomization": {"explainer": saljax.gradient},
-      "model_parameter_randomization": {"explainer": saljax.gradient},
-      "contrastive_class_score": {"contrast": 1, "alphas": (0.2, 0.5)},
-      "class_group_contrastivity": {"group": np.array([0, 1]), "alphas": (0.2, 0.5)},
-      "pointwise_group_score": {"group": np.array([0, 1]), "alphas": (0.2, 0.5)},
-      "contrastive_group_score": {"group": np.array([0]), "contrast_group": np.array([1, 2]),
-                                  "alphas": (0.2, 0.5)},
-      "roar": {"fraction": 0.3},
-      "diffroar": {"fraction": 0.3},
-  }
-  if name not in table:
-    raise KeyError(f"{name}: add small settings for it to tests/_all_methods.py")
-  return table[name]
+  entry = saljax.metrics.entry(name)
+  return {**entry.smoke, **_supplied(entry)}
 
 
 def call_explainer(name, cnn, vit, x, target, key=jax.random.key(0)):

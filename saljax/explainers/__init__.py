@@ -12,9 +12,9 @@ from saljax.explainers.cam import combine_maps, upsample  # noqa: F401
 from saljax.explainers.gradients import completeness_gap, make_baseline, path_nodes  # noqa: F401
 
 
-def names(kind=None):
-  """Registered explainer names (optionally only ``kind="pixel"`` or ``"layer"``)."""
-  return _REGISTRY.names(kind)
+def names(family=None):
+  """Registered explainer names (optionally of one family, e.g. ``family="cam"``)."""
+  return _REGISTRY.names(family)
 
 
 def get(name):
@@ -23,7 +23,7 @@ def get(name):
 
 
 def entry(name):
-  """Registry entry of `name`: ``.fn``, ``.kind`` and ``.stochastic``."""
+  """Registry entry of `name` (`saljax._registry.Entry`: family, needs, returns, cost, ...)."""
   return _REGISTRY.entry(name)
 
 

@@ -121,7 +121,9 @@ def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, paddin
   return jnp.broadcast_to(mask[..., None], x.shape)
 
 
-@REGISTRY.register("extremal_perturbation", kind="pixel")
+@REGISTRY.register("extremal_perturbation", family="perturbation", returns="input",
+    evaluations=lambda o, f, x: o["iterations"], backward=True,
+    smoke={"iterations": 4, "area": 0.25, "step": 2, "sigma": 3.0, "max_blur": 3.0})
 def extremal_perturbation(f, x, target, *, key=None, area: float = 0.1, iterations: int = 800,
                           step: int = 7, sigma: float = 21.0, levels: int = 8,
                           max_blur: float = 20.0, variant: str = "preserve", jitter: bool = True,

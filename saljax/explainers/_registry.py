@@ -27,3 +27,16 @@ def require_key(key: Any, method: str) -> jax.Array:
     raise TypeError(
         f"{method}: expected a jax.random key (jax.random.key or PRNGKey), got {V.describe(key)}")
   return key
+
+
+def cost_of(explainer: Any, options: Any, f: Any, x: Any) -> int:
+  """Model evaluations per example of `explainer` (a registered name or
+  function) with `options`; 1 for an unregistered callable (one gradient, the
+  common case, stated rather than guessed at)."""
+  opts = dict(options or {})
+  if isinstance(explainer, str):
+    return REGISTRY.entry(explainer).cost(f, x, **opts)
+  for name in REGISTRY.names():
+    if REGISTRY.get(name) is explainer:
+      return REGISTRY.entry(name).cost(f, x, **opts)
+  return 1

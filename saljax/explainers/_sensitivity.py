@@ -80,7 +80,9 @@ def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
   return _to_image(st.T.reshape(-1, grid, grid), x)
 
 
-@REGISTRY.register("sobol", kind="pixel")
+@REGISTRY.register("sobol", family="sensitivity", returns="input",
+    evaluations=lambda o, f, x: o["designs"] * (o["grid"] ** 2 + 2), backward=False,
+    smoke={"grid": 4, "designs": 4})
 def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any = 0.0,
           output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Sobol attribution (Fel, Cadene, Chalvidal, Cord, Vigouroux, Serre 2021,
@@ -166,7 +168,8 @@ def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
   return _to_image(scores.reshape(-1, grid, grid), x)
 
 
-@REGISTRY.register("hsic", kind="pixel", stochastic=True)
+@REGISTRY.register("hsic", family="sensitivity", returns="input", needs=("key",),
+    evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"grid": 4, "samples": 16})
 def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: Any = 0.0,
          output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
   """HSIC attribution (Novello, Fel, Vigouroux 2022, "Making Sense of

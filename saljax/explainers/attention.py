@@ -127,7 +127,8 @@ def _rollout(f, x, names, grid, head_fusion, discard_ratio, query):
   return rollout[:, query, p:].reshape(x.shape[0], h, w)
 
 
-@REGISTRY.register("attention_rollout", kind="layer")
+@REGISTRY.register("attention_rollout", family="attention", returns="layer", needs=("vit",),
+    evaluations=1, backward=False)
 def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | None = None,
                       head_fusion: str = "mean", discard_ratio: float = 0.0,
                       num_prefix_tokens: int = 1, query_token: int = 0) -> Array:
@@ -166,7 +167,8 @@ def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | No
 # Grad-CAM on ViT tokens.
 
 
-@REGISTRY.register("vit_gradcam", kind="layer")
+@REGISTRY.register("vit_gradcam", family="attention", returns="layer", needs=("vit",),
+    evaluations=1, backward=True)
 def vit_gradcam(f, x, target, *, key=None, layer: Any = None, relu: bool = True,
                 num_prefix_tokens: int = 1) -> Array:
   """Grad-CAM on a ViT (Selvaraju et al. 2017, arXiv:1610.02391, as applied to
@@ -217,7 +219,8 @@ def _token_attention(f, x, query, layer, grid, per_head):
   return maps if per_head else maps.mean(1)
 
 
-@REGISTRY.register("class_token_attention", kind="layer")
+@REGISTRY.register("class_token_attention", family="attention", returns="layer", needs=("vit",),
+    evaluations=1, backward=False)
 def class_token_attention(f, x, target=None, *, key=None, layer: str | None = None,
                           per_head: bool = False, query_token: Any = 0, prompt_offset: int = 0,
                           num_prefix_tokens: int = 1) -> Array:

@@ -41,6 +41,12 @@ Array = jax.Array
 _TINY = 1e-7
 
 
+def _scorecam_evaluations(o, f, x) -> int:
+  """One forward pass for the clean score, then one per channel of the layer."""
+  layer = o["layer"] or f.default_layer
+  return 1 + int(f.activation_shapes(x)[layer].shape[-1])
+
+
 # ----------------------------------------------------------------------------
 # Layer handling shared by every layer method (attention.py uses these too).
 
@@ -299,7 +305,8 @@ _LAYER_ARGS = """
 """
 
 
-@REGISTRY.register("gradcam", kind="layer")
+@REGISTRY.register("gradcam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=True)
 def gradcam(f, x, target, *, key=None, layer=None, relu: bool = True):
   return _run_grad_cam("gradcam", f, x, target, layer, relu)
 
@@ -312,7 +319,8 @@ gradcam.__doc__ = """Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanat
 """ + _LAYER_ARGS
 
 
-@REGISTRY.register("gradcam_plus_plus", kind="layer")
+@REGISTRY.register("gradcam_plus_plus", family="cam", returns="layer", needs=("tapped",),
+    evaluations=1, backward=True)
 def gradcam_plus_plus(f, x, target, *, key=None, layer=None, relu: bool = True):
   return _run_grad_cam("gradcam_plus_plus", f, x, target, layer, relu)
 
@@ -332,7 +340,8 @@ gradcam_plus_plus.__doc__ = """Grad-CAM++ (Chattopadhyay et al. 2018, "Grad-CAM+
 """ + _LAYER_ARGS
 
 
-@REGISTRY.register("xgradcam", kind="layer")
+@REGISTRY.register("xgradcam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=True)
 def xgradcam(f, x, target, *, key=None, layer=None, relu: bool = True):
   return _run_grad_cam("xgradcam", f, x, target, layer, relu)
 
@@ -345,7 +354,8 @@ xgradcam.__doc__ = """XGrad-CAM (Fu et al. 2020, "Axiom-based Grad-CAM: Towards 
 """ + _LAYER_ARGS
 
 
-@REGISTRY.register("layercam", kind="layer")
+@REGISTRY.register("layercam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=True)
 def layercam(f, x, target, *, key=None, layer=None, relu: bool = True):
   return _run_grad_cam("layercam", f, x, target, layer, relu)
 
@@ -358,7 +368,8 @@ layercam.__doc__ = """Layer-CAM (Jiang et al. 2021, "LayerCAM: Exploring Hierarc
 """ + _LAYER_ARGS
 
 
-@REGISTRY.register("hirescam", kind="layer")
+@REGISTRY.register("hirescam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=True)
 def hirescam(f, x, target, *, key=None, layer=None, relu: bool = True):
   return _run_grad_cam("hirescam", f, x, target, layer, relu)
 
@@ -409,7 +420,8 @@ def _eigencam(f, x, names, grids, relu):
   return out
 
 
-@REGISTRY.register("eigencam", kind="layer")
+@REGISTRY.register("eigencam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=False)
 def eigencam(f, x, target=None, *, key=None, layer=None, relu: bool = True):
   x, _, names, single, grids = _prepare_layer(f, x, 0, layer)
   return _output(_eigencam(f, x, names, grids, bool(relu)), names, single)
@@ -460,7 +472,8 @@ def _scorecam(f, x, target, baseline, layer, grid, score, batch_size, relu):
   return jax.nn.relu(m) if relu else m
 
 
-@REGISTRY.register("scorecam", kind="layer")
+@REGISTRY.register("scorecam", family="cam", returns="layer", needs=("tapped",),
+    evaluations=_scorecam_evaluations, backward=False, smoke={"batch_size": 3})
 def scorecam(f, x, target, *, key=None, layer=None, score: str = "probability",
              baseline: Any = None, batch_size: int | None = 32, relu: bool = True):
   """Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations
@@ -584,7 +597,8 @@ def _check_conv_inputs(f, x, names, grids, input_layer, conv):
   return inputs
 
 
-@REGISTRY.register("normgrad", kind="layer")
+@REGISTRY.register("normgrad", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+    backward=True)
 def normgrad(f, x, target, *, key=None, layer=None, variant: str = "identity",
              input_layer: Any = None, kernel_size: Any = 3, strides: Any = 1,
              padding: Any = "SAME", dilation: Any = 1):
@@ -636,7 +650,8 @@ def normgrad(f, x, target, *, key=None, layer=None, variant: str = "identity",
   return _output(_normgrad(f, x, target, names, grids, variant, inputs, conv), names, single)
 
 
-@REGISTRY.register("normgrad_combined", kind="layer")
+@REGISTRY.register("normgrad_combined", family="cam", returns="image", needs=("tapped", "layers"),
+    evaluations=1, backward=True)
 def normgrad_combined(f, x, target, *, key=None, layer=None, variant: str = "identity",
                       mode: str = "product", weights: Sequence[float] | None = None):
   """NormGrad maps of several layers combined into one ``[B, H, W]`` map at the

@@ -31,6 +31,12 @@ from saljax.explainers._registry import REGISTRY, prepare, require_key
 Array = jax.Array
 
 
+def _noise_evaluations(o, f, x) -> int:
+  """Samples times the evaluations of the wrapped explainer."""
+  from saljax.explainers._registry import cost_of
+  return o["samples"] * cost_of(o["explainer"], o["explainer_options"], f, x)
+
+
 def _grad_fn(f: M.Model, compute_dtype: str | None = None) -> Callable[[Array, Array], Array]:
   """``(x, target) -> d f(x)[b, target[b]] / d x`` for every row at once.
 
@@ -72,7 +78,7 @@ def _gradient(f, x, target, absolute, compute_dtype):
   return jnp.abs(g) if absolute else g
 
 
-@REGISTRY.register("gradient", kind="pixel")
+@REGISTRY.register("gradient", family="gradients", returns="input", evaluations=1, backward=True)
 def gradient(f, x, target, *, key=None, absolute: bool = False, compute_dtype=None) -> Array:
   """Input gradient of the target logit (Simonyan et al. 2014, "Deep Inside
   Convolutional Networks", arXiv:1312.6034; Baehrens et al. 2010).
@@ -94,7 +100,8 @@ def gradient(f, x, target, *, key=None, absolute: bool = False, compute_dtype=No
   return _gradient(f, x, target, bool(absolute), _check_dtype(compute_dtype))
 
 
-@REGISTRY.register("absolute_gradient", kind="pixel")
+@REGISTRY.register("absolute_gradient", family="gradients", returns="input", evaluations=1,
+    backward=True)
 def absolute_gradient(f, x, target, *, key=None) -> Array:
   """``|grad|`` of the target logit: `gradient` with ``absolute=True``
   (Simonyan et al. 2014; Captum's `Saliency` default)."""
@@ -106,7 +113,8 @@ def _gradient_x_input(f, x, target):
   return x * _grad_fn(f)(x, target)
 
 
-@REGISTRY.register("gradient_x_input", kind="pixel")
+@REGISTRY.register("gradient_x_input", family="gradients", returns="input", evaluations=1,
+    backward=True)
 def gradient_x_input(f, x, target, *, key=None) -> Array:
   """Gradient times input (Shrikumar et al. 2016, "Not Just a Black Box",
   arXiv:1605.01713). Inputs are in the model's input space (after
@@ -184,7 +192,8 @@ def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size, compu
   return delta * avg
 
 
-@REGISTRY.register("integrated_gradients", kind="pixel")
+@REGISTRY.register("integrated_gradients", family="gradients", returns="input",
+    evaluations=lambda o, f, x: o["steps"], backward=True, smoke={"steps": 4})
 def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps: int = 50,
                          rule: str = "gauss_legendre", batch_size: int | None = None,
                          return_gap: bool = False, compute_dtype=None):
@@ -326,7 +335,8 @@ _NOISE_DOC = """
 """
 
 
-@REGISTRY.register("smoothgrad", kind="pixel", stochastic=True)
+@REGISTRY.register("smoothgrad", family="gradients", returns="input", needs=("key",),
+    evaluations=_noise_evaluations, backward=True, smoke={"samples": 4})
 def smoothgrad(f, x, target, *, key=None, explainer: Any = "gradient", samples: int = 50,
                noise_level: float = 0.15, noise: str = "relative", batch_size: int | None = None,
                explainer_options: dict | None = None) -> Array:
@@ -340,7 +350,8 @@ smoothgrad.__doc__ = ("""SmoothGrad: the mean map over noisy inputs (Smilkov et 
 """ + _NOISE_DOC)
 
 
-@REGISTRY.register("squaregrad", kind="pixel", stochastic=True)
+@REGISTRY.register("squaregrad", family="gradients", returns="input", needs=("key",),
+    evaluations=_noise_evaluations, backward=True, smoke={"samples": 4})
 def squaregrad(f, x, target, *, key=None, explainer: Any = "gradient", samples: int = 50,
                noise_level: float = 0.15, noise: str = "relative", batch_size: int | None = None,
                explainer_options: dict | None = None) -> Array:
@@ -355,7 +366,8 @@ squaregrad.__doc__ = ("""SmoothGrad-Squared: the mean of squared maps over noisy
 """ + _NOISE_DOC)
 
 
-@REGISTRY.register("vargrad", kind="pixel", stochastic=True)
+@REGISTRY.register("vargrad", family="gradients", returns="input", needs=("key",),
+    evaluations=_noise_evaluations, backward=True, smoke={"samples": 4})
 def vargrad(f, x, target, *, key=None, explainer: Any = "gradient", samples: int = 50,
             noise_level: float = 0.15, noise: str = "relative", batch_size: int | None = None,
             explainer_options: dict | None = None) -> Array:
@@ -406,7 +418,9 @@ def _check_references(references, x):
   return V.check_input(references, name="references").astype(x.dtype)
 
 
-@REGISTRY.register("expected_gradients", kind="pixel", stochastic=True)
+@REGISTRY.register("expected_gradients", family="gradients", returns="input",
+    needs=("key", "references"), evaluations=lambda o, f, x: o["samples"], backward=True,
+    smoke={"samples": 4})
 def expected_gradients(f, x, target, *, key=None, references=None, samples: int = 50,
                        batch_size: int | None = None) -> Array:
   """Expected gradients (Erion et al. 2021, "Improving performance of deep
@@ -432,7 +446,9 @@ def expected_gradients(f, x, target, *, key=None, references=None, samples: int 
                              V.check_batch_size(batch_size))
 
 
-@REGISTRY.register("gradient_shap", kind="pixel", stochastic=True)
+@REGISTRY.register("gradient_shap", family="gradients", returns="input",
+    needs=("key", "references"), evaluations=lambda o, f, x: o["samples"], backward=True,
+    smoke={"samples": 4})
 def gradient_shap(f, x, target, *, key=None, references=None, samples: int = 5,
                   stdev: float = 0.0, batch_size: int | None = None) -> Array:
   """GradientSHAP (Lundberg and Lee 2017, "A Unified Approach to Interpreting
@@ -513,7 +529,8 @@ def _guided_ig(f, x, target, baseline, steps, fraction, max_dist, max_inner):
   return jax.vmap(single)(x, baseline, target)
 
 
-@REGISTRY.register("guided_ig", kind="pixel")
+@REGISTRY.register("guided_ig", family="gradients", returns="input",
+    evaluations=lambda o, f, x: o["steps"], backward=True, smoke={"steps": 4})
 def guided_ig(f, x, target, *, key=None, baseline: Any = None, steps: int = 200,
               fraction: float = 0.25, max_dist: float = 0.02) -> Array:
   """Guided Integrated Gradients (Kapishnikov et al. 2021, "Guided Integrated
@@ -565,7 +582,8 @@ def _blur_ig(f, x, target, steps, max_sigma, grad_step, sqrt, batch_size):
   return -total
 
 
-@REGISTRY.register("blur_ig", kind="pixel")
+@REGISTRY.register("blur_ig", family="gradients", returns="input",
+    evaluations=lambda o, f, x: o["steps"], backward=True, smoke={"steps": 4, "max_sigma": 2.0})
 def blur_ig(f, x, target, *, key=None, max_sigma: float = 50.0, steps: int = 100,
             grad_step: float = 0.01, sqrt: bool = False, batch_size: int | None = None) -> Array:
   """Blur Integrated Gradients (Xu, Venugopalan, Sundararajan 2020,

@@ -34,6 +34,23 @@ Array = jax.Array
 DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() evaluations
 
 
+def _occlusion_evaluations(o, f, x) -> int:
+  """The clean forward pass and one per window."""
+  return 1 + len(_occlusion_starts(x.shape, o["window"], o["stride"])[0])
+
+
+def _kernel_shap_evaluations(o, f, x) -> int:
+  """The empty and the full coalition, then `samples` (all 2^M with `exact`)."""
+  m = MK.feature_groups(x, o["segments"], o["segmentation_options"])[2]
+  return 2 ** m if o["exact"] else o["samples"] + 2
+
+
+def _shapley_evaluations(o, f, x) -> int:
+  """Each permutation walks from the empty to the full coalition: M + 1 evaluations."""
+  m = MK.feature_groups(x, o["segments"], o["segmentation_options"])[2]
+  return o["samples"] * (m + 1)
+
+
 def _pair(v: Any, name: str) -> tuple[int, int]:
   if isinstance(v, (tuple, list)):
     if len(v) != 2:
@@ -78,7 +95,19 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
   return np.arange(0, size - window + 1, stride)
 
 
-@REGISTRY.register("occlusion", kind="pixel")
+def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, int]]:
+  """Top-left corners ``[N, 2]`` of the occluding windows, and the window size."""
+  h, w = shape[1:3]
+  win = _pair(window, "window") if window is not None else (max(1, h // 8), max(1, w // 8))
+  if win[0] > h or win[1] > w:
+    raise ValueError(f"window: expected at most the image size ({h}, {w}), got {win}")
+  st = _pair(stride, "stride") if stride is not None else (max(1, win[0] // 2), max(1, win[1] // 2))
+  ri, ci = window_starts(h, win[0], st[0]), window_starts(w, win[1], st[1])
+  return np.stack(np.meshgrid(ri, ci, indexing="ij"), -1).reshape(-1, 2).astype(np.int32), win
+
+
+@REGISTRY.register("occlusion", family="perturbation", returns="input",
+    evaluations=_occlusion_evaluations, backward=False, smoke={"window": 4, "stride": 4})
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
               fill: Any = 0.0, blur_sigma: float = 10.0, output: str = "logit",
               batch_size: int | None = DEFAULT_BATCH) -> Array:
@@ -108,13 +137,7 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "occlusion")
   MK.check_output(output)
-  h, w = x.shape[1:3]
-  win = _pair(window, "window") if window is not None else (max(1, h // 8), max(1, w // 8))
-  if win[0] > h or win[1] > w:
-    raise ValueError(f"window: expected at most the image size ({h}, {w}), got {win}")
-  st = _pair(stride, "stride") if stride is not None else (max(1, win[0] // 2), max(1, win[1] // 2))
-  ri, ci = window_starts(h, win[0], st[0]), window_starts(w, win[1], st[1])
-  starts = np.stack(np.meshgrid(ri, ci, indexing="ij"), -1).reshape(-1, 2).astype(np.int32)
+  starts, win = _occlusion_starts(x.shape, window, stride)
   fillv = MK.fill_values(x, fill, blur_sigma=blur_sigma)
   return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, output,
                     V.check_batch_size(batch_size))
@@ -160,7 +183,8 @@ def _rise(f, x, target, key, fill, p, masks, cells, output, batch_size):
   return _to_x(total / (masks * p), x)
 
 
-@REGISTRY.register("rise", kind="pixel", stochastic=True)
+@REGISTRY.register("rise", family="perturbation", returns="input", needs=("key",),
+    evaluations=lambda o, f, x: o["masks"], backward=False, smoke={"masks": 16, "cells": 4})
 def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float = 0.5,
          fill: Any = 0.0, output: str = "probability",
          batch_size: int | None = DEFAULT_BATCH) -> Array:
@@ -251,7 +275,8 @@ def _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma):
   return labels, jnp.asarray(counts, jnp.int32), m, fillv
 
 
-@REGISTRY.register("lime", kind="pixel", stochastic=True)
+@REGISTRY.register("lime", family="perturbation", returns="input", needs=("key", "segments"),
+    evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"samples": 16})
 def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quickshift",
          segmentation_options: dict | None = None, fill: Any = "mean", blur_sigma: float = 10.0,
          kernel_width: float = 0.25, alpha: float = 1.0, output: str = "probability",
@@ -367,7 +392,8 @@ def _constrained_wls(z, y, w, valid, last, f_x, f_0):
   return sol.at[last].set(delta - sol.sum())
 
 
-@REGISTRY.register("kernel_shap", kind="pixel", stochastic=True)
+@REGISTRY.register("kernel_shap", family="perturbation", returns="input", needs=("key", "segments"),
+    evaluations=_kernel_shap_evaluations, backward=False, smoke={"samples": 16})
 def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = False,
                 segments: Any = "slic", segmentation_options: dict | None = None,
                 fill: Any = 0.0, blur_sigma: float = 10.0, output: str = "logit",
@@ -442,7 +468,9 @@ def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, outpu
   return MK.expand_map(phi.mean(0), labels)
 
 
-@REGISTRY.register("shapley_sampling", kind="pixel", stochastic=True)
+@REGISTRY.register("shapley_sampling", family="perturbation", returns="input",
+    needs=("key", "segments"), evaluations=_shapley_evaluations, backward=False,
+    smoke={"samples": 2})
 def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any = "slic",
                      segmentation_options: dict | None = None, fill: Any = 0.0,
                      blur_sigma: float = 10.0, output: str = "logit",

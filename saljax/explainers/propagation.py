@@ -588,7 +588,8 @@ def _modified_gradient(f, x, target, mode):
   return _modified_vjp(f, x, target, mode)
 
 
-@REGISTRY.register("guided_backprop", kind="pixel")
+@REGISTRY.register("guided_backprop", family="propagation", returns="input", evaluations=1,
+    backward=True)
 def guided_backprop(f, x, target, *, key=None) -> Array:
   """Guided backpropagation (Springenberg et al. 2015, "Striving for Simplicity:
   The All Convolutional Net", arXiv:1412.6806).
@@ -605,7 +606,7 @@ def guided_backprop(f, x, target, *, key=None) -> Array:
   return _modified_gradient(f, x, target, "guided")
 
 
-@REGISTRY.register("deconvnet", kind="pixel")
+@REGISTRY.register("deconvnet", family="propagation", returns="input", evaluations=1, backward=True)
 def deconvnet(f, x, target, *, key=None) -> Array:
   """Deconvnet (Zeiler and Fergus 2014, "Visualizing and Understanding
   Convolutional Networks", arXiv:1311.2901), as a modified gradient: every
@@ -624,7 +625,7 @@ def _deeplift(f, x, target, reference):
   return (x - reference) * g
 
 
-@REGISTRY.register("deeplift", kind="pixel")
+@REGISTRY.register("deeplift", family="propagation", returns="input", evaluations=2, backward=True)
 def deeplift(f, x, target, *, key=None, baseline: Any = None, return_delta: bool = False):
   """DeepLIFT with the rescale rule (Shrikumar, Greenside, Kundaje 2017,
   "Learning Important Features Through Propagating Activation Differences",
@@ -673,7 +674,7 @@ def _lrp(f, x, target, rules):
   return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
 
 
-@REGISTRY.register("lrp", kind="pixel")
+@REGISTRY.register("lrp", family="propagation", returns="input", evaluations=1, backward=True)
 def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float | None = None,
         return_delta: bool = False):
   """Layer-wise relevance propagation (Bach et al. 2015, "On Pixel-Wise

@@ -31,6 +31,19 @@ Array = jax.Array
 XRAI_SCALES = (50, 100, 150, 250, 500, 1200)
 
 
+def _xrai_evaluations(o, f, x) -> int:
+  """Integrated gradients from a black and a white baseline, unless a map is given."""
+  return 0 if o["attribution"] is not None else 2 * o["steps"]
+
+
+def _lima_evaluations(o, f, x) -> int:
+  """Per iteration, the forward candidates and the backward shortlist, each
+  scored on the kept and on the removed regions."""
+  m = MK.feature_groups(x, o["segments"], o["segmentation_options"])[2]
+  pending = m if o["pending"] is None else o["pending"]
+  return bidirectional_iterations(m, pending) * (m + min(pending, m)) * 2
+
+
 def xrai_segments(x: Array, *, scales=XRAI_SCALES, sigma: float = 0.8, min_size: int = 150,
                   dilation: int = 5, resize: tuple[int, int] | None = (224, 224)) -> np.ndarray:
   """XRAI's multi-scale Felzenszwalb masks, ``[B, K, H, W]`` bool (padded with empty masks).
@@ -114,7 +127,8 @@ def _xrai_greedy(attr, masks, min_pixel_diff, area_threshold):
   return jnp.where(rest, rest_mean, out)
 
 
-@REGISTRY.register("xrai", kind="pixel")
+@REGISTRY.register("xrai", family="regions", returns="input", evaluations=_xrai_evaluations,
+    backward=True, smoke={"steps": 4, "resize": None, "scales": (50, 100)})
 def xrai(f, x, target, *, key=None, attribution: Any = None, segments: Any = None,
          steps: int = 100, batch_size: int | None = None, min_pixel_diff: int = 50,
          area_threshold: float = 1.0, scales=XRAI_SCALES, resize: tuple[int, int] | None = (224, 224),
@@ -433,7 +447,8 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
   return out
 
 
-@REGISTRY.register("lima", kind="pixel")
+@REGISTRY.register("lima", family="regions", returns="input", needs=("segments",),
+    evaluations=_lima_evaluations, backward=False, smoke={"pending": 4})
 def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options: dict | None = None,
          fill: Any = 0.0, pending: int | None = 12, consistency: float = 20.0,
          collaboration: float = 5.0, confidence: float = 0.01, effectiveness: float = 0.0,

@@ -10,9 +10,9 @@ from saljax.metrics import (  # noqa: F401
     contrastive, faithfulness, localization, randomization, removal, robustness, simplicity)
 
 
-def names(kind=None):
-  """Registered metric names (optionally of one family, e.g. ``kind="faithfulness"``)."""
-  return _REGISTRY.names(kind)
+def names(family=None):
+  """Registered metric names (optionally of one family, e.g. ``family="faithfulness"``)."""
+  return _REGISTRY.names(family)
 
 
 def get(name):
@@ -21,7 +21,7 @@ def get(name):
 
 
 def entry(name):
-  """Registry entry of `name`."""
+  """Registry entry of `name` (`saljax._registry.Entry`: family, needs, direction, cost, ...)."""
   return _REGISTRY.entry(name)
 
 

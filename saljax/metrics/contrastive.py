@@ -220,7 +220,9 @@ def _mean_group(group, batch, n, name):
   return m / m.sum(1, keepdims=True)
 
 
-@REGISTRY.register("contrastive_class_score", kind="contrastive")
+@REGISTRY.register("contrastive_class_score", family="contrastive", returns="curve",
+    needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
+    smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=None,
                             alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
   """CCS, contrastive x class (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC over alpha of ``p_a(x_alpha) - p_b(x_alpha)``
@@ -242,7 +244,9 @@ def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=Non
   return _run("contrastive_class_score", f, x, attribution, target, key, alphas, fill, batch_size, uv)
 
 
-@REGISTRY.register("class_group_contrastivity", kind="contrastive")
+@REGISTRY.register("class_group_contrastivity", family="contrastive", returns="curve",
+    needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
+    smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None, alphas=ALPHAS,
                               fill: Any = "zeros", batch_size: int | None = None):
   """CGC, contrastive x class-vs-group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of
@@ -263,7 +267,9 @@ def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None
               batch_size, uv)
 
 
-@REGISTRY.register("pointwise_group_score", kind="contrastive")
+@REGISTRY.register("pointwise_group_score", family="contrastive", returns="curve",
+    needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
+    smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, key=None,
                           alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
   """PGS, pointwise x group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of ``mean_{k in G_A}(p_k(x) - p_k(x_alpha))``,
@@ -282,7 +288,9 @@ def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, 
   return _run("pointwise_group_score", f, x, attribution, target, key, alphas, fill, batch_size, uv)
 
 
-@REGISTRY.register("contrastive_group_score", kind="contrastive")
+@REGISTRY.register("contrastive_group_score", family="contrastive", returns="curve",
+    needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
+    smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def contrastive_group_score(f, x, attribution, target="predicted", *, group=None,
                             contrast_group=None, key=None, alphas=ALPHAS, fill: Any = "zeros",
                             batch_size: int | None = None):

@@ -39,6 +39,36 @@ from saljax.metrics._registry import REGISTRY
 Array = jax.Array
 
 
+def _curve_evaluations(o, f, x) -> int:
+  """The clean input and one evaluation per step."""
+  p = _check_patch(o["patch_size"], x)
+  segments, num_segments = _check_segments(o.get("segments"), x, p)
+  steps = o["steps"]
+  if steps is None:
+    steps = num_segments if segments is not None else _check_steps(None, x, p)
+  return steps + 1
+
+
+def _default_n_values(x) -> np.ndarray:
+  n_feat = int(np.prod(C.feature_shape(x)[1:]))
+  return np.unique(np.geomspace(1, max(1, int(0.8 * n_feat)), 10).astype(int))
+
+
+def _morf_lower(o) -> str:
+  """Removing the most relevant first: lower is better; the least relevant: higher."""
+  return "lower" if o["order"] == "morf" else "higher"
+
+
+def _sensitivity_n_evaluations(o, f, x) -> int:
+  """The clean input, then `samples` subsets per size."""
+  n_values = o["n_values"]
+  if n_values is None:
+    n_values = _default_n_values(x)
+  elif isinstance(n_values, (int, np.integer)):
+    n_values = (n_values,)
+  return 1 + len(n_values) * o["samples"]
+
+
 # ----------------------------------------------------------------------------
 # Ranking units (pixels or square patches).
 
@@ -174,7 +204,8 @@ def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_
                              insert, score, batch_size, num_segments)
 
 
-@REGISTRY.register("deletion", kind="faithfulness")
+@REGISTRY.register("deletion", family="faithfulness", returns="curve",
+    evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction="lower")
 def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "zeros",
              patch_size: int = 1, segments=None, score: str = "probability",
              batch_size: int | None = None):
@@ -216,7 +247,8 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
                        insert=False, segments=segments)
 
 
-@REGISTRY.register("insertion", kind="faithfulness")
+@REGISTRY.register("insertion", family="faithfulness", returns="curve",
+    evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction="higher")
 def insertion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "blur",
               blur_sigma: float = 5.0, patch_size: int = 1, segments=None,
               score: str = "probability", batch_size: int | None = None):
@@ -232,7 +264,8 @@ def insertion(f, x, attribution, target, *, key=None, steps: int | None = None, 
                        insert=True, blur_sigma=blur_sigma, segments=segments)
 
 
-@REGISTRY.register("pixel_flipping", kind="faithfulness")
+@REGISTRY.register("pixel_flipping", family="faithfulness", returns="curve",
+    evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction=_morf_lower)
 def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
                    steps: int | None = None, fill: Any = "zeros", patch_size: int = 1,
                    segments=None, score: str = "probability", batch_size: int | None = None):
@@ -251,7 +284,9 @@ def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
                        insert=False, segments=segments)
 
 
-@REGISTRY.register("area_between_curves", kind="faithfulness")
+@REGISTRY.register("area_between_curves", family="faithfulness", returns="curve",
+    evaluations=lambda o, f, x: 2 * _curve_evaluations(o, f, x), backward=False, smoke={"steps": 8},
+    direction="higher")
 def area_between_curves(f, x, attribution, target, *, key=None, steps: int | None = None,
                         fill: Any = "zeros", patch_size: int = 1, score: str = "probability",
                         batch_size: int | None = None):
@@ -342,7 +377,9 @@ def _road(f, x, fmap, target, key, noise, counts, descending, score, batch_size,
 ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
 
 
-@REGISTRY.register("road", kind="faithfulness", stochastic=True)
+@REGISTRY.register("road", family="faithfulness", returns="curve", needs=("key",),
+    evaluations=lambda o, f, x: len(o["percentages"]), backward=False,
+    smoke={"percentages": (0.2, 0.5)}, direction=_morf_lower)
 def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, order: str = "morf",
          noise: float = 0.01, score: str = "accuracy", batch_size: int | None = None,
          maxiter: int | None = None):
@@ -423,7 +460,9 @@ def _subset_correlation(f, x, fmap, base, target, key, n_values, samples, score,
   return C.pearson(sums, drops, axis=1).T
 
 
-@REGISTRY.register("faithfulness_correlation", kind="faithfulness", stochastic=True)
+@REGISTRY.register("faithfulness_correlation", family="faithfulness", returns="scores",
+    needs=("key",), evaluations=lambda o, f, x: o["samples"] + 1, backward=False,
+    smoke={"samples": 8, "subset_size": 16}, direction="higher")
 def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size: int | None = None,
                              samples: int = 100, baseline: Any = "zeros", score: str = "logit",
                              batch_size: int | None = None):
@@ -467,7 +506,9 @@ def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size
                              batch_size)[:, 0]
 
 
-@REGISTRY.register("sensitivity_n", kind="faithfulness", stochastic=True)
+@REGISTRY.register("sensitivity_n", family="faithfulness", returns="curve", needs=("key",),
+    evaluations=_sensitivity_n_evaluations, backward=False, smoke={"samples": 8},
+    direction="higher")
 def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples: int = 100,
                   baseline: Any = "zeros", score: str = "logit", batch_size: int | None = None):
   """Sensitivity-n (Ancona, Ceolini, Oztireli, Gross 2018, "Towards Better
@@ -495,7 +536,7 @@ def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples
   C.check_score(score)
   n_feat = int(np.prod(C.feature_shape(x)[1:]))
   if n_values is None:
-    n_values = np.unique(np.geomspace(1, max(1, int(0.8 * n_feat)), 10).astype(int))
+    n_values = _default_n_values(x)
   if isinstance(n_values, (int, np.integer)):
     n_values = (n_values,)
   n_values = tuple(V.check_positive_int(int(n), "n_values") if isinstance(n, (np.integer,))
@@ -537,7 +578,9 @@ def _infidelity(f, x, attr, target, key, noise_scale, samples, normalize, batch_
   return jnp.maximum(beta * beta * m[0] - 2 * beta * m[1] + m[2], 0.0)
 
 
-@REGISTRY.register("infidelity", kind="faithfulness", stochastic=True)
+@REGISTRY.register("infidelity", family="faithfulness", returns="scores", needs=("key",),
+    evaluations=lambda o, f, x: o["samples"] + 1, backward=False, smoke={"samples": 4},
+    direction="lower")
 def infidelity(f, x, attribution, target, *, key=None, noise_scale: float = 0.1, samples: int = 10,
                normalize: bool = False, batch_size: int | None = None):
   """Infidelity (Yeh, Hsieh, Suggala, Inouye, Ravikumar 2019, "On the (In)fidelity

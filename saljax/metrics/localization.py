@@ -95,7 +95,8 @@ def _pointing(m, gt, key, tolerance):
   return (gt & near).any((1, 2)).astype(jnp.float32)
 
 
-@REGISTRY.register("pointing_game", kind="localization")
+@REGISTRY.register("pointing_game", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
 def pointing_game(f, x, attribution, target=None, *, key=None, mask=None, boxes=None,
                   tolerance: float = 15.0):
   """Pointing game (Zhang, Bargal, Lin, Brandt, Shen, Sclaroff 2016/2018,
@@ -141,7 +142,8 @@ def _mass(m, gt):
   return jnp.where(total > 0, (pos * g).sum(1) / jnp.where(total > 0, total, 1.0), area)
 
 
-@REGISTRY.register("energy_pointing_game", kind="localization")
+@REGISTRY.register("energy_pointing_game", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
 def energy_pointing_game(f, x, attribution, target=None, *, key=None, mask=None, boxes=None):
   """Energy-based pointing game (Wang et al. 2020, "Score-CAM: Score-Weighted
   Visual Explanations for Convolutional Neural Networks", CVPR-W,
@@ -159,7 +161,8 @@ def energy_pointing_game(f, x, attribution, target=None, *, key=None, mask=None,
   return _mass(m, gt)
 
 
-@REGISTRY.register("relevance_mass", kind="localization")
+@REGISTRY.register("relevance_mass", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
 def relevance_mass(f, x, attribution, target=None, *, key=None, mask=None, boxes=None):
   """Relevance mass accuracy (Arras, Osman, Samek 2022, "CLEVR-XAI: A Benchmark
   Dataset for the Ground Truth Evaluation of Neural Network Explanations",
@@ -182,7 +185,8 @@ def _top_in_mask(m, gt, k, key):
   return (top & g).sum(1) / jnp.maximum(k, 1)
 
 
-@REGISTRY.register("relevance_rank", kind="localization")
+@REGISTRY.register("relevance_rank", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
 def relevance_rank(f, x, attribution, target=None, *, key=None, mask=None, boxes=None):
   """Relevance rank accuracy (Arras, Osman, Samek 2022, arXiv:2003.07258): with
   ``K`` the ground-truth size, the fraction of the ``K`` highest-ranked
@@ -198,7 +202,8 @@ def relevance_rank(f, x, attribution, target=None, *, key=None, mask=None, boxes
   return _top_in_mask(m, gt, k, key)
 
 
-@REGISTRY.register("top_k_intersection", kind="localization")
+@REGISTRY.register("top_k_intersection", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
 def top_k_intersection(f, x, attribution, target=None, *, key=None, mask=None, boxes=None,
                        k: int | None = None):
   """Top-k intersection (Theiner, Mueller-Budack, Ewerth 2022, "Interpretable
@@ -226,7 +231,8 @@ def _localisation(m, gt, weighted):
   return jnp.where(weighted, mu / area, mu)
 
 
-@REGISTRY.register("attribution_localisation", kind="localization")
+@REGISTRY.register("attribution_localisation", family="localization", returns="scores",
+    needs=("mask",), evaluations=0, backward=False, direction="higher")
 def attribution_localisation(f, x, attribution, target=None, *, key=None, mask=None, boxes=None,
                              weighted: bool = False):
   """Attribution localisation (Kohlbrenner, Bauer, Nakajima, Binder, Samek,

@@ -41,6 +41,40 @@ Array = jax.Array
 MODES = ("cascading", "independent")
 
 
+def _explainer_cost(o, f, x) -> int:
+  from saljax.explainers._registry import cost_of
+  return cost_of(o["explainer"], o["explainer_options"], f, x)
+
+
+# Metric costs count what the metric adds to a given attribution (passing
+# attribution=None adds the explainer's cost once).
+
+
+def _random_logit_evaluations(o, f, x) -> int:
+  """The map of a random class."""
+  return _explainer_cost(o, f, x)
+
+
+def _class_sensitivity_evaluations(o, f, x) -> int:
+  """A forward pass for the least likely class and its map."""
+  return 1 + _explainer_cost(o, f, x)
+
+
+def _data_randomization_evaluations(o, f, x) -> int:
+  """The random model's map, and its prediction when its target is its own."""
+  return _explainer_cost(o, f, x) + (isinstance(o["random_target"], str)
+                                     and o["random_target"] == "predicted")
+
+
+def _parameter_randomization_evaluations(o, f, x) -> int:
+  """One map per randomized layer (`f` is the model function, `o["params"]` its parameters)."""
+  layers = o["layers"]
+  if layers is None:
+    layers = layer_names(o["params"])
+  n = 1 if isinstance(layers, str) else len(layers)
+  return n * _explainer_cost(o, f, x)
+
+
 def truncated_normal_init(key, leaf: Array, std: float = 0.01) -> Array:
   """Adebayo et al.'s re-initialization (App. B, MNIST CNN): truncated normal
   (at 2 std), mean 0, std 0.01, for every parameter of the layer."""
@@ -119,7 +153,9 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
   return {"score": curve.mean(1), "curve": curve}
 
 
-@REGISTRY.register("model_parameter_randomization", kind="randomization", stochastic=True)
+@REGISTRY.register("model_parameter_randomization", family="randomization", returns="curve",
+    needs=("key", "explainer", "params"), evaluations=_parameter_randomization_evaluations,
+    backward=True, direction="lower")
 def model_parameter_randomization(model_fn, x, attribution, target, *, params=None, key=None,
                                   explainer=None, explainer_options=None, mode: str = "cascading",
                                   layers: Sequence[str] | None = None,
@@ -228,7 +264,9 @@ def _prepare_comparison(name, f, x, target, key, explainer, explainer_options, s
   return model, f, x, target, key, explainer, options
 
 
-@REGISTRY.register("random_logit", kind="randomization", stochastic=True)
+@REGISTRY.register("random_logit", family="randomization", returns="scores",
+    needs=("key", "explainer"), evaluations=_random_logit_evaluations, backward=True,
+    direction="lower")
 def random_logit(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
                  similarity: str = "ssim", absolute: bool = False):
   """Random logit test (Sixt, Granz, Landgraf 2020, arXiv:1912.09818; Quantus
@@ -258,7 +296,9 @@ def random_logit(f, x, attribution, target, *, key=None, explainer=None, explain
                           similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
 
 
-@REGISTRY.register("class_sensitivity", kind="randomization", stochastic=False)
+@REGISTRY.register("class_sensitivity", family="randomization", returns="scores",
+    needs=("explainer",), evaluations=_class_sensitivity_evaluations, backward=True,
+    direction="lower")
 def class_sensitivity(f, x, attribution=None, target="predicted", *, key=None, explainer=None,
                       explainer_options=None, similarity: str = "spearman",
                       absolute: bool = False):
@@ -292,7 +332,9 @@ def _argmin(f, x):
   return jnp.argmin(f(x), -1).astype(jnp.int32)
 
 
-@REGISTRY.register("data_randomization", kind="randomization", stochastic=False)
+@REGISTRY.register("data_randomization", family="randomization", returns="scores",
+    needs=("explainer", "random_model"), evaluations=_data_randomization_evaluations, backward=True,
+    direction="lower")
 def data_randomization(f, x, attribution, target, *, random_model=None,
                        random_target="predicted", key=None, explainer=None,
                        explainer_options=None, similarity: str = "spearman",

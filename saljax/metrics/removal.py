@@ -101,7 +101,8 @@ def _correct(f, x, target):
   return (jnp.argmax(f(x), -1) == target).astype(jnp.float32)
 
 
-@REGISTRY.register("roar", kind="roar")
+@REGISTRY.register("roar", family="removal", returns="scores", evaluations=1, backward=False,
+    smoke={"fraction": 0.3}, direction=lambda o: "lower" if o["remove"] == "top" else "higher")
 def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: str = "top",
          fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False):
   """ROAR score of a (retrained) model (Hooker et al. 2019, arXiv:1806.10758):
@@ -121,7 +122,8 @@ def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: 
   return _correct(f, masked, target)
 
 
-@REGISTRY.register("diffroar", kind="roar")
+@REGISTRY.register("diffroar", family="removal", returns="scores", evaluations=2, backward=False,
+    smoke={"fraction": 0.3}, direction="higher")
 def diffroar(f, x, attribution, target, *, key=None, fraction: float = 0.5, f_bottom=None,
              fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False):
   """DiffROAR per example (Shah, Jain, Netrapalli 2021, arXiv:2102.12781):

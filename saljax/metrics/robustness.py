@@ -31,6 +31,17 @@ Array = jax.Array
 KINDS = ("max_sensitivity", "local_lipschitz", "relative_input_stability")
 
 
+def _stability_evaluations(o, f, x) -> int:
+  """The prediction, then one explanation per sample (relative input stability
+  also predicts each perturbed input)."""
+  from saljax.explainers._registry import cost_of
+  return 1 + o["samples"] * cost_of(o["explainer"], o["explainer_options"], f, x)
+
+
+def _relative_stability_evaluations(o, f, x) -> int:
+  return _stability_evaluations(o, f, x) + o["samples"]
+
+
 def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, tuple]:
   """Validates the explainer argument (a callable or a registered name, as the
   noise wrappers take); returns it and its options as a static tuple."""
@@ -137,7 +148,9 @@ def _run(kind, f, x, attribution, target, key, explainer, explainer_options, rad
                     batch_size=batch_size)
 
 
-@REGISTRY.register("max_sensitivity", kind="robustness", stochastic=True)
+@REGISTRY.register("max_sensitivity", family="robustness", returns="scores",
+    needs=("key", "explainer"), evaluations=_stability_evaluations, backward=True,
+    smoke={"samples": 3}, direction="lower")
 def max_sensitivity(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
                     radius: float = 0.02, samples: int = 10, batch_size: int | None = None):
   """Max-sensitivity (Yeh, Hsieh, Suggala, Inouye, Ravikumar 2019, "On the
@@ -165,7 +178,9 @@ def max_sensitivity(f, x, attribution, target, *, key=None, explainer=None, expl
               radius, samples, batch_size)
 
 
-@REGISTRY.register("local_lipschitz", kind="robustness", stochastic=True)
+@REGISTRY.register("local_lipschitz", family="robustness", returns="scores",
+    needs=("key", "explainer"), evaluations=_stability_evaluations, backward=True,
+    smoke={"samples": 3}, direction="lower")
 def local_lipschitz(f, x, attribution, target, *, key=None, explainer=None, explainer_options=None,
                     std: float = 0.1, samples: int = 200, batch_size: int | None = None):
   """Local Lipschitz estimate (Alvarez-Melis, Jaakkola 2018, "On the Robustness
@@ -183,7 +198,9 @@ def local_lipschitz(f, x, attribution, target, *, key=None, explainer=None, expl
               std, samples, batch_size)
 
 
-@REGISTRY.register("relative_input_stability", kind="robustness", stochastic=True)
+@REGISTRY.register("relative_input_stability", family="robustness", returns="scores",
+    needs=("key", "explainer"), evaluations=_relative_stability_evaluations, backward=True,
+    smoke={"samples": 3}, direction="lower")
 def relative_input_stability(f, x, attribution, target, *, key=None, explainer=None,
                              explainer_options=None, radius: float = 0.2, samples: int = 200,
                              eps: float = 1e-6, batch_size: int | None = None):

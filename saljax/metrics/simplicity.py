@@ -34,7 +34,8 @@ def _gini(m):
   return jnp.where(total > 0, g, 0.0)
 
 
-@REGISTRY.register("sparseness", kind="complexity")
+@REGISTRY.register("sparseness", family="complexity", returns="scores", evaluations=0,
+    backward=False, direction="higher")
 def sparseness(f, x, attribution, target=None, *, key=None):
   """Sparseness as the Gini index of ``|a|`` (Chalasani, Chen, Chowdhury, Wu,
   Jha 2020, "Concise Explanations of Neural Networks using Adversarial
@@ -58,7 +59,8 @@ def _entropy(m):
   return -(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)).sum(1)
 
 
-@REGISTRY.register("complexity", kind="complexity")
+@REGISTRY.register("complexity", family="complexity", returns="scores", evaluations=0,
+    backward=False, direction="lower")
 def complexity(f, x, attribution, target=None, *, key=None):
   """Complexity as the entropy of the attribution distribution (Bhatt,
   Weller, Moura 2020, "Evaluating and Aggregating Feature-based Model
@@ -79,7 +81,8 @@ def _effective(m, eps):
   return (m > eps).sum(1).astype(jnp.float32)
 
 
-@REGISTRY.register("effective_complexity", kind="complexity")
+@REGISTRY.register("effective_complexity", family="complexity", returns="scores", evaluations=0,
+    backward=False, direction="lower")
 def effective_complexity(f, x, attribution, target=None, *, key=None, eps: float = 1e-5):
   """Effective complexity (Nguyen, Martinez 2020, "On Quantitative Aspects of
   Model Interpretability", arXiv:2007.07584; Quantus `EffectiveComplexity`):

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import saljax
 from experiments import _common as C
 from experiments import evaluate, explain, train
 from experiments.configs import blockmnist_standard
@@ -101,6 +102,10 @@ def test_evaluate_writes_tables(explained):
     s = np.load(os.path.join(wd, "scores", f"{method}__{metric}.npy"))
     assert s.shape == (10,)
     np.testing.assert_allclose(r["mean"], s.mean())
+    # The direction comes from the registry and follows the options.
+    assert r["better"] == saljax.metrics.entry(metric).better(
+        **(tiny().evaluate.options.get(metric, {}) or {})), (metric, r)
+  assert rows[next(k for k in rows if k[1] == "deletion")]["better"] == "lower"
   with open(os.path.join(wd, "results.csv")) as fh:
     assert len(list(csv.DictReader(fh))) == 9
   md = open(os.path.join(wd, "results.md")).read()

@@ -43,7 +43,7 @@ def test_roar_and_diffroar_on_region_model(region):
   d_rand = R.diffroar(f2, x2 + 1.0, outside, t, fraction=4 / 64)
   np.testing.assert_array_equal(d_good, 1.0)   # top-4 kept: the region, still class 0
   np.testing.assert_array_equal(d_rand, -1.0)  # keeps the wrong pixels
-  assert "roar" in saljax.metrics.names("roar") and "diffroar" in saljax.metrics.names("roar")
+  assert "roar" in saljax.metrics.names("removal") and "diffroar" in saljax.metrics.names("removal")
 
 
 def test_errors(region):
