@@ -3,17 +3,35 @@ r"""Throughput, compile time and peak memory of explainers and metrics.
     python -m experiments.benchmark --model=efficientnet_lite0 --batch=8 \
         --methods=gradient,integrated_gradients,smoothgrad --compare=captum --out=runs/bench.jsonl
 
-For each method it writes one JSON line with ``method, device, batch, dtype,
-images_per_s, compile_s, peak_memory_mb, forward_images_per_s,
-gradient_images_per_s`` (plain forward and one input gradient of the same
-model and batch, measured in the same run: the yardsticks), ``model_evals``
-and ``model_evals_per_s`` (model evaluations per image and per second),
-``yardstick_ratio`` (images/s over the yardstick: single-gradient images/s / n
-for n-step gradient methods, forward images/s / n for perturbation methods),
-``flops_per_image`` from XLA's cost analysis and ``peak_fraction`` of the
-device's dense peak where it is known, and with ``--compare`` the ``baseline``
-(Captum), ``baseline_images_per_s`` and ``ratio`` (saljax over baseline, the same
+For each method it writes one JSON line (``"kind": "throughput"``) with
+``method, device, batch, dtype, images_per_s`` (median of `repeats` calls
+after the first), ``compile_s`` and ``compiles`` (seconds spent in, and number
+of, XLA backend compilations during the first call, counted with
+`jax.monitoring`), ``trace_s`` (tracing and lowering to MLIR in the first
+call), ``first_call_s`` (the whole first call), ``steady_compiles``
+(compilations during the timed calls: 0 unless something recompiles per call),
+``peak_memory_mb, forward_images_per_s, gradient_images_per_s`` (plain forward
+and one input gradient of the same model and batch, measured in the same run:
+the yardsticks), ``model_evals`` and ``model_evals_per_s`` (model evaluations
+per image, as the registry counts them, ``saljax.explainers.entry(name).cost``,
+and per second), ``yardstick_ratio`` (images/s over the yardstick:
+single-gradient images/s / n for methods whose evaluations include a backward
+pass, ``entry.backward``, forward images/s / n otherwise), ``flops_per_image``
+from XLA's cost analysis and ``peak_fraction`` of the device's dense peak where
+it is known, and with ``--compare`` the ``baseline`` (Captum),
+``baseline_images_per_s`` and ``ratio`` (saljax over baseline, the same
 converted weights and inputs, in the same process).
+
+With ``--checkpoints=N`` each method also gets a ``"kind": "checkpoints"`` row:
+N parameter sets of the same architecture (the loaded weights scaled by
+1.001, 1.002, ...: N checkpoints of one model) explained one call each, after
+the first call compiled the method: ``checkpoint_calls_per_s``,
+``checkpoint_images_per_s`` and ``checkpoint_compiles`` (0: the model's arrays
+are traced pytree leaves, one compiled program serves every checkpoint), and
+for contrast the first ``--closures`` of them as fresh Python closures over
+their weights (``lambda x, m=m: m(x)``, the design that compiled every call):
+``closure_calls_per_s``, ``closure_images_per_s``, ``closure_compiles`` and
+``closure_compile_s``.
 
 These machines are noisy: compare ratios from one run, not absolute numbers
 across runs. Peak memory is the device allocator's peak where JAX reports one
@@ -22,6 +40,7 @@ the method, a coarser number.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -45,6 +64,12 @@ flags.DEFINE_enum("compare", "none", ["none", "captum", "quantus"], "baseline li
 flags.DEFINE_integer("repeats", 3, "timed calls per method after the compiling call")
 flags.DEFINE_integer("threads", None, "torch threads (default: what JAX gets, os.cpu_count())")
 flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout only)")
+flags.DEFINE_integer("checkpoints", 0,
+                     "parameter sets of the model to explain one call each (0: no checkpoint rows)")
+flags.DEFINE_integer("closures", 3,
+                     "of those, how many to also explain as fresh closures (each compiles)")
+
+WARMUP_CALLS = 3  # untimed calls of the yardsticks before timing them
 
 # Dense peak FLOP/s by device kind, for the achieved fraction of peak.
 PEAK_FLOPS = {
@@ -60,9 +85,24 @@ def _peak_flops(device, dtype: str) -> float | None:
   return None
 
 
+def _entry(name: str):
+  """The registry entry of explainer or metric `name`."""
+  import saljax
+  if name in saljax.explainers.names():
+    return saljax.explainers.entry(name)
+  return saljax.metrics.entry(name)
+
+
+def _is_layer(entry) -> bool:
+  """A layer explainer (takes the tapped model); metrics take the plain model."""
+  import saljax
+  return entry.name in saljax.explainers.names() and entry.kind == "layer"
+
+
 def method_options(name: str, steps: int, chunk: int | None, x, model,
                    dtype: str = "float32") -> tuple[dict, int]:
-  """Options for `name` and the number of model evaluations per image it costs."""
+  """Options for `name` and the number of model evaluations per image they
+  cost (the registry's count, `Entry.cost`; 0 where it cannot say)."""
   import jax
 
   chunked = {} if chunk is None else {"batch_size": chunk}
@@ -72,44 +112,41 @@ def method_options(name: str, steps: int, chunk: int | None, x, model,
   # Noise wrappers pass compute_dtype on to the explainer they wrap.
   noise = {"samples": steps, **key, **chunked, **({"explainer_options": cd} if cd else {})}
   table = {
-      "gradient": (dict(cd), 1),
-      "absolute_gradient": ({}, 1),
-      "gradient_x_input": ({}, 1),
-      "integrated_gradients": ({"steps": steps, **bs}, steps),
-      "smoothgrad": (noise, steps),
-      "squaregrad": (noise, steps),
-      "vargrad": (noise, steps),
-      "expected_gradients": ({"samples": steps, "references": x, **chunked, **key}, steps),
-      "gradient_shap": ({"samples": steps, "references": x, **chunked, **key}, steps),
-      "blur_ig": ({"steps": steps, **chunked}, steps),
-      "guided_ig": ({"steps": steps}, steps),
+      "gradient": dict(cd),
+      "absolute_gradient": {},
+      "gradient_x_input": {},
+      "integrated_gradients": {"steps": steps, **bs},
+      "smoothgrad": noise,
+      "squaregrad": noise,
+      "vargrad": noise,
+      "expected_gradients": {"samples": steps, "references": x, **chunked, **key},
+      "gradient_shap": {"samples": steps, "references": x, **chunked, **key},
+      "blur_ig": {"steps": steps, **chunked},
+      "guided_ig": {"steps": steps},
       # Captum's settings in the issue's baseline: 32x32 window, stride 16;
       # KernelSHAP with 256 coalitions over a 16x16-pixel grid of features.
-      "occlusion": ({"window": 32, "stride": 16, **chunked}, _windows(x, 32, 16)),
-      "rise": ({"masks": max(steps, 1) * 20, **chunked, **key}, max(steps, 1) * 20),
-      "kernel_shap": ({"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key}, 256),
-      "lime": ({"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key}, 256),
-      # Permutation sampling: each permutation costs one evaluation per feature plus one.
-      "shapley_sampling": ({"samples": 2, "segments": _grid_segments(x, 32), **chunked, **key},
-                           2 * (_windows(x, 32, 32) + 1)),
-      # Deletion-style metrics: every step is one forward pass of the batch.
-      "deletion": ({"steps": steps, **chunked}, steps + 1),
-      "insertion": ({"steps": steps, **chunked}, steps + 1),
-      "pixel_flipping": ({"steps": steps, **chunked}, steps + 1),
+      "occlusion": {"window": 32, "stride": 16, **chunked},
+      "rise": {"masks": max(steps, 1) * 20, **chunked, **key},
+      "kernel_shap": {"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key},
+      "lime": {"samples": 256, "segments": _grid_segments(x, 16), **chunked, **key},
+      "shapley_sampling": {"samples": 2, "segments": _grid_segments(x, 32), **chunked, **key},
+      "deletion": {"steps": steps, **chunked},
+      "insertion": {"steps": steps, **chunked},
+      "pixel_flipping": {"steps": steps, **chunked},
   }
+  entry = _entry(name)
   if name in table:
-    return table[name]
-  import saljax
-  entry = saljax.explainers.entry(name) if name in saljax.explainers.names() else None
-  opts = dict(key) if entry is not None and entry.stochastic else {}
-  if entry is not None and entry.kind == "layer":
-    opts["layer"] = model.default_layer
-  return opts, 0
-
-
-def _windows(x, window: int, stride: int) -> int:
-  h, w = x.shape[1:3]
-  return (1 + (h - window) // stride) * (1 + (w - window) // stride)
+    opts = table[name]
+  else:
+    opts = dict(key) if entry.stochastic else {}
+    if _is_layer(entry):
+      opts["layer"] = model.default_layer
+  try:
+    evals = entry.cost(model.tapped if _is_layer(entry) else model, x, **opts)
+  except Exception as e:  # a count that needs what the benchmark does not supply
+    logging.warning("no evaluation count for %s: %s", name, e)
+    evals = 0
+  return opts, evals
 
 
 def _grid_segments(x, cell: int):
@@ -162,6 +199,124 @@ def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - t0)
   return first, statistics.median(times)
+
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+TRACE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                "/jax/core/compile/jaxpr_to_mlir_module_duration")
+
+
+@contextlib.contextmanager
+def _compiles():
+  """Counts XLA backend compilations inside the block: yields a dict with
+  ``n`` (how many), ``s`` (their seconds) and ``trace_s`` (tracing and
+  lowering seconds), filled in as they happen."""
+  import jax
+  stats = {"n": 0, "s": 0.0, "trace_s": 0.0}
+
+  def listener(event, duration, **kwargs):
+    if event == COMPILE_EVENT:
+      stats["n"] += 1
+      stats["s"] += duration
+    elif event in TRACE_EVENTS:
+      stats["trace_s"] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield stats
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def _time_compiled(fn: Callable[[], Any], repeats: int) -> dict:
+  """The first call (with the compilations it triggers) and the median of
+  `repeats` further calls."""
+  import jax
+  with _compiles() as first:
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    first_s = time.perf_counter() - t0
+  times = []
+  with _compiles() as later:
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn())
+      times.append(time.perf_counter() - t0)
+  return {"first_s": first_s, "steady_s": statistics.median(times), "compiles": first["n"],
+          "compile_s": first["s"], "trace_s": first["trace_s"], "steady_compiles": later["n"]}
+
+
+def _checkpoints(model, n: int) -> list:
+  """`n` parameter sets of `model`'s architecture, as `n` checkpoints of one
+  model would be: the loaded weights scaled by 1.001, 1.002, ... (scaled on
+  the host, so building them compiles nothing), placed on the device."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  host = jax.tree_util.tree_map(np.asarray, model.params)
+
+  def scaled(a, s):
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+      return a
+    return (a.astype(np.float32) * np.float32(s)).astype(a.dtype)
+
+  out = []
+  for k in range(n):
+    params = jax.device_put(jax.tree_util.tree_map(lambda a: scaled(a, 1.0 + 1e-3 * (k + 1)), host))
+    out.append(model.with_params(jax.block_until_ready(params)))
+  return out
+
+
+def _closure(model, layer: bool):
+  """`model` as a fresh Python closure over its weights (opaque to saljax:
+  its arrays are compile-time constants, so every new one compiles)."""
+  if layer:
+    from saljax.model import Tapped
+    tapped = model.tapped
+    return Tapped(lambda x, taps=None, t=tapped: t(x, taps), tapped.layer_names)
+  return lambda x, m=model: m(x)
+
+
+def _calls(call_on, models) -> tuple[float, dict, list]:
+  """(seconds, compilations, [first output, last output]) of one call per model."""
+  import jax
+  import numpy as np
+  ends = []
+  with _compiles() as stats:
+    t0 = time.perf_counter()
+    for i, m in enumerate(models):
+      out = jax.block_until_ready(call_on(m()))
+      if i in (0, len(models) - 1):
+        ends.append([np.asarray(a, np.float32) for a in jax.tree_util.tree_leaves(out)])
+    seconds = time.perf_counter() - t0
+  return seconds, stats, ends
+
+
+def _checkpoint_row(call_on, model, layer: bool, n: int, closures: int, batch: int) -> dict:
+  """Explains with a new parameter set every call (the method is compiled
+  already): `n` checkpoints as data, then `closures` of them as closures."""
+  import gc
+
+  import numpy as np
+  ckpts = _checkpoints(model, n)
+  as_input = (lambda m: m.tapped) if layer else (lambda m: m)
+  seconds, stats, ends = _calls(call_on, [lambda m=m: as_input(m) for m in ckpts])
+  row = {"checkpoints": n, "checkpoint_calls_per_s": n / seconds,
+         "checkpoint_images_per_s": n * batch / seconds, "checkpoint_compiles": stats["n"],
+         "checkpoint_compile_s": stats["s"]}
+  if n > 1:  # the maps are those of the new parameters, not of a stale copy
+    row["checkpoint_outputs_differ"] = any(
+        not np.allclose(a, b) for a, b in zip(ends[0], ends[-1]))
+  k = min(closures, n)
+  if k:
+    seconds, stats, _ = _calls(call_on, [lambda m=m: _closure(m, layer) for m in ckpts[:k]])
+    row.update(closures=k, closure_calls_per_s=k / seconds,
+               closure_images_per_s=k * batch / seconds, closure_compiles=stats["n"],
+               closure_compile_s=stats["s"])
+  del ckpts
+  gc.collect()
+  return row
 
 
 def _rss_mb() -> float:
@@ -268,7 +423,8 @@ def _quantus_runner(method: str, net, x_nchw, target, attribution, steps: int, c
 
 def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int | None,
         dtype: str, compare: str, repeats: int, image_size: int | None = None,
-        out: str | None = None, threads: int | None = None) -> list[dict]:
+        out: str | None = None, threads: int | None = None, checkpoints: int = 0,
+        closures: int = 3) -> list[dict]:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -284,11 +440,18 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
   target = jnp.argmax(model(x.astype(jnp.dtype(dtype))), -1).astype(jnp.int32)
 
   cd = jnp.dtype(dtype)
-  fwd = jax.jit(lambda x: model(x.astype(cd)))
-  _, t_fwd = _time(lambda: fwd(x), repeats)
+  # The yardsticks take the model as an argument, as the explainers do (as
+  # closed-over constants, XLA could fold part of the work away).
+  fwd = jax.jit(lambda m, x: m(x.astype(cd)))
   grad = jax.jit(jax.grad(
-      lambda x: jnp.take_along_axis(model(x.astype(cd)), target[:, None], 1).astype(jnp.float32).sum()))
-  _, t_grad = _time(lambda: grad(x), repeats)
+      lambda x, m: jnp.take_along_axis(m(x.astype(cd)), target[:, None], 1).astype(jnp.float32).sum()))
+  # A fresh process runs its first calls slowly (Lite0's forward at half speed
+  # for a few calls on the 2-core CPU VM); the yardsticks come first, so they
+  # get warm-up calls the methods after them do not need.
+  for _ in range(WARMUP_CALLS):
+    jax.block_until_ready((fwd(model, x), grad(x, model)))
+  _, t_fwd = _time(lambda: fwd(model, x), repeats)
+  _, t_grad = _time(lambda: grad(x, model), repeats)
   forward_ips, gradient_ips = batch / t_fwd, batch / t_grad
   logging.info("forward %.2f images/s, gradient %.2f images/s", forward_ips, gradient_ips)
 
@@ -303,41 +466,44 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
 
   rows = []
   for name in methods:
+    entry = _entry(name)
     is_metric = name not in saljax.explainers.names()
+    layer = _is_layer(entry)
     opts, evals = method_options(name, steps, chunk, x, model, dtype)
     if is_metric:
-      fn_m = saljax.metrics.get(name)
       attr = saljax.gradient(model, x, target)
-      call = lambda: fn_m(model, x, attr, target, **opts)
+      call_on = lambda fm: entry.fn(fm, x, attr, target, **opts)
     else:
-      entry = saljax.explainers.entry(name)
-      f = model.tapped if entry.kind == "layer" else model
-      call = lambda: entry.fn(f, x, target, **opts)
+      call_on = lambda fm: entry.fn(fm, x, target, **opts)
+    f = model.tapped if layer else model
+    call = lambda: call_on(f)
+    common = {"method": name, "model": model_name, "device": device.device_kind,
+              "platform": device.platform, "batch": batch, "dtype": dtype, "steps": steps,
+              "chunk": chunk, "date": time.strftime("%Y-%m-%d")}
     rss0 = _rss_mb()
     try:
-      first, steady = _time(call, repeats)
+      timing = _time_compiled(call, repeats)
     except Exception as e:  # report and go on: one method must not stop the run
       logging.error("%s failed: %s", name, e)
       rows.append({"method": name, "error": f"{type(e).__name__}: {e}"})
       continue
+    steady = timing["steady_s"]
     row = {
-        "method": name, "model": model_name, "device": device.device_kind,
-        "platform": device.platform, "batch": batch, "dtype": dtype, "steps": steps,
-        "chunk": chunk, "images_per_s": batch / steady, "compile_s": max(first - steady, 0.0),
+        "kind": "throughput", **common, "images_per_s": batch / steady,
+        "compile_s": timing["compile_s"], "compiles": timing["compiles"],
+        "trace_s": timing["trace_s"], "first_call_s": timing["first_s"],
+        "steady_compiles": timing["steady_compiles"],
         "peak_memory_mb": _peak_memory_mb(device, rss0),
         "forward_images_per_s": forward_ips, "gradient_images_per_s": gradient_ips,
-        "model_evals": evals, "date": time.strftime("%Y-%m-%d"),
+        "model_evals": evals,
     }
     if evals:
       row["model_evals_per_s"] = evals * batch / steady
-      gradient_based = name in ("gradient", "absolute_gradient", "gradient_x_input",
-                                "integrated_gradients", "smoothgrad", "squaregrad", "vargrad",
-                                "expected_gradients", "gradient_shap", "blur_ig", "guided_ig")
-      yard = (gradient_ips if gradient_based else forward_ips) / evals
+      yard = (gradient_ips if entry.backward else forward_ips) / evals
       row["yardstick_ratio"] = row["images_per_s"] / yard
     try:
       if not is_metric:
-        lowered = jax.jit(lambda x, t: entry.fn(f, x, t, **opts)).lower(x, target)
+        lowered = jax.jit(lambda fm, x, t: entry.fn(fm, x, t, **opts)).lower(f, x, target)
         cost = lowered.compile().cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         flops = float(cost.get("flops", 0.0)) / batch if cost else None
@@ -382,14 +548,30 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
             # Same work: the two curves must agree (saljax's starts at the clean image).
             ours = np.asarray(call()["curve"])[:, 1:]
             row["baseline_max_abs_diff"] = float(np.abs(ours - last[0]).max())
-    rows.append(row)
-    line = json.dumps(row)
-    print(line, flush=True)
-    if out and saljax.parallel.is_writer():
-      os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-      with open(out, "a") as fh:
-        fh.write(line + "\n")
+    _emit(row, rows, out)
+    if checkpoints > 0:
+      try:
+        ck = _checkpoint_row(call_on, model, layer, checkpoints, closures, batch)
+      except Exception as e:  # report and go on
+        logging.error("%s checkpoints failed: %s", name, e)
+        ck = {"error": f"{type(e).__name__}: {e}"}
+      ck = {"kind": "checkpoints", **common, "same_params_images_per_s": batch / steady, **ck}
+      if ck.get("checkpoint_compiles"):
+        logging.warning("%s compiled %d times on %d new parameter sets", name,
+                        ck["checkpoint_compiles"], checkpoints)
+      _emit(ck, rows, out)
   return rows
+
+
+def _emit(row: dict, rows: list, out: str | None) -> None:
+  import saljax
+  rows.append(row)
+  line = json.dumps(row)
+  print(line, flush=True)
+  if out and saljax.parallel.is_writer():
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "a") as fh:
+      fh.write(line + "\n")
 
 
 def main(argv):
@@ -401,7 +583,8 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; known: {sorted(known)}")
   run(FLAGS.model, FLAGS.methods, FLAGS.batch, FLAGS.steps, FLAGS.chunk, FLAGS.dtype,
-      FLAGS.compare, FLAGS.repeats, FLAGS.image_size, FLAGS.out, FLAGS.threads)
+      FLAGS.compare, FLAGS.repeats, FLAGS.image_size, FLAGS.out, FLAGS.threads,
+      FLAGS.checkpoints, FLAGS.closures)
 
 
 if __name__ == "__main__":

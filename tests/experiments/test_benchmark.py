@@ -2,6 +2,8 @@
 JSON line per method with the yardsticks of the same run."""
 import json
 
+import pytest
+
 from experiments import benchmark
 
 
@@ -14,15 +16,40 @@ def test_benchmark_rows(tmp_path):
   assert [r["method"] for r in lines] == ["gradient", "integrated_gradients", "occlusion",
                                           "deletion"]
   for r in lines:
-    for k in ("images_per_s", "compile_s", "peak_memory_mb", "forward_images_per_s",
-              "gradient_images_per_s"):
+    for k in ("images_per_s", "compile_s", "compiles", "trace_s", "first_call_s",
+              "peak_memory_mb", "forward_images_per_s", "gradient_images_per_s"):
       assert r[k] >= 0, (r["method"], k)
-    assert r["batch"] == 2 and r["device"]
+    assert r["kind"] == "throughput" and r["batch"] == 2 and r["device"]
+    assert r["steady_compiles"] == 0, r  # nothing recompiles per call
   ig = lines[1]
   assert ig["model_evals"] == 3 and ig["model_evals_per_s"] > 0 and ig["yardstick_ratio"] > 0
   assert ig["flops_per_image"] > 0
-  assert lines[2]["model_evals"] == 1  # one 32x32 window on a 32x32 image
+  assert lines[2]["model_evals"] == 2  # the clean forward and one 32x32 window on a 32x32 image
+  assert lines[3]["model_evals"] == 4  # the clean image and 3 deletion steps
   assert rows == lines
+
+
+def test_checkpoint_rows():
+  """With `checkpoints`, each method is also run once on each of N new
+  parameter sets after its first call: as data they compile nothing (the old
+  design, every model a static argument, compiled every call), while fresh
+  closures over the same weights compile each time."""
+  rows = benchmark.run("cnn", ["gradient", "gradcam"], batch=2, steps=2, chunk=None,
+                       dtype="float32", compare="none", repeats=1, image_size=24,
+                       checkpoints=3, closures=1)
+  assert [(r["kind"], r["method"]) for r in rows] == [
+      ("throughput", "gradient"), ("checkpoints", "gradient"),
+      ("throughput", "gradcam"), ("checkpoints", "gradcam")], rows
+  for r in rows[::2]:  # a shape no other test compiles: the first call compiles, measured
+    assert r["compiles"] >= 1 and r["compile_s"] > 0, r
+  for r in rows[1::2]:
+    assert "error" not in r, r
+    assert r["checkpoints"] == 3 and r["checkpoint_calls_per_s"] > 0, r
+    assert r["checkpoint_images_per_s"] == pytest.approx(2 * r["checkpoint_calls_per_s"]), r
+    assert r["checkpoint_compiles"] == 0, r
+    assert r["checkpoint_outputs_differ"], r  # the maps of the new parameters
+    assert r["closures"] == 1 and r["closure_calls_per_s"] > 0, r
+    assert r["closure_compiles"] > 0, r
 
 
 def test_bf16_rows(tmp_path):
