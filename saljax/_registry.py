@@ -12,8 +12,11 @@ and tests/test_composability.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from typing import Any, Callable, Mapping
+
+import jax
 
 # What a method can need besides (f, x, target):
 NEEDS = frozenset({
@@ -41,6 +44,34 @@ RETURNS = {
 
 # Transformations whose support is claimed per method.
 TRANSFORMS = ("jit", "vmap", "grad")
+# The tracer classes each transformation puts on a method's arguments (by name,
+# so no private JAX module is imported).
+_TRACERS = {"jit": ("DynamicJaxprTracer",), "vmap": ("BatchTracer",),
+            "grad": ("LinearizeTracer", "JVPTracer")}
+
+
+def _transform_of(args, kwargs) -> set[str]:
+  """The transformations whose tracers reach the arguments (outermost only)."""
+  found = set()
+  for leaf in jax.tree_util.tree_leaves((args, kwargs)):
+    kind = type(leaf).__name__
+    found.update(t for t, names in _TRACERS.items() if kind in names)
+  return found
+
+
+def _guarded(fn, name: str, unsupported: tuple[str, ...], note: str):
+  """`fn`, raising a ValueError that names the method, the transformation and
+  the way around it when called under a transformation it does not support,
+  instead of a tracer error deep inside (or, for `grad`, a wrong derivative)."""
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    bad = [t for t in unsupported if t in _transform_of(args, kwargs)]
+    if bad:
+      raise ValueError(f"{name}: does not support jax.{bad[0]}" + (f": {note}" if note else ""))
+    return fn(*args, **kwargs)
+
+  return call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +170,12 @@ class Registry:
       raise ValueError(f"{name}: direction must be 'higher', 'lower' or a function, got {direction!r}")
     count = evaluations if callable(evaluations) else (lambda o, f, x, n=int(evaluations): n)
 
+    unsupported = tuple(t for t, ok in zip(TRANSFORMS, (jittable, vmappable, differentiable))
+                        if not ok)
+
     def deco(fn):
+      if unsupported:
+        fn = _guarded(fn, name, unsupported, note)
       if name in self._entries and self._entries[name].fn is not fn:
         raise ValueError(f"{self._what} {name!r} is registered twice")
       self._entries[name] = Entry(

@@ -19,6 +19,15 @@ def is_concrete(x: Any) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def all_finite(a: Any) -> bool:
+  """False when a concrete array holds NaN or inf; True for tracers (unknown).
+
+  Checked with numpy on the host, never with `jnp`: inside a user's `jit`
+  even an operation on a concrete array is staged and gives a tracer.
+  """
+  return not is_concrete(a) or all(np.isfinite(b).all() for _, b in _local_rows(a))
+
+
 def _local_rows(a: Any):
   """Yields ``(first_row, numpy block)`` for the rows this process can read.
 
@@ -119,7 +128,7 @@ def check_same_shape(a: Any, like: jax.Array, *, name: str, broadcast_batch: boo
   else:
     want = f"{tuple(like.shape)}" + (f" or {tuple(like.shape[1:])}" if broadcast_batch else "")
     raise ValueError(f"{name}: expected shape {want}, got {shape}")
-  if is_concrete(a) and not all(np.isfinite(b).all() for _, b in _local_rows(a)):
+  if not all_finite(a):
     raise ValueError(f"{name}: expected finite values, got NaN or inf")
   return a.astype(like.dtype) if isinstance(a, jax.Array) else jnp.asarray(a, like.dtype)
 

@@ -168,7 +168,8 @@ def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
   return _to_image(scores.reshape(-1, grid, grid), x)
 
 
-@REGISTRY.register("hsic", family="sensitivity", returns="input", needs=("key",),
+@REGISTRY.register("hsic",
+    differentiable=False, note="its derivative disagrees with finite differences (bandwidths from medians of distances); use a gradient method under jax.grad", family="sensitivity", returns="input", needs=("key",),
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"grid": 4, "samples": 16})
 def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: Any = 0.0,
          output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:

@@ -127,7 +127,8 @@ def _rollout(f, x, names, grid, head_fusion, discard_ratio, query):
   return rollout[:, query, p:].reshape(x.shape[0], h, w)
 
 
-@REGISTRY.register("attention_rollout", family="attention", returns="layer", needs=("vit",),
+@REGISTRY.register("attention_rollout",
+    differentiable=False, note="its derivative disagrees with finite differences; use vit_gradcam under jax.grad", family="attention", returns="layer", needs=("vit",),
     evaluations=1, backward=False)
 def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | None = None,
                       head_fusion: str = "mean", discard_ratio: float = 0.0,

@@ -420,7 +420,8 @@ def _eigencam(f, x, names, grids, relu):
   return out
 
 
-@REGISTRY.register("eigencam", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+@REGISTRY.register("eigencam",
+    differentiable=False, note="the principal direction from eigh is not differentiable where eigenvalues are close; use gradcam under jax.grad", family="cam", returns="layer", needs=("tapped",), evaluations=1,
     backward=False)
 def eigencam(f, x, target=None, *, key=None, layer=None, relu: bool = True):
   x, _, names, single, grids = _prepare_layer(f, x, 0, layer)
@@ -597,7 +598,8 @@ def _check_conv_inputs(f, x, names, grids, input_layer, conv):
   return inputs
 
 
-@REGISTRY.register("normgrad", family="cam", returns="layer", needs=("tapped",), evaluations=1,
+@REGISTRY.register("normgrad",
+    differentiable=False, note="its derivative disagrees with finite differences; use gradcam under jax.grad", family="cam", returns="layer", needs=("tapped",), evaluations=1,
     backward=True)
 def normgrad(f, x, target, *, key=None, layer=None, variant: str = "identity",
              input_layer: Any = None, kernel_size: Any = 3, strides: Any = 1,
@@ -650,7 +652,8 @@ def normgrad(f, x, target, *, key=None, layer=None, variant: str = "identity",
   return _output(_normgrad(f, x, target, names, grids, variant, inputs, conv), names, single)
 
 
-@REGISTRY.register("normgrad_combined", family="cam", returns="image", needs=("tapped", "layers"),
+@REGISTRY.register("normgrad_combined",
+    differentiable=False, note="its derivative disagrees with finite differences; use gradcam under jax.grad", family="cam", returns="image", needs=("tapped", "layers"),
     evaluations=1, backward=True)
 def normgrad_combined(f, x, target, *, key=None, layer=None, variant: str = "identity",
                       mode: str = "product", weights: Sequence[float] | None = None):

@@ -529,7 +529,8 @@ def _guided_ig(f, x, target, baseline, steps, fraction, max_dist, max_inner):
   return jax.vmap(single)(x, baseline, target)
 
 
-@REGISTRY.register("guided_ig", family="gradients", returns="input",
+@REGISTRY.register("guided_ig",
+    differentiable=False, note="its path is chosen with a while_loop of data-dependent length, which reverse mode cannot differentiate; use integrated_gradients under jax.grad", family="gradients", returns="input",
     evaluations=lambda o, f, x: o["steps"], backward=True, smoke={"steps": 4})
 def guided_ig(f, x, target, *, key=None, baseline: Any = None, steps: int = 200,
               fraction: float = 0.25, max_dist: float = 0.02) -> Array:

@@ -275,7 +275,8 @@ def _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma):
   return labels, jnp.asarray(counts, jnp.int32), m, fillv
 
 
-@REGISTRY.register("lime", family="perturbation", returns="input", needs=("key", "segments"),
+@REGISTRY.register("lime",
+    differentiable=False, note="its derivative disagrees with finite differences (the kernel-weighted solve); use kernel_shap or a gradient method under jax.grad", family="perturbation", returns="input", needs=("key", "segments"),
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"samples": 16})
 def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quickshift",
          segmentation_options: dict | None = None, fill: Any = "mean", blur_sigma: float = 10.0,

@@ -674,7 +674,8 @@ def _lrp(f, x, target, rules):
   return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
 
 
-@REGISTRY.register("lrp", family="propagation", returns="input", evaluations=1, backward=True)
+@REGISTRY.register("lrp",
+    differentiable=False, note="the relevance rules are custom backward passes whose own derivative is not the derivative of the map; differentiate gradient_x_input or integrated_gradients instead", family="propagation", returns="input", evaluations=1, backward=True)
 def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float | None = None,
         return_delta: bool = False):
   """Layer-wise relevance propagation (Bach et al. 2015, "On Pixel-Wise

@@ -128,6 +128,7 @@ def _xrai_greedy(attr, masks, min_pixel_diff, area_threshold):
 
 
 @REGISTRY.register("xrai", family="regions", returns="input", evaluations=_xrai_evaluations,
+    jittable=False, differentiable=False, note="its Felzenszwalb segmentation runs on the host with scikit-image; call xrai outside jax.jit/jax.grad (its model evaluations are compiled inside)",
     backward=True, smoke={"steps": 4, "resize": None, "scales": (50, 100)})
 def xrai(f, x, target, *, key=None, attribution: Any = None, segments: Any = None,
          steps: int = 100, batch_size: int | None = None, min_pixel_diff: int = 50,
@@ -448,6 +449,7 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
 
 
 @REGISTRY.register("lima", family="regions", returns="input", needs=("segments",),
+    differentiable=False, note="the greedy subset selection is a discrete argmax; its derivative is zero almost everywhere. Differentiate a gradient method instead",
     evaluations=_lima_evaluations, backward=False, smoke={"pending": 4})
 def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options: dict | None = None,
          fill: Any = 0.0, pending: int | None = 12, consistency: float = 20.0,

@@ -153,7 +153,8 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
   return {"score": curve.mean(1), "curve": curve}
 
 
-@REGISTRY.register("model_parameter_randomization", family="randomization", returns="curve",
+@REGISTRY.register("model_parameter_randomization",
+    jittable=False, vmappable=False, note="its result names the randomized layers (strings, which jit and vmap cannot return); call it outside jit and loop over checkpoints in Python (its work is compiled inside)", family="randomization", returns="curve",
     needs=("key", "explainer", "params"), evaluations=_parameter_randomization_evaluations,
     backward=True, direction="lower")
 def model_parameter_randomization(model_fn, x, attribution, target, *, params=None, key=None,
@@ -222,12 +223,12 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   init = truncated_normal_init if init is None else init
   e0 = None
   if attribution is not None:
+    if not V.all_finite(attribution):
+      raise ValueError("attribution: expected finite values, got NaN or inf")
     e0 = jnp.asarray(attribution, jnp.float32)
     if e0.shape[:1] != x.shape[:1]:
       raise ValueError(f"attribution: expected a batch of {x.shape[0]} maps, got shape"
                        f" {tuple(e0.shape)}")
-    if not bool(jnp.isfinite(e0).all()):
-      raise ValueError("attribution: expected finite values, got NaN or inf")
   out = _randomization(model_fn, params, x, target, e0, key, explainer=explainer, options=options,
                        leaf_layers=leaf_layers, n_layers=len(layers), mode=mode,
                        similarity=similarity, absolute=bool(absolute), init=init,

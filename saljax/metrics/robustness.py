@@ -92,7 +92,7 @@ def check_explanation(attribution, explainer, model, x, target, key, options, *,
                      f" {tuple(attribution.shape)}")
   if not jnp.issubdtype(attribution.dtype, jnp.floating):
     raise TypeError(f"{name}: expected a floating-point array, got {V.describe(attribution)}")
-  if V.is_concrete(attribution) and not bool(jnp.isfinite(attribution).all()):
+  if not V.all_finite(attribution):
     raise ValueError(f"{name}: expected finite values, got NaN or inf")
   return jnp.asarray(attribution, jnp.float32)
 
