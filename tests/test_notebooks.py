@@ -21,7 +21,8 @@ def _run(path, tmp_path):
 
 
 def test_there_are_notebooks():
-  assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_your_own_model.ipynb"]
+  assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_your_own_model.ipynb",
+                                         "03_attribution_prior.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -30,6 +31,14 @@ def test_notebook_runs(path, tmp_path):
   if path.stem == "01_quickstart":
     assert "chelsea: Egyptian cat" in text, text
     assert "coffee: espresso" in text, text
+  elif path.stem == "03_attribution_prior":
+    # Erion et al. 2021: the total-variation prior smooths the maps at about
+    # the same accuracy.
+    num = lambda prefix: float(next(l for l in text.splitlines() if l.startswith(prefix)).split()[-1])
+    tv0, tv1 = num("total variation without prior"), num("total variation with prior")
+    acc0, acc1 = num("without prior: accuracy"), num("with prior: accuracy")
+    assert tv1 < tv0 / 2, text
+    assert acc0 > 0.9 and acc1 > acc0 - 0.03, text
   else:
     line = next(l for l in text.splitlines() if l.startswith("max |IG - x*w|"))
     assert float(line.split("=")[1]) < 1e-5, line
