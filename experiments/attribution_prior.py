@@ -31,10 +31,15 @@ from typing import Any
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "where results.json and maps.png go")
-flags.DEFINE_integer("steps", 600, "training steps")
-flags.DEFINE_float("lam", 3.0, "weight of the total-variation prior")
-flags.DEFINE_integer("seed", 0, "initialization and data order seed")
+
+
+def _define_flags():
+  # Defined only when run as a binary: importing this module (tests, other
+  # binaries in one process) must not claim flag names like --steps.
+  flags.DEFINE_string("workdir", None, "where results.json and maps.png go")
+  flags.DEFINE_integer("steps", 600, "training steps")
+  flags.DEFINE_float("lam", 3.0, "weight of the total-variation prior")
+  flags.DEFINE_integer("seed", 0, "initialization and data order seed")
 
 
 def total_variation(maps):
@@ -188,4 +193,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
