@@ -241,3 +241,27 @@ def test_tapped_and_classifier_are_pytrees():
   assert jax.tree_util.tree_leaves(clf)
   out = jax.jit(lambda c, x: c(x))(clf, X)
   np.testing.assert_allclose(out, clf(X), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,option,values", [
+    ("smoothgrad", "noise_level", (0.1, 0.3)),
+    ("guided_ig", "max_dist", (0.02, 0.1)),
+    ("gradient_shap", "stdev", (0.0, 0.2)),
+])
+def test_numbers_that_are_not_shapes_are_traced(method, option, values):
+  """A new noise level or step bound reuses the compiled program, changes the
+  map, and can be traced by the caller (vmapped over its values)."""
+  model = MAKERS["partial"](0)
+  fn = saljax.explainers.get(method)
+  extra = {"key": jax.random.key(0)} if saljax.explainers.entry(method).stochastic else {}
+  if method == "gradient_shap":
+    extra["references"] = jnp.zeros((2,) + X.shape[1:])
+  small = {"samples": 3} if "key" in extra else {"steps": 4}
+  call = lambda v: fn(model, X, TARGET, **extra, **small, **{option: v})
+  a = call(values[0])
+  with count_compiles() as n:
+    b = call(values[1])
+  assert n[0] == 0, f"{method}: a new {option} compiled {n[0]} programs"
+  assert not np.allclose(a, b), f"{method} ignores {option}"
+  both = jax.vmap(call)(jnp.asarray(values))
+  np.testing.assert_allclose(both[1], b, rtol=1e-4, atol=1e-6)

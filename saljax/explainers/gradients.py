@@ -275,7 +275,7 @@ def _resolve_explainer(explainer) -> tuple[Callable, bool]:
 
 
 @M.jit(static_argnames=(
-    "base", "stochastic", "samples", "noise_level", "noise", "reduce", "batch_size",
+    "base", "stochastic", "samples", "noise", "reduce", "batch_size",
     "static_options"))
 def _noise_wrapper(f, x, target, key, dynamic_options, base, stochastic, samples, noise_level,
                    noise, reduce, batch_size, static_options):
@@ -309,11 +309,12 @@ def _noise_explainer(reduce: str, f, x, target, *, key, explainer, samples, nois
   samples = V.check_positive_int(samples, "samples")
   batch_size = V.check_batch_size(batch_size)
   V.check_choice(noise, "noise", NOISE_MODES)
-  if not noise_level >= 0:
+  # A number, traced: a new noise level reuses the compiled program.
+  if V.is_concrete(noise_level) and not float(noise_level) >= 0:
     raise ValueError(f"noise_level: expected a non-negative float, got {noise_level!r}")
   static, dynamic = _split_options(dict(explainer_options or {}))
   return _noise_wrapper(f, x, target, key, dynamic, base, stochastic, samples,
-                        float(noise_level), noise, reduce, batch_size, static)
+                        jnp.asarray(noise_level, x.dtype), noise, reduce, batch_size, static)
 
 
 _NOISE_DOC = """
@@ -464,7 +465,7 @@ def gradient_shap(f, x, target, *, key=None, references=None, samples: int = 5,
   key = require_key(key, "gradient_shap")
   references = _check_references(references, x)
   samples = V.check_positive_int(samples, "samples")
-  if not stdev >= 0:
+  if V.is_concrete(stdev) and not float(stdev) >= 0:
     raise ValueError(f"stdev: expected a non-negative float, got {stdev!r}")
   return _expected_gradients(f, x, target, key, references, jnp.asarray(stdev, x.dtype), samples,
                              V.check_batch_size(batch_size))
@@ -474,7 +475,8 @@ def gradient_shap(f, x, target, *, key=None, references=None, samples: int = 5,
 # Guided IG.
 
 
-@M.jit(static_argnames=("steps", "fraction", "max_dist", "max_inner"))
+# fraction stays static: it sets the bound of the inner loop (max_inner).
+@M.jit(static_argnames=("steps", "fraction", "max_inner"))
 def _guided_ig(f, x, target, baseline, steps, fraction, max_dist, max_inner):
   def single(xi, bi, ti):
     def grad1(z):
@@ -552,17 +554,19 @@ def guided_ig(f, x, target, *, key=None, baseline: Any = None, steps: int = 200,
   steps = V.check_positive_int(steps, "steps")
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"fraction: expected a float in (0, 1], got {fraction!r}")
-  if not 0.0 <= max_dist <= 1.0:
+  if V.is_concrete(max_dist) and not 0.0 <= float(max_dist) <= 1.0:
     raise ValueError(f"max_dist: expected a float in [0, 1], got {max_dist!r}")
   b = make_baseline(x, baseline)
   max_inner = int(np.ceil(1.0 / fraction)) * 4 + 8
-  return _guided_ig(f, x, target, b, steps, float(fraction), float(max_dist), max_inner)
+  return _guided_ig(f, x, target, b, steps, float(fraction), jnp.asarray(max_dist, x.dtype),
+                    max_inner)
 
 
 # ----------------------------------------------------------------------------
 # Blur IG.
 
 
+# max_sigma and grad_step stay static: they bound the blur kernels' sizes.
 @M.jit(static_argnames=("steps", "max_sigma", "grad_step", "sqrt",
                                              "batch_size"))
 def _blur_ig(f, x, target, steps, max_sigma, grad_step, sqrt, batch_size):
