@@ -9,13 +9,34 @@ imported on first use, so ``import saljax`` stays light.
 import importlib as _importlib
 
 from saljax import explainers, metrics, model, ops, parallel  # noqa: F401
-from saljax.explainers import *  # noqa: F401,F403  (one function per method)
-from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample  # noqa: F401
+# One function per registered explainer (tests/test_public_api.py checks the
+# list against the registry).
+from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, class_token_attention,
+    deconvnet, deeplift, eigencam, expected_gradients, extremal_perturbation, gradcam,
+    gradcam_plus_plus, gradient, gradient_shap, gradient_x_input, guided_backprop, guided_ig,
+    hirescam, hsic, integrated_gradients, kernel_shap, layercam, lima, lime, lrp, normgrad,
+    normgrad_combined, occlusion, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad,
+    vargrad, vit_gradcam, xgradcam, xrai)
+from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample
 from saljax.model import (  # noqa: F401
     PREDICTED, Model, Tapped, as_model, bind, from_features_head, from_linen, from_nnx,
     resolve_target)
 
 __version__ = "0.1.0"
+
+# The lazily imported `models`, `data`, `viz` and `attacks` are left out, so a
+# star import stays light.
+__all__ = [
+    "explainers", "metrics", "model", "ops", "parallel", "combine_maps", "completeness_gap",
+    "make_baseline", "upsample", "PREDICTED", "Model", "Tapped", "as_model", "bind",
+    "from_features_head", "from_linen", "from_nnx", "resolve_target", "absolute_gradient",
+    "attention_rollout", "blur_ig", "class_token_attention", "deconvnet", "deeplift",
+    "eigencam", "expected_gradients", "extremal_perturbation", "gradcam", "gradcam_plus_plus",
+    "gradient", "gradient_shap", "gradient_x_input", "guided_backprop", "guided_ig", "hirescam",
+    "hsic", "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp",
+    "normgrad", "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling",
+    "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
+]
 
 _LAZY = ("models", "data", "viz", "attacks")
 

@@ -27,7 +27,27 @@ def entry(name):
   return _REGISTRY.entry(name)
 
 
-globals().update({_n: _REGISTRY.get(_n) for _n in _REGISTRY.names()})
-__all__ = ["names", "get", "entry", "completeness_gap", "make_baseline", "path_nodes",
-           "upsample", "combine_maps",
-           *_REGISTRY.names()]
+# Every registered explainer, imported by name (tests/test_public_api.py checks
+# this list against the registry).
+from saljax.explainers._extremal import extremal_perturbation
+from saljax.explainers.attention import (attention_rollout, class_token_attention, vit_gradcam)
+from saljax.explainers.cam import (eigencam, gradcam, gradcam_plus_plus, hirescam, layercam,
+    normgrad, normgrad_combined, scorecam, xgradcam)
+from saljax.explainers.gradients import (absolute_gradient, blur_ig, expected_gradients, gradient,
+    gradient_shap, gradient_x_input, guided_ig, integrated_gradients, smoothgrad, squaregrad,
+    vargrad)
+from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, rise, shapley_sampling)
+from saljax.explainers.propagation import (deconvnet, deeplift, guided_backprop, lrp)
+from saljax.explainers.regions import (lima, xrai)
+from saljax.explainers.sensitivity import (hsic, sobol)
+
+__all__ = [
+    "names", "get", "entry", "completeness_gap", "make_baseline", "path_nodes", "upsample",
+    "combine_maps", "absolute_gradient", "attention_rollout", "blur_ig",
+    "class_token_attention", "deconvnet", "deeplift", "eigencam", "expected_gradients",
+    "extremal_perturbation", "gradcam", "gradcam_plus_plus", "gradient", "gradient_shap",
+    "gradient_x_input", "guided_backprop", "guided_ig", "hirescam", "hsic",
+    "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp", "normgrad",
+    "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling", "smoothgrad",
+    "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
+]

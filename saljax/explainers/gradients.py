@@ -16,7 +16,8 @@ accumulated in a scan carry, so peak memory does not grow with `steps`.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+import typing
+from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
@@ -192,11 +193,21 @@ def _integrated_gradients(f, x, target, baseline, steps, rule, batch_size, compu
   return delta * avg
 
 
+# One return type per flag value: an array, or (array, gap) with return_delta=True.
+@typing.overload
+def integrated_gradients(f, x, target, *, key=..., baseline: Any = ..., steps: int = ...,
+                         rule: str = ..., batch_size: int | None = ...,
+                         return_delta: Literal[False] = ..., compute_dtype=...) -> Array: ...
+@typing.overload
+def integrated_gradients(f, x, target, *, key=..., baseline: Any = ..., steps: int = ...,
+                         rule: str = ..., batch_size: int | None = ...,
+                         return_delta: Literal[True], compute_dtype=...) -> tuple[Array, Array]: ...
+
 @REGISTRY.register("integrated_gradients", family="gradients", returns="input",
     evaluations=lambda o, f, x: o["steps"], backward=True, smoke={"steps": 4})
 def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps: int = 50,
                          rule: str = "gauss_legendre", batch_size: int | None = None,
-                         return_gap: bool = False, compute_dtype=None):
+                         return_delta: bool = False, compute_dtype=None):
   """Integrated gradients (Sundararajan, Taly, Yan 2017, "Axiomatic Attribution
   for Deep Networks", arXiv:1703.01365).
 
@@ -209,7 +220,7 @@ def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps:
     rule: "gauss_legendre" (default, as Captum), "left", "right", "middle" or
       "trapezoid".
     batch_size: path points evaluated together per example (None: automatic, see `saljax.parallel`).
-    return_gap: also return the completeness gap
+    return_delta: also return the completeness gap
       ``sum(attr) - (f(x)[t] - f(baseline)[t])`` per example, shape ``[B]``.
     compute_dtype: cast inputs to this dtype before the model (e.g.
       ``"bfloat16"``) while gradients and their sums stay float32; the
@@ -226,7 +237,7 @@ def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps:
   b = make_baseline(x, baseline)
   attr = _integrated_gradients(f, x, target, b, steps, rule, batch_size,
                                _check_dtype(compute_dtype))
-  if return_gap:
+  if return_delta:
     return attr, completeness_gap(f, x, attr, target, b)
   return attr
 

@@ -1,6 +1,6 @@
 """Black-box perturbation methods: occlusion, RISE, LIME, KernelSHAP, Shapley
 value sampling; extremal perturbation (`_extremal`), Sobol and HSIC attribution
-(`_sensitivity`) live in private modules and are re-exported here.
+(`sensitivity`) are re-exported here.
 
 Every method evaluates the model on masked copies of the input, and every mask
 batch goes through the compiled model in chunks: masks (or coalitions) are
@@ -510,4 +510,4 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any
 # Extremal perturbation, Sobol and HSIC live in private modules (one idea each);
 # importing them registers them, and they are re-exported here.
 from saljax.explainers._extremal import extremal_perturbation  # noqa: E402,F401
-from saljax.explainers._sensitivity import hsic, sobol  # noqa: E402,F401
+from saljax.explainers.sensitivity import hsic, sobol  # noqa: E402,F401

@@ -50,7 +50,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-from typing import Any, Mapping
+import typing
+from typing import Any, Literal, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -625,6 +626,14 @@ def _deeplift(f, x, target, reference):
   return (x - reference) * g
 
 
+# One return type per flag value: an array, or (array, delta) with return_delta=True.
+@typing.overload
+def deeplift(f, x, target, *, key=..., baseline: Any = ...,
+             return_delta: Literal[False] = ...) -> Array: ...
+@typing.overload
+def deeplift(f, x, target, *, key=..., baseline: Any = ...,
+             return_delta: Literal[True]) -> tuple[Array, Array]: ...
+
 @REGISTRY.register("deeplift", family="propagation", returns="input", evaluations=2, backward=True)
 def deeplift(f, x, target, *, key=None, baseline: Any = None, return_delta: bool = False):
   """DeepLIFT with the rescale rule (Shrikumar, Greenside, Kundaje 2017,
@@ -673,6 +682,13 @@ def _bounds(x, rules, low_default=None, high_default=None):
 def _lrp(f, x, target, rules):
   return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
 
+
+@typing.overload
+def lrp(f, x, target, *, key=..., rules: Any = ..., epsilon: float | None = ...,
+        return_delta: Literal[False] = ...) -> Array: ...
+@typing.overload
+def lrp(f, x, target, *, key=..., rules: Any = ..., epsilon: float | None = ...,
+        return_delta: Literal[True]) -> tuple[Array, Array]: ...
 
 @REGISTRY.register("lrp",
     differentiable=False, note="the relevance rules are custom backward passes whose own derivative is not the derivative of the map; differentiate gradient_x_input or integrated_gradients instead", family="propagation", returns="input", evaluations=1, backward=True)

@@ -26,7 +26,7 @@ def test_ig_equals_closed_form_on_linear_model(linear_model, images, rule, basel
   if baseline == "array":
     baseline = jax.random.normal(jax.random.key(7), images.shape)
   attr, gap = saljax.integrated_gradients(f, images, target, baseline=baseline, steps=6, rule=rule,
-                                          return_gap=True)
+                                          return_delta=True)
   b = saljax.make_baseline(images, baseline)
   np.testing.assert_allclose(attr, _expected_linear(w, images, b, target), atol=2e-5, rtol=1e-5)
   np.testing.assert_allclose(gap, 0.0, atol=1e-4)
@@ -48,7 +48,7 @@ def test_completeness_gap_shrinks_with_steps(mlp_model, images):
   gaps = []
   for steps in (2, 4, 16):
     _, gap = saljax.integrated_gradients(mlp_model, 3 * images, target, steps=steps,
-                                         return_gap=True)
+                                         return_delta=True)
     gaps.append(float(jnp.abs(gap).max()))
   assert gaps[0] > 1e-3, gaps  # the test could fail: 2 nodes are not exact here
   assert gaps[1] < gaps[0] and gaps[2] < gaps[1], gaps
@@ -58,9 +58,9 @@ def test_completeness_gap_shrinks_with_steps(mlp_model, images):
 def test_riemann_gap_is_first_order(mlp_model, images):
   target = jnp.array([1, 2, 0])
   g8 = saljax.integrated_gradients(mlp_model, 3 * images, target, steps=8, rule="left",
-                                   return_gap=True)[1]
+                                   return_delta=True)[1]
   g32 = saljax.integrated_gradients(mlp_model, 3 * images, target, steps=32, rule="left",
-                                    return_gap=True)[1]
+                                    return_delta=True)[1]
   ratio = float(jnp.abs(g8).sum() / jnp.abs(g32).sum())
   assert 2.5 < ratio < 6.0, ratio  # error ~ 1/steps
 

@@ -9,7 +9,7 @@ import pytest
 
 import saljax
 from saljax import ops
-from saljax.explainers import _extremal, _sensitivity
+from saljax.explainers import _extremal, sensitivity as _sensitivity
 from saljax.explainers import _masking as MK
 from saljax.explainers import perturbation as P
 
