@@ -122,7 +122,7 @@ def run(config, workdir: str) -> dict[str, Any]:
     for label, sim, absolute in sims:
       out = metrics.model_parameter_randomization(
           model_fn, x, None, target, params=params, key=key, explainer=explainers.get(m),
-          explainer_options=opts, mode=scfg.mode, layers=layers, similarity=sim,
+          explainer_options=opts, mode=scfg.mode, layer=layers, similarity=sim,
           absolute=absolute, init=init)
       curve = np.asarray(out["curve"])  # [B, stages]
       results[m][label] = curve.mean(0).tolist()

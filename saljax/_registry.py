@@ -21,7 +21,7 @@ import jax
 # What a method can need besides (f, x, target):
 NEEDS = frozenset({
     "tapped",      # a `Tapped` model (layer methods), and a `layer` option
-    "layers",      # several tapped layers (`layers=[...]`)
+    "layers",      # several tapped layers (`layer=[...]`)
     "vit",         # a tapped vision transformer (attention probabilities)
     "key",         # a jax.random key
     "segments",    # a feature mask [B, H, W] (or a host-side segmentation by name)

@@ -151,3 +151,55 @@ def check_batch_size(batch_size: Any) -> int | None:
   if batch_size is None:
     return None
   return check_positive_int(batch_size, "batch_size")
+
+
+@jax.tree_util.register_pytree_node_class
+class Options:
+  """Keyword options forwarded to an inner explainer (by the noise wrappers and
+  the metrics that rerun an explainer).
+
+  Arrays are pytree leaves, so they are traced and a new value reuses the
+  compiled program; every other value (step counts, rule names, Python
+  numbers) is static aux data, hashed into the compile key. Pass
+  ``jnp.asarray(v)`` to trace a number the inner explainer accepts traced
+  (e.g. SmoothGrad's ``noise_level``).
+  """
+
+  def __init__(self, static: tuple = (), dynamic: dict | None = None):
+    self.static = static
+    self.dynamic = dict(dynamic or {})
+
+  @classmethod
+  def split(cls, options: Any, name: str = "explainer_options") -> "Options":
+    if options is None:
+      options = {}
+    if not isinstance(options, dict):
+      raise TypeError(f"{name}: expected a dict of keyword options, got {describe(options)}")
+    static, dynamic = [], {}
+    for k, v in options.items():
+      if not isinstance(k, str):
+        raise TypeError(f"{name}: expected option names as strings, got {k!r}")
+      if hasattr(v, "shape") and hasattr(v, "dtype"):
+        dynamic[k] = v
+        continue
+      try:
+        hash(v)
+      except TypeError as e:
+        raise TypeError(f"{name}: {k}={v!r} must be hashable or an array") from e
+      static.append((k, v))
+    return cls(tuple(sorted(static, key=lambda kv: kv[0])), dynamic)
+
+  def kwargs(self) -> dict:
+    return dict(self.static, **self.dynamic)
+
+  def tree_flatten(self):
+    keys = tuple(sorted(self.dynamic))
+    return tuple(self.dynamic[k] for k in keys), (self.static, keys)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    static, keys = aux
+    return cls(static, dict(zip(keys, children)))
+
+  def __repr__(self):
+    return f"Options({self.kwargs()!r})"

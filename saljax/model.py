@@ -689,3 +689,27 @@ def target_logit(f: Callable, x: Array, target: Array) -> Array:
   """``f(x)[b, target[b]]`` for each row, shape `[B]`."""
   logits = f(x)
   return jnp.take_along_axis(logits, target[:, None].astype(jnp.int32), axis=1)[:, 0]
+
+
+# What an explainer or metric scores: the target's logit or its softmax probability.
+# One name (``score=``) and one implementation for both, so that a metric run with
+# an explainer's option means the same number.
+SCORES = ("logit", "probability")
+
+
+def check_score(score: Any, allowed: Sequence[str] = SCORES) -> str:
+  return _validation.check_choice(score, "score", tuple(allowed))
+
+
+def class_scores(f: Callable, x: Array, score: str) -> Array:
+  """Logits, or softmax probabilities (computed in float32), ``[B, C]``."""
+  logits = f(x)
+  if score == "probability":
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  return logits
+
+
+def target_score(f: Callable, x: Array, target: Array, score: str) -> Array:
+  """The target class's logit or probability per row, ``[B]``."""
+  s = class_scores(f, x, score)
+  return jnp.take_along_axis(s, target[:, None].astype(jnp.int32), axis=1)[:, 0]

@@ -265,3 +265,24 @@ def test_numbers_that_are_not_shapes_are_traced(method, option, values):
   assert not np.allclose(a, b), f"{method} ignores {option}"
   both = jax.vmap(call)(jnp.asarray(values))
   np.testing.assert_allclose(both[1], b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("metric", ["max_sensitivity", "model_parameter_randomization"])
+def test_explainer_options_given_as_arrays_are_traced_by_metrics(metric):
+  """A metric that reruns an explainer passes its array options as traced
+  arguments: a new SmoothGrad noise level reuses the metric's program."""
+  model = MAKERS["partial"](0)
+  fn = saljax.metrics.get(metric)
+  key = jax.random.key(1)
+  def call(level):
+    opts = {"samples": 3, "noise_level": jnp.asarray(level, jnp.float32)}
+    if metric == "max_sensitivity":
+      return fn(model, X, None, TARGET, key=key, explainer="smoothgrad", explainer_options=opts,
+                samples=2)
+    return fn(model.func, X, None, TARGET, params=model.args[0], key=key, explainer="smoothgrad",
+              explainer_options=opts)["score"]
+  a = call(0.1)
+  with count_compiles() as n:
+    b = call(0.3)
+  assert n[0] == 0, f"{metric}: a new traced explainer option compiled {n[0]} programs"
+  assert not np.allclose(a, b)

@@ -52,3 +52,30 @@ def test_each_method_lives_in_its_family_module(which):
     fam = reg.entry(n).family
     mod = importlib.import_module(f"saljax.{which}.{MODULE_OF_FAMILY.get(fam, fam)}")
     assert getattr(mod, n, None) is reg.get(n), f"{n}: not in saljax.{which}.{fam}"
+
+
+# One name per idea across every registered method (docs/models.md, "Vocabulary").
+SYNONYMS = {"output": "score", "layers": "layer", "return_gap": "return_delta",
+            "num_samples": "samples", "n_steps": "steps", "baselines": "baseline"}
+
+
+@pytest.mark.parametrize("which", ["explainers", "metrics"])
+def test_one_vocabulary_for_keyword_arguments(which):
+  import inspect
+  reg = getattr(saljax, which)
+  bad = []
+  for n in reg.names():
+    params = inspect.signature(reg.get(n)).parameters
+    bad += [f"{n}({p}=): call it {SYNONYMS[p]}=" for p in params if p in SYNONYMS]
+  assert not bad, bad
+
+
+def test_score_option_means_the_same_everywhere():
+  """Every `score=` accepts the logit/probability pair, so a metric handed an
+  explainer's option (or the other way round) means the same number."""
+  import inspect
+  for reg in (saljax.explainers, saljax.metrics):
+    for n in reg.names():
+      p = inspect.signature(reg.get(n)).parameters.get("score")
+      if p is not None:
+        assert p.default in saljax.model.SCORES + ("logit_softmax", "accuracy"), (n, p.default)

@@ -100,7 +100,7 @@ def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, paddin
     xp = _apply(pyramid, mask if variant == "preserve" else 1 - mask)
     if jitter:
       xp = jnp.where(t % 2 == 0, jnp.flip(xp, axis=2), xp)
-    reward = sign * MK.score(f, xp, target, "logit")
+    reward = sign * M.target_score(f, xp, target, "logit")
     regul_weight = 300.0 * 1.0035 ** t.astype(x.dtype)
     regul = -((jnp.sort(mask.reshape(b, -1), axis=1) - reference) ** 2).mean(1) * regul_weight
     return -(reward + regul).sum()

@@ -21,24 +21,7 @@ from saljax import ops
 
 Array = jax.Array
 
-OUTPUTS = ("logit", "probability")
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb", "grid", "elements")
-
-
-# ----------------------------------------------------------------------------
-# Scores.
-
-
-def score(f: M.Model, x: Array, target: Array, output: str) -> Array:
-  """The explained score per row, ``[B]``: the target logit or its softmax probability."""
-  logits = f(x)
-  if output == "probability":
-    logits = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0]
-
-
-def check_output(output: Any) -> str:
-  return V.check_choice(output, "output", OUTPUTS)
 
 
 def check_images(x: Array, method: str) -> Array:

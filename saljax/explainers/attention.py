@@ -17,7 +17,7 @@ What the model must expose (the zoo's ViT follows this):
   in a small submodule, e.g. ``AttentionProbs(name="probs")``). Such layers
   are found by name: the last path component contains ``prob``, ``attn``,
   ``attention`` or ``weights``, and the activation is ``[B, H, T, T]``; pass
-  ``layers=`` otherwise.
+  ``layer=`` otherwise.
 """
 from __future__ import annotations
 
@@ -82,9 +82,9 @@ def _check_attention(f, x, layers, num_prefix_tokens):
     layers = attention_layers(f, x, num_prefix_tokens)
     if not layers:
       raise ValueError(
-          "layers: found no attention-probability layer [B, heads, T, T] (named like"
+          "layer: found no attention-probability layer [B, heads, T, T] (named like"
           " '.../probs' or '.../attn'); tap the softmax output in a submodule and pass"
-          f" layers=[...]; the model has {list(f.layer_names)}")
+          f" layer=[...]; the model has {list(f.layer_names)}")
   names, _ = cam._layer_list(layers)
   M.check_layers(f, names)
   grid = None
@@ -92,10 +92,10 @@ def _check_attention(f, x, layers, num_prefix_tokens):
     s = tuple(shapes[k].shape)
     if len(s) != 4 or s[-1] != s[-2]:
       raise ValueError(
-          f"layers: {k!r} is not an attention-probability layer [B, heads, T, T], got shape {s}")
+          f"layer: {k!r} is not an attention-probability layer [B, heads, T, T], got shape {s}")
     g = cam.token_grid((s[0], s[-1], 1), k, num_prefix_tokens)
     if grid is not None and g != grid:
-      raise ValueError(f"layers: attention layers disagree on the token grid: {grid} vs {g}")
+      raise ValueError(f"layer: attention layers disagree on the token grid: {grid} vs {g}")
     grid = g
   return names, grid
 
@@ -130,7 +130,7 @@ def _rollout(f, x, names, grid, head_fusion, discard_ratio, query):
 @REGISTRY.register("attention_rollout",
     differentiable=False, note="its derivative disagrees with finite differences; use vit_gradcam under jax.grad", family="attention", returns="layer", needs=("vit",),
     evaluations=1, backward=False)
-def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | None = None,
+def attention_rollout(f, x, target=None, *, key=None, layer: str | Sequence[str] | None = None,
                       head_fusion: str = "mean", discard_ratio: float = 0.0,
                       num_prefix_tokens: int = 1, query_token: int = 0) -> Array:
   """Attention rollout (Abnar and Zuidema 2020, "Quantifying Attention Flow in
@@ -143,8 +143,8 @@ def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | No
   (`target` is ignored).
 
   Args:
-    layers: attention-probability layers ``[B, heads, T, T]`` in forward
-      order (default: all found by name, see the module docstring).
+    layer: an attention-probability layer ``[B, heads, T, T]`` or a sequence
+      of them in forward order (default: all found by name, see the module docstring).
     head_fusion: "mean" (default, the paper), "max" or "min" (jacobgil's
       vit-explain options).
     discard_ratio: fraction of the weakest attention entries set to 0 per
@@ -157,7 +157,7 @@ def attention_rollout(f, x, target=None, *, key=None, layers: Sequence[str] | No
   V.check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
   if not 0.0 <= discard_ratio < 1.0:
     raise ValueError(f"discard_ratio: expected a float in [0, 1), got {discard_ratio!r}")
-  names, grid = _check_attention(f, x, layers, num_prefix_tokens)
+  names, grid = _check_attention(f, x, layer, num_prefix_tokens)
   q = V.check_positive_int(query_token, "query_token", minimum=0)
   if q >= grid[2] + grid[0] * grid[1]:
     raise ValueError(f"query_token: expected an index below {grid[2] + grid[0] * grid[1]}, got {q}")

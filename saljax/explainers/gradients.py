@@ -258,21 +258,6 @@ def completeness_gap(f, x, attribution, target, baseline) -> Array:
 NOISE_MODES = ("relative", "absolute")
 
 
-def _split_options(options: dict) -> tuple[tuple, dict]:
-  """Splits options into hashable (static) ones and array ones (traced)."""
-  static, dynamic = [], {}
-  for k, v in options.items():
-    if hasattr(v, "shape") and hasattr(v, "dtype"):
-      dynamic[k] = v
-    else:
-      try:
-        hash(v)
-      except TypeError as e:
-        raise TypeError(f"explainer option {k}={v!r} must be hashable or an array") from e
-      static.append((k, v))
-  return tuple(sorted(static)), dynamic
-
-
 def _resolve_explainer(explainer) -> tuple[Callable, bool]:
   if isinstance(explainer, str):
     e = REGISTRY.entry(explainer)
@@ -285,18 +270,16 @@ def _resolve_explainer(explainer) -> tuple[Callable, bool]:
   return explainer, True
 
 
-@M.jit(static_argnames=(
-    "base", "stochastic", "samples", "noise", "reduce", "batch_size",
-    "static_options"))
-def _noise_wrapper(f, x, target, key, dynamic_options, base, stochastic, samples, noise_level,
-                   noise, reduce, batch_size, static_options):
+@M.jit(static_argnames=("base", "stochastic", "samples", "noise", "reduce", "batch_size"))
+def _noise_wrapper(f, x, target, key, options, base, stochastic, samples, noise_level,
+                   noise, reduce, batch_size):
   if noise == "relative":
     axes = tuple(range(1, x.ndim))
     sigma = noise_level * (x.max(axes) - x.min(axes))
     sigma = _bcast(sigma, x)
   else:
     sigma = jnp.asarray(noise_level, x.dtype)
-  options = dict(static_options, **dynamic_options)
+  options = options.kwargs()
 
   def one(k):
     k_noise, k_base = jax.random.split(k)
@@ -323,9 +306,9 @@ def _noise_explainer(reduce: str, f, x, target, *, key, explainer, samples, nois
   # A number, traced: a new noise level reuses the compiled program.
   if V.is_concrete(noise_level) and not float(noise_level) >= 0:
     raise ValueError(f"noise_level: expected a non-negative float, got {noise_level!r}")
-  static, dynamic = _split_options(dict(explainer_options or {}))
-  return _noise_wrapper(f, x, target, key, dynamic, base, stochastic, samples,
-                        jnp.asarray(noise_level, x.dtype), noise, reduce, batch_size, static)
+  options = V.Options.split(explainer_options)
+  return _noise_wrapper(f, x, target, key, options, base, stochastic, samples,
+                        jnp.asarray(noise_level, x.dtype), noise, reduce, batch_size)
 
 
 _NOISE_DOC = """

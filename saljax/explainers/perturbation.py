@@ -10,8 +10,8 @@ B`` images). A mask count that is not a multiple of ``batch_size`` is handled
 by one extra call on the remainder. Segmentation (LIME, KernelSHAP, Shapley
 sampling over superpixels) runs with scikit-image outside the compiled part.
 
-Scores: ``output="logit"`` explains the target logit (Captum's convention);
-``output="probability"`` its softmax probability (what RISE and LIME used).
+Scores: ``score="logit"`` explains the target logit (Captum's convention);
+``score="probability"`` its softmax probability (what RISE and LIME used).
 Each method states its default.
 """
 from __future__ import annotations
@@ -69,18 +69,18 @@ def _to_x(m: Array, x: Array) -> Array:
 # Occlusion.
 
 
-@M.jit(static_argnames=("window", "output", "batch_size"))
-def _occlusion(f, x, target, fill, starts, window, output, batch_size):
+@M.jit(static_argnames=("window", "score", "batch_size"))
+def _occlusion(f, x, target, fill, starts, window, score, batch_size):
   h, w = x.shape[1:3]
   wh, ww = window
-  base = MK.score(f, x, target, output)
+  base = M.target_score(f, x, target, score)
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
 
   def one(p):
     m = (rows >= p[0]) & (rows < p[0] + wh) & (cols >= p[1]) & (cols < p[1] + ww)
     xo = jnp.where(m[None, :, :, None], fill, x)
-    d = base - MK.score(f, xo, target, output)
+    d = base - M.target_score(f, xo, target, score)
     mf = m.astype(x.dtype)
     return d[:, None, None] * mf, mf[None]  # leading 1: one model batch per item
 
@@ -109,7 +109,7 @@ def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, int
 @REGISTRY.register("occlusion", family="perturbation", returns="input",
     evaluations=_occlusion_evaluations, backward=False, smoke={"window": 4, "stride": 4})
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
-              fill: Any = 0.0, blur_sigma: float = 10.0, output: str = "logit",
+              fill: Any = 0.0, blur_sigma: float = 10.0, score: str = "logit",
               batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Occlusion (Zeiler and Fergus 2014, "Visualizing and Understanding
   Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics.
@@ -127,7 +127,7 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
     fill: a float (default 0.0, Captum's baseline, in the model's input space),
       an array shaped like `x`, or ``"blur"`` (the input blurred with
       `blur_sigma` pixels).
-    output: ``"logit"`` (default, as Captum) or ``"probability"``.
+    score: ``"logit"`` (default, as Captum) or ``"probability"``.
     batch_size: windows evaluated per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
 
@@ -136,10 +136,10 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   """
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "occlusion")
-  MK.check_output(output)
+  M.check_score(score)
   starts, win = _occlusion_starts(x.shape, window, stride)
   fillv = MK.fill_values(x, fill, blur_sigma=blur_sigma)
-  return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, output,
+  return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score,
                     V.check_batch_size(batch_size))
 
 
@@ -169,14 +169,14 @@ def _rise_mask(k, size, cells, p, dtype):
   return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
 
 
-@M.jit(static_argnames=("masks", "cells", "output", "batch_size"))
-def _rise(f, x, target, key, fill, p, masks, cells, output, batch_size):
+@M.jit(static_argnames=("masks", "cells", "score", "batch_size"))
+def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size):
   size = x.shape[1:3]
 
   def one(k):
     m = _rise_mask(k, size, cells, p, x.dtype)
     xm = x * m[None, :, :, None] + fill * (1 - m[None, :, :, None])
-    s = MK.score(f, xm, target, output)
+    s = M.target_score(f, xm, target, score)
     return s[:, None, None] * m[None]
 
   total = parallel.chunked_sum(one, jax.random.split(key, masks), batch_size=batch_size)
@@ -186,7 +186,7 @@ def _rise(f, x, target, key, fill, p, masks, cells, output, batch_size):
 @REGISTRY.register("rise", family="perturbation", returns="input", needs=("key",),
     evaluations=lambda o, f, x: o["masks"], backward=False, smoke={"masks": 16, "cells": 4})
 def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float = 0.5,
-         fill: Any = 0.0, output: str = "probability",
+         fill: Any = 0.0, score: str = "probability",
          batch_size: int | None = DEFAULT_BATCH) -> Array:
   """RISE (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
@@ -204,7 +204,7 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
     cells: grid size s, default 7; p: keep probability, default 0.5 (paper).
     fill: what masked pixels become, default 0.0 (the paper multiplies the
       normalized image by the mask).
-    output: ``"probability"`` (default: the paper's softmax score) or ``"logit"``.
+    score: ``"probability"`` (default: the paper's softmax score) or ``"logit"``.
     batch_size: masks per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call). Any N works.
 
@@ -214,12 +214,12 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
   f, x, target = prepare(f, x, target)
   key = require_key(key, "rise")
   MK.check_images(x, "rise")
-  MK.check_output(output)
+  M.check_score(score)
   masks = V.check_positive_int(masks, "masks")
   cells = V.check_positive_int(cells, "cells")
   p = MK.check_probability(p, "p", open_high=False)
   fillv = MK.fill_values(x, fill)
-  return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, output,
+  return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
                V.check_batch_size(batch_size))
 
 
@@ -227,11 +227,11 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
 # Coalition sampling over feature groups (LIME, KernelSHAP).
 
 
-def _scores_for(f, x, fill, labels, target, z, output, batch_size):
+def _scores_for(f, x, fill, labels, target, z, score, batch_size):
   """Scores ``[S, B]`` of the coalitions ``z[S, B, M]`` (1 = keep the group)."""
 
   def one(zs):
-    return MK.score(f, MK.apply_coalition(x, fill, labels, zs), target, output)
+    return M.target_score(f, MK.apply_coalition(x, fill, labels, zs), target, score)
 
   return parallel.chunked_map(one, z, batch_size=batch_size)
 
@@ -244,11 +244,11 @@ def _lime_coalitions(key, samples, counts, m):
   return (z & valid[None]).astype(jnp.float32)
 
 
-@M.jit(static_argnames=("samples", "m", "output", "batch_size"))
-def _lime(f, x, target, key, fill, labels, counts, kernel_width, alpha, samples, m, output,
+@M.jit(static_argnames=("samples", "m", "score", "batch_size"))
+def _lime(f, x, target, key, fill, labels, counts, kernel_width, alpha, samples, m, score,
           batch_size):
   z = _lime_coalitions(key, samples, counts, m)
-  y = _scores_for(f, x, fill, labels, target, z, output, batch_size)  # [S, B]
+  y = _scores_for(f, x, fill, labels, target, z, score, batch_size)  # [S, B]
   valid = (jnp.arange(m)[None, :] < counts[:, None]).astype(x.dtype)  # [B, M]
   # Cosine distance to the all-ones vector: 1 - sqrt(k / M_b) (1 for k = 0, as sklearn).
   k = z.sum(-1)
@@ -280,7 +280,7 @@ def _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma):
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"samples": 16})
 def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quickshift",
          segmentation_options: dict | None = None, fill: Any = "mean", blur_sigma: float = 10.0,
-         kernel_width: float = 0.25, alpha: float = 1.0, output: str = "probability",
+         kernel_width: float = 0.25, alpha: float = 1.0, score: str = "probability",
          batch_size: int | None = DEFAULT_BATCH) -> Array:
   """LIME over superpixels (Ribeiro, Singh, Guestrin 2016, "Why Should I Trust
   You?", arXiv:1602.04938), with the defaults of the authors' `lime_image`.
@@ -303,19 +303,19 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
     fill: ``"mean"`` (default: each segment's mean colour, lime_image's
       ``hide_color=None``), a float, an array, or ``"blur"``.
     kernel_width: 0.25 (lime_image); alpha: ridge strength 1.0 (lime's `Ridge`).
-    output: ``"probability"`` (default, as lime's ``classifier_fn``) or ``"logit"``.
+    score: ``"probability"`` (default, as lime's ``classifier_fn``) or ``"logit"``.
     batch_size: coalitions per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "lime")
-  MK.check_output(output)
+  M.check_score(score)
   samples = V.check_positive_int(samples, "samples", minimum=2)
   if not kernel_width > 0 or not alpha > 0:
     raise ValueError(f"kernel_width and alpha: expected positive floats, got {kernel_width!r}, {alpha!r}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   return _lime(f, x, target, key, fillv, labels, counts, jnp.asarray(kernel_width, x.dtype),
-               jnp.asarray(alpha, x.dtype), samples, m, output, V.check_batch_size(batch_size))
+               jnp.asarray(alpha, x.dtype), samples, m, score, V.check_batch_size(batch_size))
 
 
 # ----------------------------------------------------------------------------
@@ -358,8 +358,8 @@ def _kernel_coalitions(key, samples, counts, m):
   return (rank < drawn[..., None]).astype(jnp.float32)
 
 
-@M.jit(static_argnames=("samples", "m", "exact", "output", "batch_size"))
-def _kernel_shap(f, x, target, key, fill, labels, counts, samples, m, exact, output, batch_size):
+@M.jit(static_argnames=("samples", "m", "exact", "score", "batch_size"))
+def _kernel_shap(f, x, target, key, fill, labels, counts, samples, m, exact, score, batch_size):
   valid = jnp.arange(m)[None, :] < counts[:, None]  # [B, M]
   if exact:
     z = jnp.asarray(_all_coalitions(m))[:, None, :] * valid[None].astype(jnp.float32)
@@ -369,9 +369,9 @@ def _kernel_shap(f, x, target, key, fill, labels, counts, samples, m, exact, out
   else:
     z = _kernel_coalitions(key, samples, counts, m)
     wts = jnp.ones(z.shape[:2], jnp.float32)
-  y = _scores_for(f, x, fill, labels, target, z, output, batch_size)  # [S, B]
-  f_x = MK.score(f, x, target, output)
-  f_0 = MK.score(f, fill, target, output)
+  y = _scores_for(f, x, fill, labels, target, z, score, batch_size)  # [S, B]
+  f_x = M.target_score(f, x, target, score)
+  f_0 = M.target_score(f, fill, target, score)
   phi = jax.vmap(_constrained_wls, in_axes=(1, 1, 1, 0, 0, 0, 0))(
       z, y, wts.astype(x.dtype), valid, counts - 1, f_x, f_0)
   return MK.expand_map(phi, labels)
@@ -397,7 +397,7 @@ def _constrained_wls(z, y, w, valid, last, f_x, f_0):
     evaluations=_kernel_shap_evaluations, backward=False, smoke={"samples": 16})
 def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = False,
                 segments: Any = "slic", segmentation_options: dict | None = None,
-                fill: Any = 0.0, blur_sigma: float = 10.0, output: str = "logit",
+                fill: Any = 0.0, blur_sigma: float = 10.0, score: str = "logit",
                 batch_size: int | None = DEFAULT_BATCH) -> Array:
   """KernelSHAP over feature groups (Lundberg and Lee 2017, "A Unified Approach
   to Interpreting Model Predictions", arXiv:1705.07874).
@@ -421,12 +421,12 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       ``x - fill`` summed over each group).
     segments: default ``"slic"`` (``n_segments=50``) or any value accepted by
       `lime`; fill: default 0.0 (Captum's baseline) or a float/array/"blur"/"mean".
-    output: ``"logit"`` (default, as Captum) or ``"probability"``.
+    score: ``"logit"`` (default, as Captum) or ``"probability"``.
     batch_size: coalitions per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
-  MK.check_output(output)
+  M.check_score(score)
   exact = bool(exact)
   if not exact:
     key = require_key(key, "kernel_shap")
@@ -438,7 +438,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       raise ValueError(f"exact=True enumerates 2^M coalitions and needs M <= 16 groups, got M = {m}")
     samples = 2 ** m
     key = jax.random.key(0)  # unused
-  return _kernel_shap(f, x, target, key, fillv, labels, counts, samples, m, exact, output,
+  return _kernel_shap(f, x, target, key, fillv, labels, counts, samples, m, exact, score,
                       V.check_batch_size(batch_size))
 
 
@@ -446,8 +446,8 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
 # Shapley value sampling.
 
 
-@M.jit(static_argnames=("samples", "m", "output", "batch_size"))
-def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, output, batch_size):
+@M.jit(static_argnames=("samples", "m", "score", "batch_size"))
+def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, score, batch_size):
   b = x.shape[0]
   u = jax.random.uniform(key, (samples, b, m))
   # Padded groups go last in every permutation; adding them changes nothing.
@@ -458,7 +458,7 @@ def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, outpu
   def one(st):
     s, t = st
     z = (pos[s] < t).astype(jnp.float32)  # the first t groups of permutation s
-    return MK.score(f, MK.apply_coalition(x, fill, labels, z), target, output)
+    return M.target_score(f, MK.apply_coalition(x, fill, labels, z), target, score)
 
   steps = jnp.arange(m + 1)
   grid = (jnp.repeat(jnp.arange(samples), m + 1), jnp.tile(steps, samples))
@@ -474,7 +474,7 @@ def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, outpu
     smoke={"samples": 2})
 def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any = "slic",
                      segmentation_options: dict | None = None, fill: Any = 0.0,
-                     blur_sigma: float = 10.0, output: str = "logit",
+                     blur_sigma: float = 10.0, score: str = "logit",
                      batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Shapley value sampling over feature groups (Castro, Gomez, Tejada 2009,
   "Polynomial calculation of the Shapley value based on sampling"; Strumbelj
@@ -494,16 +494,16 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any
     segments: default ``"slic"`` (``n_segments=50``), ``"elements"`` (every
       scalar a feature, Captum's default without a feature mask), or any value
       accepted by `lime`. fill: default 0.0 (Captum's baseline).
-    output: ``"logit"`` (default, as Captum) or ``"probability"``.
+    score: ``"logit"`` (default, as Captum) or ``"probability"``.
     batch_size: evaluations per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "shapley_sampling")
-  MK.check_output(output)
+  M.check_score(score)
   samples = V.check_positive_int(samples, "samples")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
-  return _shapley_sampling(f, x, target, key, fillv, labels, counts, samples, m, output,
+  return _shapley_sampling(f, x, target, key, fillv, labels, counts, samples, m, score,
                            V.check_batch_size(batch_size))
 
 

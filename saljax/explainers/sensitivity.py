@@ -56,8 +56,8 @@ def sobol_design(grid: int, designs: int) -> np.ndarray:
   return qmc.Sobol(d=2 * grid * grid, scramble=False).random(designs).astype(np.float32)
 
 
-@M.jit(static_argnames=("grid", "designs", "output", "batch_size"))
-def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
+@M.jit(static_argnames=("grid", "designs", "score", "batch_size"))
+def _sobol(f, x, target, fill, a, bm, grid, designs, score, batch_size):
   d = grid * grid
   size = x.shape[1:3]
 
@@ -68,7 +68,7 @@ def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
     mix = jnp.where(col == i, bm[n], a[n])  # C^i: A with column i from B
     m = jnp.where(block == 0, a[n], jnp.where(block == 1, bm[n], mix))
     up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
-    return MK.score(f, x * up + fill * (1 - up), target, output)
+    return M.target_score(f, x * up + fill * (1 - up), target, score)
 
   y = parallel.chunked_map(one, jnp.arange(designs * (d + 2)), batch_size=batch_size)  # [N(d+2), B]
   f_a = y[:designs]
@@ -84,7 +84,7 @@ def _sobol(f, x, target, fill, a, bm, grid, designs, output, batch_size):
     evaluations=lambda o, f, x: o["designs"] * (o["grid"] ** 2 + 2), backward=False,
     smoke={"grid": 4, "designs": 4})
 def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any = 0.0,
-          output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+          score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Sobol attribution (Fel, Cadene, Chalvidal, Cord, Vigouroux, Serre 2021,
   "Look at the Variance! Efficient Black-box Explanations with Sobol-based
   Sensitivity Analysis", arXiv:2111.04138).
@@ -100,13 +100,13 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any
   Args:
     grid: patches per side; designs: N, a power of two.
     fill: what a masked-out fraction blends to (default 0.0, input space).
-    output: ``"logit"`` (default) or ``"probability"``.
+    score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "sobol")
-  MK.check_output(output)
+  M.check_score(score)
   grid = _check_grid(grid, x)
   designs = V.check_positive_int(designs, "designs", minimum=2)
   if designs & (designs - 1):
@@ -115,7 +115,7 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any
   d = grid * grid
   fillv = MK.fill_values(x, fill)
   return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), grid,
-                designs, output, V.check_batch_size(batch_size))
+                designs, score, V.check_batch_size(batch_size))
 
 
 # ----------------------------------------------------------------------------
@@ -153,15 +153,15 @@ def hsic_scores(masks: Array, y: Array) -> Array:
   return (on + off) / (p - 1) ** 2
 
 
-@M.jit(static_argnames=("grid", "samples", "output", "batch_size"))
-def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
+@M.jit(static_argnames=("grid", "samples", "score", "batch_size"))
+def _hsic(f, x, target, key, fill, grid, samples, score, batch_size):
   d = grid * grid
   size = x.shape[1:3]
   masks = latin_hypercube(key, samples, d) >= 0.5  # rounded LHS
 
   def one(m):
     up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
-    return MK.score(f, x * up + fill * (1 - up), target, output)
+    return M.target_score(f, x * up + fill * (1 - up), target, score)
 
   y = parallel.chunked_map(one, masks, batch_size=batch_size)  # [p, B]
   scores = jax.vmap(hsic_scores, in_axes=(None, 1))(masks, y.astype(jnp.float32))  # [B, d]
@@ -172,28 +172,28 @@ def _hsic(f, x, target, key, fill, grid, samples, output, batch_size):
     differentiable=False, note="its derivative disagrees with finite differences (bandwidths from medians of distances); use a gradient method under jax.grad", family="sensitivity", returns="input", needs=("key",),
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"grid": 4, "samples": 16})
 def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: Any = 0.0,
-         output: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+         score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
   """HSIC attribution (Novello, Fel, Vigouroux 2022, "Making Sense of
   Dependence: Efficient Black-box Explanations Using Dependence Measure",
   arXiv:2206.06219).
 
   `samples` binary ``grid x grid`` masks from a rounded Latin hypercube,
   inpainting ``x * M + fill * (1 - M)``, and per patch the HSIC between the
-  patch's on/off state and the model output (`hsic_scores`). Defaults follow
+  patch's on/off state and the model score (`hsic_scores`). Defaults follow
   the authors' notebook: ``grid=7, samples=1536`` (the paper recommends 7 and
   about 1500 forwards; Xplique's constructor uses 8 and 500); target logit.
 
   Args:
     key: a `jax.random` key (required): it draws the Latin hypercube.
-    output: ``"logit"`` (default) or ``"probability"``.
+    score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "hsic")
   MK.check_images(x, "hsic")
-  MK.check_output(output)
+  M.check_score(score)
   grid = _check_grid(grid, x)
   samples = V.check_positive_int(samples, "samples", minimum=2)
   fillv = MK.fill_values(x, fill)
-  return _hsic(f, x, target, key, fillv, grid, samples, output, V.check_batch_size(batch_size))
+  return _hsic(f, x, target, key, fillv, grid, samples, score, V.check_batch_size(batch_size))

@@ -25,7 +25,8 @@ from saljax import model as M
 
 Array = jax.Array
 
-SCORES = ("probability", "logit")
+SCORES = M.SCORES
+class_scores, target_score, check_score = M.class_scores, M.target_score, M.check_score
 
 
 prepare_model = M.prepare  # the same checks as every explainer's
@@ -154,18 +155,6 @@ def ranks(m: Array, key=None, *, descending: bool = True) -> Array:
   return jax.vmap(one)(v, perms).reshape(m.shape)
 
 
-def class_scores(f, x: Array, score: str) -> Array:
-  """Softmax probabilities or logits `[B, C]`."""
-  logits = f(x)
-  return jax.nn.softmax(logits, -1) if score == "probability" else logits
-
-
-def target_score(f, x: Array, target: Array, score: str) -> Array:
-  """Softmax probability (``"probability"``) or logit of the target class, `[B]`."""
-  s = class_scores(f, x, score)
-  return jnp.take_along_axis(s, target[:, None], axis=1)[:, 0]
-
-
 def trapezoid_auc(curve: Array) -> Array:
   """Trapezoid area of `curve[..., K+1]` on a uniform grid over [0, 1] (RISE's `auc`)."""
   n = curve.shape[-1] - 1
@@ -206,10 +195,6 @@ def spearman(a: Array, b: Array) -> Array:
   """
   n = a.shape[0]
   return pearson(average_ranks(a.reshape(n, -1)), average_ranks(b.reshape(n, -1)))
-
-
-def check_score(score: str) -> str:
-  return V.check_choice(score, "score", SCORES)
 
 
 def check_f_output(f, x) -> int:

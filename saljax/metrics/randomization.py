@@ -68,7 +68,7 @@ def _data_randomization_evaluations(o, f, x) -> int:
 
 def _parameter_randomization_evaluations(o, f, x) -> int:
   """One map per randomized layer (`f` is the model function, `o["params"]` its parameters)."""
-  layers = o["layers"]
+  layers = o["layer"]
   if layers is None:
     layers = layer_names(o["params"])
   n = 1 if isinstance(layers, str) else len(layers)
@@ -104,7 +104,7 @@ def layer_names(params) -> tuple[str, ...]:
   if isinstance(params, dict):
     return tuple(str(k) for k in params)
   raise TypeError("params: expected a dict pytree of layers (e.g. {'conv1': {...}, ...}); pass"
-                  " `layers` explicitly for other pytrees")
+                  " `layer` explicitly for other pytrees")
 
 
 def _leaf_layers(params, layers: Sequence[str]) -> tuple[int, ...]:
@@ -119,7 +119,7 @@ def _leaf_layers(params, layers: Sequence[str]) -> tuple[int, ...]:
 
 
 @M.jit(static_argnames=(
-    "explainer", "options", "leaf_layers", "n_layers", "mode", "similarity",
+    "explainer", "leaf_layers", "n_layers", "mode", "similarity",
     "absolute", "init", "batch_size", "image_rank"))
 def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, leaf_layers,
                    n_layers, mode, similarity, absolute, init, batch_size, image_rank):
@@ -159,13 +159,13 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
     backward=True, direction="lower")
 def model_parameter_randomization(model_fn, x, attribution, target, *, params=None, key=None,
                                   explainer=None, explainer_options=None, mode: str = "cascading",
-                                  layers: Sequence[str] | None = None,
+                                  layer: str | Sequence[str] | None = None,
                                   similarity: str = "spearman", absolute: bool = True,
                                   init: Callable | None = None, batch_size: int | None = None):
   """Model parameter randomization test (Adebayo et al. 2018, arXiv:1810.03292).
 
   Stage ``s`` re-initializes, in ``mode="cascading"``, layers ``0..s`` of
-  `layers` (listed from the OUTPUT down, so the top layer goes first and each
+  `layer` (listed from the OUTPUT down, so the top layer goes first and each
   stage adds the next deeper one; Sec. 3.1), or, in ``"independent"``, only
   layer ``s`` with every other layer trained (Sec. 3.2). At every stage the
   explainer is rerun for the same `target` (the reference code re-takes the
@@ -184,8 +184,8 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
     key: required (re-initialization and stochastic explainers).
     explainer, explainer_options: the method under test.
     mode: ``"cascading"`` (default) or ``"independent"``.
-    layers: layer names (top-level keys, or ``"a/b"`` paths) in randomization
-      order; default: the top-level keys of `params` reversed (output first).
+    layer: a layer name or a sequence of them (top-level keys of `params`, or
+      ``"a/b"`` paths) in randomization order; default: the top-level keys of `params` reversed (output first).
     similarity: ``"spearman"`` (default; Adebayo et al.'s rank correlation),
       ``"pearson"``, ``"ssim"`` or ``"hog"``.
     absolute: compare ``sum_c |e|`` maps (default, the paper's absolute
@@ -210,15 +210,16 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   V.check_choice(mode, "mode", MODES)
   V.check_choice(similarity, "similarity", S.SIMILARITIES)
   batch_size = V.check_batch_size(batch_size)
+  layers = layer
   if layers is None:
     layers = tuple(reversed(layer_names(params)))
   layers = (layers,) if isinstance(layers, str) else tuple(layers)
   if not layers:
-    raise ValueError("layers: expected at least one layer name, got none")
+    raise ValueError("layer: expected at least one layer name, got none")
   leaf_layers = _leaf_layers(params, layers)
   missing = [l for i, l in enumerate(layers) if i not in leaf_layers]
   if missing:
-    raise ValueError(f"layers: {missing} match no parameter; the params have layers"
+    raise ValueError(f"layer: {missing} match no parameter; the params have layers"
                      f" {list(layer_names(params)) if isinstance(params, dict) else '?'}")
   init = truncated_normal_init if init is None else init
   e0 = None
@@ -236,7 +237,7 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   return dict(out, layers=layers)
 
 
-@M.jit(static_argnames=("explainer", "options", "similarity",
+@M.jit(static_argnames=("explainer", "similarity",
                                              "absolute", "image_rank"))
 def _compare_classes(model, x, e_a, other, key, *, explainer, options, similarity, absolute,
                      image_rank):

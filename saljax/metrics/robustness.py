@@ -42,9 +42,9 @@ def _relative_stability_evaluations(o, f, x) -> int:
   return _stability_evaluations(o, f, x) + o["samples"]
 
 
-def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, tuple]:
+def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, V.Options]:
   """Validates the explainer argument (a callable or a registered name, as the
-  noise wrappers take); returns it and its options as a static tuple."""
+  noise wrappers take); returns it and its options (arrays traced, the rest static)."""
   if isinstance(explainer, str):
     from saljax import explainers
     if explainer not in explainers.names():
@@ -56,18 +56,12 @@ def check_explainer(explainer: Any, explainer_options: Any) -> tuple[Callable, t
                      " got None")
   if not callable(explainer):
     raise TypeError(f"explainer: expected an explainer callable, got {V.describe(explainer)}")
-  options = dict(explainer_options or {})
-  for k, v in options.items():
-    try:
-      hash(v)
-    except TypeError as e:
-      raise TypeError(f"explainer_options: {k}={v!r} must be hashable (it is static under jit)") from e
-  return explainer, tuple(sorted(options.items()))
+  return explainer, V.Options.split(explainer_options)
 
 
-def explain(explainer, model, x, target, key, options: tuple) -> Array:
+def explain(explainer, model, x, target, key, options: V.Options) -> Array:
   """Calls the explainer with the contract's arguments, as float32."""
-  return jnp.asarray(explainer(model, x, target, key=key, **dict(options)), jnp.float32)
+  return jnp.asarray(explainer(model, x, target, key=key, **options.kwargs()), jnp.float32)
 
 
 def _explanation_shape(explainer, model, options, shape, dtype):
@@ -101,8 +95,7 @@ def _norm(v: Array) -> Array:
   return jnp.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))
 
 
-@M.jit(static_argnames=("explainer", "options", "kind", "samples",
-                                             "batch_size"))
+@M.jit(static_argnames=("explainer", "kind", "samples", "batch_size"))
 def _stability(model, x, target, e_x, key, radius, eps, *, explainer, options,
                kind, samples, batch_size):
   f = M.as_model(model)

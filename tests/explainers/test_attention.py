@@ -43,7 +43,7 @@ def test_rollout_equals_hand_computation(vit):
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   # Rows of the rollout stay stochastic: the class-token row sums to 1.
   np.testing.assert_allclose(roll[:, 0].sum(-1), 1.0, rtol=1e-6)
-  mx = saljax.attention_rollout(tapped, x, head_fusion="max", layers=["blocks_2/attn/probs"])
+  mx = saljax.attention_rollout(tapped, x, head_fusion="max", layer=["blocks_2/attn/probs"])
   a = 0.5 * _probs(tapped, x)[2].max(1) + 0.5 * np.eye(t)
   a = a / a.sum(-1, keepdims=True)
   np.testing.assert_allclose(mx, a[:, 0, 1:].reshape(2, 4, 4), rtol=1e-5, atol=1e-7)

@@ -9,6 +9,7 @@ import pytest
 
 import saljax
 from saljax import ops
+from saljax import model as M
 from saljax.explainers import _extremal, sensitivity as _sensitivity
 from saljax.explainers import _masking as MK
 from saljax.explainers import perturbation as P
@@ -120,7 +121,7 @@ def test_occlusion_blur_fill(x8, lin8):
   t = jnp.array([0, 1])
   a = P.occlusion(f, x8, t, window=8, fill="blur", blur_sigma=2.0)
   blurred = ops.gaussian_blur(x8, 2.0, max_sigma=2.0, mode="reflect")
-  want = MK.score(f, x8, t, "logit") - MK.score(f, blurred, t, "logit")
+  want = M.target_score(f, x8, t, "logit") - M.target_score(f, blurred, t, "logit")
   np.testing.assert_allclose(a[:, 0, 0, 0], want, rtol=1e-4)
 
 
@@ -156,11 +157,11 @@ def test_rise_masks_statistics():
 def test_rise_constant_model_and_region_model():
   x = jnp.ones((1, 16, 16, 3))
   const = lambda x: jnp.zeros((x.shape[0], 2)) + jnp.array([2.0, 0.0])
-  s = P.rise(const, x, 0, key=KEY, masks=500, output="logit")
+  s = P.rise(const, x, 0, key=KEY, masks=500, score="logit")
   # sum_i c M_i / (N p) -> c, since E[M] = p.
   assert abs(float(s.mean()) - 2.0) < 0.1
   f = lambda x: jnp.stack([x[:, 2:6, 2:6].sum((1, 2, 3)), jnp.zeros(x.shape[0])], -1)
-  s = np.asarray(P.rise(f, x, 0, key=KEY, masks=500, cells=4, output="logit"))[0, ..., 0]
+  s = np.asarray(P.rise(f, x, 0, key=KEY, masks=500, cells=4, score="logit"))[0, ..., 0]
   # Outside the region the map estimates E[f] = 48 p = 24; inside E[f M] / p is larger.
   assert abs(s[10:, 10:].mean() - 24) < 2.5
   assert s[2:6, 2:6].mean() > s[10:, 10:].mean() + 4
@@ -184,7 +185,7 @@ def _exact_shapley(f, x, t, seg, fill=0.0):
 
   def value(s):
     keep = jnp.isin(seg_x, jnp.asarray(list(s) or [-1]))
-    return np.asarray(MK.score(f, jnp.where(keep, x, fill), t, "logit"))
+    return np.asarray(M.target_score(f, jnp.where(keep, x, fill), t, "logit"))
 
   phi = np.zeros((x.shape[0], m))
   for j in range(m):
@@ -209,7 +210,7 @@ def test_kernel_shap_sampled_efficiency_and_key(x8, mlp8):
   b = P.kernel_shap(mlp8, x8, t, key=KEY, samples=64, segments=seg)
   np.testing.assert_array_equal(a, b)
   phi = per_group(a, seg)
-  gap = MK.score(mlp8, x8, t, "logit") - MK.score(mlp8, jnp.zeros_like(x8), t, "logit")
+  gap = M.target_score(mlp8, x8, t, "logit") - M.target_score(mlp8, jnp.zeros_like(x8), t, "logit")
   np.testing.assert_allclose(phi.sum(1), gap, rtol=1e-4, atol=1e-4)
 
 
@@ -231,10 +232,10 @@ def test_lime_on_linear_model_recovers_group_contributions(x8, lin8):
   f, w = lin8
   t = jnp.array([3, 1])
   # An exactly linear response in z: the weighted fit is perfect whatever the weights.
-  a = P.lime(f, x8, t, key=KEY, samples=200, segments=SEG4, fill=0.0, alpha=1e-6, output="logit")
+  a = P.lime(f, x8, t, key=KEY, samples=200, segments=SEG4, fill=0.0, alpha=1e-6, score="logit")
   np.testing.assert_allclose(per_group(a, SEG4), group_contrib(w, x8, t, SEG4), rtol=1e-3, atol=1e-3)
   # Ridge shrinks the coefficients (sklearn's Ridge with alpha=1, lime's default).
-  r = per_group(P.lime(f, x8, t, key=KEY, samples=200, segments=SEG4, fill=0.0, output="logit"), SEG4)
+  r = per_group(P.lime(f, x8, t, key=KEY, samples=200, segments=SEG4, fill=0.0, score="logit"), SEG4)
   exact = group_contrib(w, x8, t, SEG4)
   assert np.all(np.linalg.norm(r, axis=1) < np.linalg.norm(exact, axis=1))
   assert np.abs(r - exact).max() > 1e-2
@@ -250,7 +251,7 @@ def test_lime_mean_fill_and_default_segmentation(x8, mlp8):
 
 def test_shapley_sampling_efficiency_is_exact_and_error_shrinks(x8, mlp8):
   t = jnp.array([0, 3])
-  gap = MK.score(mlp8, x8, t, "logit") - MK.score(mlp8, jnp.zeros_like(x8), t, "logit")
+  gap = M.target_score(mlp8, x8, t, "logit") - M.target_score(mlp8, jnp.zeros_like(x8), t, "logit")
   exact = _exact_shapley(mlp8, x8, t, SEG4)
   errs = []
   for samples in (4, 256):
@@ -395,8 +396,8 @@ def test_bad_inputs(x8, lin8):
     P.sobol(f, x8, t, grid=2, designs=24)
   with pytest.raises(ValueError, match=r"area: expected a float in \(0, 1\)"):
     P.extremal_perturbation(f, x8, t, area=1.5)
-  with pytest.raises(ValueError, match="output: expected one of"):
-    P.rise(f, x8, t, key=KEY, output="softmax")
+  with pytest.raises(ValueError, match="score: expected one of"):
+    P.rise(f, x8, t, key=KEY, score="softmax")
   with pytest.raises(ValueError, match="fill: expected a finite value"):
     P.occlusion(f, x8, t, fill=float("nan"))
   with pytest.raises(ValueError, match="fill: expected a float, an array, 'blur' or 'mean'"):

@@ -127,7 +127,7 @@ def test_randomization_errors(trained):
     R.model_parameter_randomization(cnn, x, None, y, key=KEY, explainer=g)
   with pytest.raises(ValueError, match="match no parameter"):
     R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY, explainer=g,
-                                    layers=["conv9"])
+                                    layer=["conv9"])
   with pytest.raises(ValueError, match="mode"):
     R.model_parameter_randomization(cnn, x, None, y, params=params, key=KEY, explainer=g,
                                     mode="top")
