@@ -6,7 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Reinstall whenever the package metadata changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py | cksum | cut -d' ' -f1)
-PYTEST_ARGS ?=
+# One pytest worker per core (pytest-xdist): the suite is CPU-bound and its tests
+# are independent; PYTEST_ARGS= runs it serially.
+PYTEST_ARGS ?= -n auto
 DEMO_ARGS ?=
 
 .PHONY: demo test install clean
