@@ -270,6 +270,53 @@ def variables_of(state) -> dict[str, Any]:
   return v
 
 
+class WorkdirLock:
+  """An exclusive ``fcntl.flock`` on ``<workdir>/.lock`` for as long as it is held.
+
+  Two trainers on one workdir would interleave checkpoints and logs; the
+  second is refused at start. The kernel drops a flock when its process dies,
+  so a killed trainer never leaves the workdir locked.
+  """
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, ".lock")
+    self._fh = None
+
+  def acquire(self) -> "WorkdirLock":
+    import fcntl
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fh = open(self.path, "a+")
+    try:
+      fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      fh.seek(0)
+      holder = fh.read().strip() or "unknown"
+      fh.close()
+      raise RuntimeError(
+          f"workdir {os.path.dirname(self.path)} is in use: expected no other trainer, but"
+          f" {self.path} is locked by {holder}. Wait for it to finish, or use another --workdir"
+      ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+    fh.flush()
+    self._fh = fh
+    return self
+
+  def release(self) -> None:
+    if self._fh is not None:
+      import fcntl
+      fcntl.flock(self._fh, fcntl.LOCK_UN)
+      self._fh.close()
+      self._fh = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
 def checkpoint_manager(config, workdir: str, model: Model, state, **kw) -> ckpt_lib.CheckpointManager:
   return ckpt_lib.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
@@ -305,7 +352,8 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   tx = make_optimizer(config.train)
   state = init_state(model, tx, init_key(config.seed), image_shape)
   src = config.explain.train_workdir or workdir
-  mgr = checkpoint_manager(config, src, model, state)
+  # A reader: it must not clean up (or move aside) what a trainer still writing to `src` owns.
+  mgr = checkpoint_manager(config, src, model, state, read_only=True)
   best = config.explain.checkpoint == "best"
   if (mgr.best_step() if best else mgr.latest_step()) is None:
     raise FileNotFoundError(

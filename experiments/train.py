@@ -11,6 +11,8 @@ the last `train.max_to_keep`, ``checkpoints/best`` the best by
 complete checkpoint and ends with the same parameters as an uninterrupted run:
 the batch and the attack's random start at step `s` depend only on
 ``(seed, s)``. SIGTERM (preemption) saves a checkpoint before exiting.
+A second trainer on a workdir in use (``workdir/.lock`` held) is refused at
+start; a corrupt checkpoint is refused and the newest intact one resumed from.
 
 ``train.permute_labels=True`` trains on a fixed random permutation of the
 training labels (the data randomization test of Adebayo et al. 2018, Sec. 4,
@@ -172,6 +174,17 @@ def run(config, workdir: str) -> dict[str, Any]:
   """
   config = C.check_config(config)
   workdir = C.check_workdir(workdir)
+  # One trainer per workdir (process 0 stands for a multi-host run).
+  lock = C.WorkdirLock(workdir)
+  if jax.process_index() == 0:
+    lock.acquire()
+  try:
+    return _run(config, workdir)
+  finally:
+    lock.release()
+
+
+def _run(config, workdir: str) -> dict[str, Any]:
   tcfg = config.train
   for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "max_to_keep"):
     v = tcfg[name]
@@ -204,6 +217,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   if mgr.latest_step() is not None:
     start, state, _ = mgr.restore(state)
     logging.info("resumed from step %d", start)
+    # A kill between the latest and the best save leaves best stale.
+    mgr.repair_best(state)
   writer = slog.MetricWriter(workdir)
   writer.write_config(config)
   progress = slog.Progress(tcfg.steps, name="train", start=start,
