@@ -33,6 +33,7 @@ import optax
 
 from saljax import _validation as V
 from saljax import model as M
+from saljax import parallel
 
 Array = jax.Array
 NORMS = ("linf", "l2")
@@ -195,7 +196,7 @@ def pgd(f, x, y, *, key=None, epsilon: float, step_size: float | None = None,
     the adversarial inputs, shaped like `x`, with ``||x_adv - x|| <= epsilon``.
   """
   f, x, y, bounds = _check(f, x, y, epsilon, norm, bounds)
-  steps = V.check_positive_int(steps, "steps")
+  steps = parallel.check_count(steps, "steps")
   if random_start:
     from saljax.explainers._registry import require_key
     key = require_key(key, "pgd")

@@ -47,6 +47,30 @@ def max_evals_per_chunk() -> int:
   return int(os.environ.get("SALJAX_MAX_EVALS_PER_CHUNK", "64"))
 
 
+def max_count() -> int:
+  """The largest step or sample count a method accepts (``SALJAX_MAX_COUNT``, 10**6)."""
+  return int(os.environ.get("SALJAX_MAX_COUNT", str(10**6)))
+
+
+def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+  """A step or sample count: an int >= `minimum` and at most `max_count()`.
+
+  Memory is bounded by the chunk whatever the count, but time is not: at a
+  million model evaluations per example a count is a typo (``10**9``), and
+  the per-sample keys alone would take gigabytes. Refused before any work,
+  with the way to allow it.
+  """
+  from saljax import _validation as V
+  n = V.check_positive_int(value, name, minimum=minimum)
+  limit = max_count()
+  if n > limit:
+    raise ValueError(
+        f"{name}: expected at most {limit} (each one costs model evaluations per example, so"
+        f" {n} cannot finish), got {n}; set the SALJAX_MAX_COUNT environment variable to allow"
+        " more")
+  return n
+
+
 def auto_batch_size(fn: Callable, xs: Any, batch_size: int | None) -> int:
   """`batch_size`, or for None the largest chunk within `max_evals_per_chunk()`."""
   n = _leading(xs)

@@ -15,6 +15,7 @@ import optax
 from saljax import _validation as V
 from saljax import model as M
 from saljax import ops
+from saljax import parallel
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare
 
@@ -155,7 +156,7 @@ def extremal_perturbation(f, x, target, *, key=None, area: float = 0.1, iteratio
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "extremal_perturbation")
   area = MK.check_probability(area, "area")
-  iterations = V.check_positive_int(iterations, "iterations")
+  iterations = parallel.check_count(iterations, "iterations")
   step = V.check_positive_int(step, "step")
   levels = V.check_positive_int(levels, "levels", minimum=2)
   V.check_choice(variant, "variant", VARIANTS)

@@ -229,3 +229,55 @@ def apply_coalition(x: Array, fill: Array, labels: Array, z: Array) -> Array:
   """Keeps the groups with ``z[b, m] = 1`` and replaces the others by `fill`."""
   keep = expand_map(z, labels)
   return jnp.where(keep > 0, x, fill)
+
+
+# ----------------------------------------------------------------------------
+# Randomness and cost limits.
+
+
+def row_keys(key: Array, batch: int) -> Array:
+  """One key per example, ``fold_in(key, i)`` for the example's index i.
+
+  Each example's draws then depend on the key and its own index only, never
+  on the batch size, so padding or splitting a batch leaves its maps unchanged.
+  """
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+
+
+def max_evaluations() -> int:
+  """Model evaluations per example a method may cost (``SALJAX_MAX_EVALUATIONS``, 10**7)."""
+  import os
+  return int(os.environ.get("SALJAX_MAX_EVALUATIONS", str(10**7)))
+
+
+def check_evaluations(evaluations: int, option: str, value: Any, method: str) -> None:
+  """Refuses, before any work, a setting whose cost per example cannot finish.
+
+  Memory is bounded by ``batch_size`` whatever the count, but time is not: more
+  than `max_evaluations()` model evaluations per example is a typo (``10**9``)
+  rather than a budget.
+  """
+  limit = max_evaluations()
+  if evaluations > limit:
+    raise ValueError(
+        f"{method}: {option}={value} needs {evaluations} model evaluations per example, more than"
+        f" the limit of {limit} (it would not finish); lower {option}, or set the"
+        " SALJAX_MAX_EVALUATIONS environment variable to allow more")
+
+
+def max_design_entries() -> int:
+  """Entries of a regression's ``[samples, groups]`` design matrix per example (10**8)."""
+  import os
+  return int(os.environ.get("SALJAX_MAX_DESIGN_ENTRIES", str(10**8)))
+
+
+def check_design(samples: int, groups: int, method: str) -> None:
+  """LIME and KernelSHAP regress on all `samples` coalitions at once, so their
+  ``[samples, groups]`` design matrix (4 bytes an entry, per example) must fit."""
+  limit = max_design_entries()
+  if samples * groups > limit:
+    raise ValueError(
+        f"{method}: samples={samples} over {groups} feature groups is a design matrix of"
+        f" {samples * groups} entries per example, more than the limit of {limit} (the regression"
+        " holds it in memory); lower samples or use fewer segments, or set the"
+        " SALJAX_MAX_DESIGN_ENTRIES environment variable")

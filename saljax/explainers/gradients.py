@@ -138,7 +138,7 @@ def path_nodes(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
   numpy's `leggauss` nodes from [-1, 1] to [0, 1] (Captum's default rule).
   """
   V.check_choice(rule, "rule", RULES)
-  n = V.check_positive_int(steps, "steps")
+  n = parallel.check_count(steps, "steps")
   if rule == "left":
     return np.arange(n) / n, np.full(n, 1.0 / n)
   if rule == "right":
@@ -232,7 +232,7 @@ def integrated_gradients(f, x, target, *, key=None, baseline: Any = None, steps:
   """
   f, x, target = prepare(f, x, target)
   V.check_choice(rule, "rule", RULES)
-  steps = V.check_positive_int(steps, "steps")
+  steps = parallel.check_count(steps, "steps")
   batch_size = V.check_batch_size(batch_size)
   b = make_baseline(x, baseline)
   attr = _integrated_gradients(f, x, target, b, steps, rule, batch_size,
@@ -300,7 +300,7 @@ def _noise_explainer(reduce: str, f, x, target, *, key, explainer, samples, nois
   f, x, target = prepare(f, x, target)
   key = require_key(key, "smoothgrad" if reduce == "mean" else reduce)
   base, stochastic = _resolve_explainer(explainer)
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   batch_size = V.check_batch_size(batch_size)
   V.check_choice(noise, "noise", NOISE_MODES)
   # A number, traced: a new noise level reuses the compiled program.
@@ -436,7 +436,7 @@ def expected_gradients(f, x, target, *, key=None, references=None, samples: int 
   f, x, target = prepare(f, x, target)
   key = require_key(key, "expected_gradients")
   references = _check_references(references, x)
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   return _expected_gradients(f, x, target, key, references, jnp.zeros((), x.dtype), samples,
                              V.check_batch_size(batch_size))
 
@@ -458,7 +458,7 @@ def gradient_shap(f, x, target, *, key=None, references=None, samples: int = 5,
   f, x, target = prepare(f, x, target)
   key = require_key(key, "gradient_shap")
   references = _check_references(references, x)
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   if V.is_concrete(stdev) and not float(stdev) >= 0:
     raise ValueError(f"stdev: expected a non-negative float, got {stdev!r}")
   return _expected_gradients(f, x, target, key, references, jnp.asarray(stdev, x.dtype), samples,
@@ -545,7 +545,7 @@ def guided_ig(f, x, target, *, key=None, baseline: Any = None, steps: int = 200,
     baseline: as in `integrated_gradients` (default zeros).
   """
   f, x, target = prepare(f, x, target)
-  steps = V.check_positive_int(steps, "steps")
+  steps = parallel.check_count(steps, "steps")
   if not 0.0 < fraction <= 1.0:
     raise ValueError(f"fraction: expected a float in (0, 1], got {fraction!r}")
   if V.is_concrete(max_dist) and not 0.0 <= float(max_dist) <= 1.0:
@@ -599,7 +599,7 @@ def blur_ig(f, x, target, *, key=None, max_sigma: float = 50.0, steps: int = 100
   f, x, target = prepare(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"blur_ig: expected NHWC images [B, H, W, C], got shape {tuple(x.shape)}")
-  steps = V.check_positive_int(steps, "steps")
+  steps = parallel.check_count(steps, "steps")
   if not max_sigma > 0 or not grad_step > 0:
     raise ValueError(
         f"max_sigma and grad_step: expected positive floats, got {max_sigma!r}, {grad_step!r}")

@@ -85,14 +85,16 @@ def _occlusion(f, x, target, fill, starts, window, score, batch_size):
     return d[:, None, None] * mf, mf[None]  # leading 1: one model batch per item
 
   total, count = parallel.chunked_sum(one, starts, batch_size=batch_size)
-  # Pixels no window covers (a stride that does not tile the image) get 0, not 0/0.
-  count = count[0]
-  return _to_x(jnp.where(count > 0, total / jnp.maximum(count, 1), 0.0), x)
+  # The last window per axis reaches the border, so with stride <= window every
+  # pixel is covered; gaps left by a larger stride get 0, not 0/0.
+  return _to_x(total / jnp.maximum(count[0], 1), x)
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:
-  """Top-left offsets of the windows along one axis: Captum's ``1 + (n - w) // s`` of them."""
-  return np.arange(0, size - window + 1, stride)
+  """Top-left offsets of the windows along one axis, as Captum's `Occlusion`:
+  ``ceil((n - w) / s) + 1`` windows at ``0, s, 2s, ...``; the last one may
+  pass the border and is cropped to the image, so every pixel is covered."""
+  return np.arange(-(-(size - window) // stride) + 1) * stride
 
 
 def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, int]]:
@@ -116,9 +118,11 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
 
   A window of ``window = (h, w)`` pixels (all channels) slides with `stride`;
   each pixel's attribution is the mean, over the windows covering it, of
-  ``f(x)[t] - f(x with the window replaced by fill)[t]``. Windows start at
-  ``0, s, 2s, ...`` while they fit, as Captum's ``1 + (H - h) // s`` shifts;
-  pixels covered by no window get 0 (Captum would return 0/0 = NaN there).
+  ``f(x)[t] - f(x with the window replaced by fill)[t]``. As Captum, each axis
+  has ``ceil((H - h) / s) + 1`` windows starting at ``0, s, 2s, ...``; when
+  the stride does not tile the image the last window passes the border and is
+  cropped to it, so every pixel is covered by at least one window (a stride
+  larger than the window, which Captum refuses, leaves gaps that get 0).
 
   Args:
     window: an int or ``(h, w)``; default None = 1/8 of each image side
@@ -152,8 +156,10 @@ def rise_masks(key: Array, count: int, size: tuple[int, int], cells: int, p: flo
                dtype=jnp.float32) -> Array:
   """RISE masks ``[count, H, W]``: a ``cells x cells`` Bernoulli(p) grid,
   upsampled bilinearly to ``(cells + 1) * ceil(H / cells)`` and cropped at a
-  random shift, as in the authors' `generate_masks`."""
-  return jax.vmap(lambda k: _rise_mask(k, size, cells, p, dtype))(jax.random.split(key, count))
+  random shift, as in the authors' `generate_masks`. Mask i is drawn from
+  ``fold_in(key, i)``: the masks `rise` uses with the same key."""
+  return jax.vmap(lambda i: _rise_mask(jax.random.fold_in(key, i), size, cells, p, dtype))(
+      jnp.arange(count))
 
 
 def _rise_mask(k, size, cells, p, dtype):
@@ -173,13 +179,15 @@ def _rise_mask(k, size, cells, p, dtype):
 def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size):
   size = x.shape[1:3]
 
-  def one(k):
-    m = _rise_mask(k, size, cells, p, x.dtype)
+  def one(i):
+    # Each mask's key comes from its index inside the chunk, so no [masks] key
+    # array is ever built: memory follows batch_size whatever the mask count.
+    m = _rise_mask(jax.random.fold_in(key, i), size, cells, p, x.dtype)
     xm = x * m[None, :, :, None] + fill * (1 - m[None, :, :, None])
     s = M.target_score(f, xm, target, score)
     return s[:, None, None] * m[None]
 
-  total = parallel.chunked_sum(one, jax.random.split(key, masks), batch_size=batch_size)
+  total = parallel.chunked_sum(one, jnp.arange(masks), batch_size=batch_size)
   return _to_x(total / (masks * p), x)
 
 
@@ -196,11 +204,14 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
   bilinearly to ``(cells + 1) * ceil(H / cells)`` pixels and cropped at a
   random shift (the authors' code upsamples with skimage ``order=1``; here
   `jax.image.resize` "linear", the same half-pixel bilinear interpolation up to
-  border handling). The same masks serve every example of the batch.
+  border handling). The same masks serve every example of the batch; mask i
+  comes from ``fold_in(key, i)`` (`rise_masks`), so maps depend neither on the
+  batch size nor on `batch_size`.
 
   Args:
     key: a `jax.random` key (required); the same key gives bit-identical maps.
-    masks: N, default 4000 (the paper's value for ResNet-50).
+    masks: N, default 4000 (the paper's value for ResNet-50); at most
+      `saljax.parallel.max_count()` (10**6), one model evaluation each.
     cells: grid size s, default 7; p: keep probability, default 0.5 (paper).
     fill: what masked pixels become, default 0.0 (the paper multiplies the
       normalized image by the mask).
@@ -215,7 +226,7 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
   key = require_key(key, "rise")
   MK.check_images(x, "rise")
   M.check_score(score)
-  masks = V.check_positive_int(masks, "masks")
+  masks = parallel.check_count(masks, "masks")
   cells = V.check_positive_int(cells, "cells")
   p = MK.check_probability(p, "p", open_high=False)
   fillv = MK.fill_values(x, fill)
@@ -236,12 +247,26 @@ def _scores_for(f, x, fill, labels, target, z, score, batch_size):
   return parallel.chunked_map(one, z, batch_size=batch_size)
 
 
+def _group_uniforms(k, m):
+  """``[m]`` uniforms, entry j depending on `k` and j only (JAX's partitionable
+  threefry), so padding more groups for a larger batch leaves the draws as they are."""
+  return jax.random.uniform(k, (m,))
+
+
 def _lime_coalitions(key, samples, counts, m):
-  """Uniform Bernoulli(1/2) coalitions ``[S, B, M]``, the first one all-ones (lime_image)."""
+  """Uniform Bernoulli(1/2) coalitions ``[S, B, M]``, the first one all-ones (lime_image).
+
+  Coalition s of example i is drawn from ``fold_in(fold_in(key, i), s)``: no
+  dependence on the batch size, and no ``[samples]`` key array.
+  """
   valid = jnp.arange(m)[None, :] < counts[:, None]
-  z = jax.random.bernoulli(key, 0.5, (samples, counts.shape[0], m))
-  z = z.at[0].set(True)
-  return (z & valid[None]).astype(jnp.float32)
+  rows = MK.row_keys(key, counts.shape[0])
+
+  def draw(s):
+    z = jax.vmap(lambda k: _group_uniforms(jax.random.fold_in(k, s), m) < 0.5)(rows)
+    return (z | (s == 0)) & valid
+
+  return jax.vmap(draw)(jnp.arange(samples)).astype(jnp.float32)
 
 
 @M.jit(static_argnames=("samples", "m", "score", "batch_size"))
@@ -293,8 +318,11 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
   coefficient.
 
   Args:
-    key: a `jax.random` key (required).
-    samples: coalitions, default 1000 (lime_image ``num_samples``).
+    key: a `jax.random` key (required); example i draws from
+      ``fold_in(key, i)``, so a map does not depend on the batch it is in.
+    samples: coalitions, default 1000 (lime_image ``num_samples``); at most
+      `saljax.parallel.max_count()` (10**6), and ``samples * M`` at most
+      `_masking.max_design_entries()` (10**8, the regression's design matrix).
     segments: a segmentation name (default ``"quickshift"`` with lime_image's
       ``kernel_size=4, max_dist=200, ratio=0.2``; ``"slic"``,
       ``"felzenszwalb"``, ``"grid"``, ``"elements"``) or an int label array
@@ -310,10 +338,11 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
   f, x, target = prepare(f, x, target)
   key = require_key(key, "lime")
   M.check_score(score)
-  samples = V.check_positive_int(samples, "samples", minimum=2)
+  samples = parallel.check_count(samples, "samples", minimum=2)
   if not kernel_width > 0 or not alpha > 0:
     raise ValueError(f"kernel_width and alpha: expected positive floats, got {kernel_width!r}, {alpha!r}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
+  MK.check_design(samples, m, "lime")
   return _lime(f, x, target, key, fillv, labels, counts, jnp.asarray(kernel_width, x.dtype),
                jnp.asarray(alpha, x.dtype), samples, m, score, V.check_batch_size(batch_size))
 
@@ -342,20 +371,27 @@ def _kernel_coalitions(key, samples, counts, m):
   """Coalitions ``[S, B, M]`` with sizes drawn from the Shapley kernel distribution
   ``p(k) ∝ (M - 1) / (k (M - k))`` over ``1..M-1`` and uniform members, so the
   regression weights are all 1 (as Captum's `KernelShap`)."""
-  b = counts.shape[0]
-  k_size, k_perm = jax.random.split(key)
+  rows = MK.row_keys(key, counts.shape[0])
   sizes = jnp.arange(1, m, dtype=jnp.float32)  # 1..M-1 (padded past M_b)
-  mb = counts[:, None].astype(jnp.float32)
-  logits = jnp.where(sizes[None] < mb, jnp.log((mb - 1) / (sizes[None] * jnp.maximum(mb - sizes[None], 1))),
-                     -jnp.inf)
-  if m > 1:
-    drawn = jax.random.categorical(k_size, logits, axis=-1, shape=(samples, b)) + 1
-  else:
-    drawn = jnp.zeros((samples, b), jnp.int32)
-  u = jax.random.uniform(k_perm, (samples, b, m))
-  u = jnp.where(jnp.arange(m)[None, None] < counts[None, :, None], u, jnp.inf)
-  rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
-  return (rank < drawn[..., None]).astype(jnp.float32)
+
+  def one(k, count):
+    # Coalition s of example i comes from fold_in(fold_in(key, i), s); the
+    # size by inverse CDF, so padded sizes (probability 0) change no draw.
+    k_size, k_perm = jax.random.split(k)
+    mb = count.astype(jnp.float32)
+    prob = jnp.where(sizes < mb, (mb - 1) / (sizes * jnp.maximum(mb - sizes, 1)), 0.0)
+    cdf = jnp.cumsum(prob)
+    total = cdf[-1] if m > 1 else jnp.zeros(())
+    u0 = jax.random.uniform(k_size) * total
+    drawn = jnp.where(total > 0, 1 + (cdf <= u0).sum(), 0)
+    u = jnp.where(jnp.arange(m) < count, _group_uniforms(k_perm, m), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(u))
+    return rank < drawn
+
+  def draw(s):
+    return jax.vmap(lambda k, c: one(jax.random.fold_in(k, s), c))(rows, counts)
+
+  return jax.vmap(draw)(jnp.arange(samples)).astype(jnp.float32)
 
 
 @M.jit(static_argnames=("samples", "m", "exact", "score", "batch_size"))
@@ -411,9 +447,10 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
   group as the `shap` package does; the solve runs in JAX.
 
   Args:
-    key: a `jax.random` key (required unless ``exact``).
+    key: a `jax.random` key (required unless ``exact``); example i draws from
+      ``fold_in(key, i)``, so a map does not depend on the batch it is in.
     samples: sampled coalitions, default 1000 (the SMDL/LiMA baselines' budget;
-      Captum defaults to 25). Sizes follow the Shapley kernel distribution and
+      Captum defaults to 25); limits as `lime`. Sizes follow the Shapley kernel distribution and
       members are uniform, so the sample weights are all 1 (Captum's scheme).
     exact: enumerate all ``2^M`` coalitions with exact kernel weights (needs
       ``M <= 16`` groups); then the result is the exact Shapley value for an
@@ -430,7 +467,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
   exact = bool(exact)
   if not exact:
     key = require_key(key, "kernel_shap")
-    samples = V.check_positive_int(samples, "samples")
+    samples = parallel.check_count(samples, "samples")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   if exact:
     m = int(counts.max())  # no padding: 2^M coalitions
@@ -438,6 +475,8 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       raise ValueError(f"exact=True enumerates 2^M coalitions and needs M <= 16 groups, got M = {m}")
     samples = 2 ** m
     key = jax.random.key(0)  # unused
+  else:
+    MK.check_design(samples, m, "kernel_shap")
   return _kernel_shap(f, x, target, key, fillv, labels, counts, samples, m, exact, score,
                       V.check_batch_size(batch_size))
 
@@ -449,24 +488,35 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
 @M.jit(static_argnames=("samples", "m", "score", "batch_size"))
 def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, score, batch_size):
   b = x.shape[0]
-  u = jax.random.uniform(key, (samples, b, m))
-  # Padded groups go last in every permutation; adding them changes nothing.
-  u = jnp.where(jnp.arange(m)[None, None] < counts[None, :, None], u, 2.0)
-  perm = jnp.argsort(u, axis=-1)  # [S, B, M]: the order groups are added in
-  pos = jnp.argsort(perm, axis=-1)  # position of each group
+  rows = MK.row_keys(key, b)
+
+  def order(s):
+    """``[B, M]``: the order groups are added in, in permutation s. Drawn from
+    ``fold_in(fold_in(key, i), s)`` where it is used, so the draws depend on
+    neither the batch size nor the chunking, and no [samples] array is kept."""
+    def row(k, count):
+      u = _group_uniforms(jax.random.fold_in(k, s), m)
+      # Padded groups go last in every permutation; adding them changes nothing.
+      return jnp.argsort(jnp.where(jnp.arange(m) < count, u, 2.0))
+    return jax.vmap(row)(rows, counts)
 
   def one(st):
     s, t = st
-    z = (pos[s] < t).astype(jnp.float32)  # the first t groups of permutation s
+    pos = jnp.argsort(order(s), axis=-1)  # position of each group
+    z = (pos < t).astype(jnp.float32)  # the first t groups of permutation s
     return M.target_score(f, MK.apply_coalition(x, fill, labels, z), target, score)
 
   steps = jnp.arange(m + 1)
   grid = (jnp.repeat(jnp.arange(samples), m + 1), jnp.tile(steps, samples))
   y = parallel.chunked_map(one, grid, batch_size=batch_size).reshape(samples, m + 1, b)
-  gains = jnp.diff(y, axis=1)  # [S, M, B]: gain of the group added at step t
-  gains = jnp.moveaxis(gains, 2, 1)  # [S, B, M] by position
-  phi = jax.vmap(jax.vmap(lambda p, g: jnp.zeros(m, g.dtype).at[p].set(g)))(perm, gains)
-  return MK.expand_map(phi.mean(0), labels)
+
+  def gains(sy):
+    s, ys = sy
+    g = jnp.diff(ys, axis=0).T  # [B, M]: gain of the group added at step t
+    return jax.vmap(lambda p, gb: jnp.zeros(m, gb.dtype).at[p].set(gb))(order(s), g)
+
+  phi = parallel.chunked_sum(gains, (jnp.arange(samples), y))
+  return MK.expand_map(phi / samples, labels)
 
 
 @REGISTRY.register("shapley_sampling", family="perturbation", returns="input",
@@ -489,8 +539,11 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any
   ``1 / sqrt(samples)``.
 
   Args:
-    key: a `jax.random` key (required).
-    samples: permutations, default 25 (Captum's ``n_samples``).
+    key: a `jax.random` key (required); example i draws from
+      ``fold_in(key, i)``, so a map does not depend on the batch it is in.
+    samples: permutations, default 25 (Captum's ``n_samples``); at most
+      `saljax.parallel.max_count()`, and ``samples * (M + 1)`` evaluations at
+      most `_masking.max_evaluations()` (10**7) per example.
     segments: default ``"slic"`` (``n_segments=50``), ``"elements"`` (every
       scalar a feature, Captum's default without a feature mask), or any value
       accepted by `lime`. fill: default 0.0 (Captum's baseline).
@@ -501,8 +554,9 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, segments: Any
   f, x, target = prepare(f, x, target)
   key = require_key(key, "shapley_sampling")
   M.check_score(score)
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
+  MK.check_evaluations(samples * (m + 1), "samples", samples, "shapley_sampling")
   return _shapley_sampling(f, x, target, key, fillv, labels, counts, samples, m, score,
                            V.check_batch_size(batch_size))
 

@@ -25,6 +25,7 @@ from saljax.explainers._registry import REGISTRY, prepare, require_key
 
 Array = jax.Array
 DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() evaluations
+HSIC_MAX_SAMPLES = 2 ** 14  # a 2^14 x 2^14 float32 output kernel is 1 GiB
 
 
 def _upsample(mask_flat, grid, size, dtype):
@@ -98,7 +99,8 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any
   designs=32`` (a power of 2), inpainting with fill 0, target logit.
 
   Args:
-    grid: patches per side; designs: N, a power of two.
+    grid: patches per side; designs: N, a power of two (``designs * (grid^2 + 2)``
+      evaluations, at most `_masking.max_evaluations()`, 10**7, per example).
     fill: what a masked-out fraction blends to (default 0.0, input space).
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
@@ -108,9 +110,10 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any
   MK.check_images(x, "sobol")
   M.check_score(score)
   grid = _check_grid(grid, x)
-  designs = V.check_positive_int(designs, "designs", minimum=2)
+  designs = parallel.check_count(designs, "designs", minimum=2)
   if designs & (designs - 1):
     raise ValueError(f"designs: expected a power of two (Sobol sequence balance), got {designs}")
+  MK.check_evaluations(designs * (grid * grid + 2), "designs", designs, "sobol")
   pts = sobol_design(grid, designs)
   d = grid * grid
   fillv = MK.fill_values(x, fill)
@@ -164,7 +167,8 @@ def _hsic(f, x, target, key, fill, grid, samples, score, batch_size):
     return M.target_score(f, x * up + fill * (1 - up), target, score)
 
   y = parallel.chunked_map(one, masks, batch_size=batch_size)  # [p, B]
-  scores = jax.vmap(hsic_scores, in_axes=(None, 1))(masks, y.astype(jnp.float32))  # [B, d]
+  # One example at a time: each holds a [samples, samples] output kernel.
+  scores = jax.lax.map(lambda yb: hsic_scores(masks, yb), y.astype(jnp.float32).T)  # [B, d]
   return _to_image(scores.reshape(-1, grid, grid), x)
 
 
@@ -184,7 +188,10 @@ def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: An
   about 1500 forwards; Xplique's constructor uses 8 and 500); target logit.
 
   Args:
-    key: a `jax.random` key (required): it draws the Latin hypercube.
+    key: a `jax.random` key (required): it draws the Latin hypercube, shared
+      by every example of the batch (so maps do not depend on the batch size).
+    samples: p, default 1536, at most `HSIC_MAX_SAMPLES` (16384): the scores
+      hold a ``p x p`` kernel per example.
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
@@ -194,6 +201,11 @@ def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: An
   MK.check_images(x, "hsic")
   M.check_score(score)
   grid = _check_grid(grid, x)
-  samples = V.check_positive_int(samples, "samples", minimum=2)
+  samples = parallel.check_count(samples, "samples", minimum=2)
+  if samples > HSIC_MAX_SAMPLES:
+    raise ValueError(
+        f"hsic: samples={samples} is more than the limit of {HSIC_MAX_SAMPLES}: HSIC compares every"
+        f" pair of samples (a {samples} x {samples} kernel per example, and the Latin hypercube"
+        " is drawn over all samples at once), so it would not fit in memory; lower samples")
   fillv = MK.fill_values(x, fill)
   return _hsic(f, x, target, key, fillv, grid, samples, score, V.check_batch_size(batch_size))

@@ -112,7 +112,7 @@ def _check_steps(steps: Any, x: Array, p: int) -> int:
   if steps is None:
     # RISE: 224 px per step at 224x224, i.e. one image row per step.
     return -(-x.shape[1] // p) if x.ndim == 4 else min(units, 100)
-  steps = V.check_positive_int(steps, "steps")
+  steps = parallel.check_count(steps, "steps")
   if steps > units:
     raise ValueError(f"steps: expected at most the number of features ({units}), got {steps}")
   return steps
@@ -193,7 +193,7 @@ def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_
   segments, num_segments = _check_segments(segments, x, p)
   if segments is not None and steps is None:
     steps = num_segments
-  steps = _check_steps(steps, x, p) if segments is None else V.check_positive_int(steps, "steps")
+  steps = _check_steps(steps, x, p) if segments is None else parallel.check_count(steps, "steps")
   if segments is not None and steps > num_segments:
     raise ValueError(f"steps: expected at most the number of segments ({num_segments}), got {steps}")
   batch_size = V.check_batch_size(batch_size)
@@ -425,7 +425,7 @@ def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, o
   V.check_choice(score, "score", ("accuracy",) + C.SCORES)
   batch_size = V.check_batch_size(batch_size)
   if maxiter is not None:
-    maxiter = V.check_positive_int(maxiter, "maxiter")
+    maxiter = parallel.check_count(maxiter, "maxiter")
   n = x.shape[1] * x.shape[2]
   counts = tuple(int(np.floor(p * n)) for p in percentages)
   fmap = C.feature_map(attribution, x)
@@ -498,7 +498,7 @@ def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size
   if subset_size > n_feat:
     raise ValueError(f"subset_size: expected at most the number of features ({n_feat}), got"
                      f" {subset_size}")
-  samples = V.check_positive_int(samples, "samples", minimum=2)
+  samples = parallel.check_count(samples, "samples", minimum=2)
   batch_size = V.check_batch_size(batch_size)
   base = C.make_fill(x, baseline)
   fmap = C.feature_map(attribution, x)
@@ -546,7 +546,7 @@ def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples
   if max(n_values) > n_feat:
     raise ValueError(f"n_values: expected sizes at most the number of features ({n_feat}), got"
                      f" {max(n_values)}")
-  samples = V.check_positive_int(samples, "samples", minimum=2)
+  samples = parallel.check_count(samples, "samples", minimum=2)
   batch_size = V.check_batch_size(batch_size)
   base = C.make_fill(x, baseline)
   fmap = C.feature_map(attribution, x)
@@ -608,7 +608,7 @@ def infidelity(f, x, attribution, target, *, key=None, noise_scale: float = 0.1,
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   key = C.check_key(key, "infidelity")
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   batch_size = V.check_batch_size(batch_size)
   attr = C.expand(attribution, x) if attribution.shape != x.shape else attribution
   return _infidelity(f, x, attr, target, key, jnp.asarray(noise_scale, x.dtype), samples,

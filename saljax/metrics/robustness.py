@@ -130,7 +130,7 @@ def _run(kind, f, x, attribution, target, key, explainer, explainer_options, rad
   _, x, target = C.prepare_model(f, x, target)
   key = C.check_key(key, kind)
   explainer, options = check_explainer(explainer, explainer_options)
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   batch_size = V.check_batch_size(batch_size)
   if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0:
     raise ValueError(f"{kind}: expected a perturbation size > 0, got {radius!r}")
