@@ -57,7 +57,9 @@ def check_input(x: Any, *, name: str = "x", min_rank: int = 2) -> jax.Array:
 
   Raises:
     TypeError: `x` is not an array or not floating point.
-    ValueError: rank below `min_rank`, an empty batch, or NaN/inf values.
+    ValueError: rank below `min_rank`, an empty batch, NaN/inf values, or a
+      rank-4 array that looks channel-first ``[B, C, H, W]`` (see
+      `check_layout`; saljax expects images NHWC).
   """
   if not hasattr(x, "shape") or not hasattr(x, "dtype"):
     if isinstance(x, (list, tuple)):
@@ -75,6 +77,9 @@ def check_input(x: Any, *, name: str = "x", min_rank: int = 2) -> jax.Array:
         f" [B, ...], got shape {tuple(x.shape)}")
   if x.shape[0] == 0:
     raise ValueError(f"{name}: expected a non-empty batch, got shape {tuple(x.shape)}")
+  # Every explainer and metric passes its input through here (also via
+  # `saljax.model.prepare`), so one layout check covers them all.
+  check_layout(x, name=name)
   if is_concrete(x):
     bad = []
     for start, block in _local_rows(x):
@@ -203,3 +208,30 @@ class Options:
 
   def __repr__(self):
     return f"Options({self.kwargs()!r})"
+
+
+# Channel counts of images (grey, RGB, RGBA). A rank-4 array [B, c, H, W]
+# with c one of these and a last axis that is none of them is almost surely
+# NCHW; saljax reads rank-4 inputs as NHWC, so without this check occlusion
+# and the metrics would treat the channel axis as height, silently.
+_IMAGE_CHANNELS = (1, 3, 4)
+
+
+def check_layout(x: Any, *, name: str = "x") -> None:
+  """Raises a ValueError when a rank-4 `x` looks channel-first ``[B, C, H, W]``.
+
+  saljax expects images NHWC ``[B, H, W, C]``. An input is refused as
+  channel-first when ``x.shape[1]`` is 1, 3 or 4, ``x.shape[2] >= 8``,
+  ``x.shape[3] >= 8`` and ``x.shape[3]`` is not 1, 3 or 4. The thresholds keep
+  small NHWC images (e.g. ``[B, 3, 3, 16]``, ``[B, 4, 4, 3]``) and feature maps
+  with many channels of a tiny grid accepted; an NHWC image 1, 3 or 4 pixels
+  high and >= 8 wide with >= 8 channels would be refused (transpose twice, or
+  pad, if that is really meant). Only shapes are read, so it works on tracers.
+  """
+  shape = tuple(getattr(x, "shape", ()))
+  if (len(shape) == 4 and shape[1] in _IMAGE_CHANNELS and shape[2] >= 8 and shape[3] >= 8
+      and shape[3] not in _IMAGE_CHANNELS):
+    raise ValueError(
+        f"{name}: expected images NHWC [B, H, W, C], got shape {shape}, which looks"
+        f" channel-first [B, C, H, W] (C = {shape[1]}); saljax expects the channel axis"
+        " last: convert with jnp.moveaxis(x, 1, -1) or x.transpose(0, 2, 3, 1)")

@@ -41,11 +41,45 @@ _BLOCK_RE = re.compile(
 _ATTN_RE = re.compile(r"(prob|attn|attention|weights)[^/]*$", re.IGNORECASE)
 
 
-def _check_tapped(f):
+def _check_tapped(f, method: str = "ViT methods"):
   if not isinstance(f, M.Tapped):
     raise TypeError(
-        "ViT methods need a tapped model (saljax.model.Tapped, see saljax.model.from_linen"
+        f"{method}: expected a tapped model (saljax.model.Tapped, see saljax.model.from_linen"
         f" / from_nnx), got {V.describe(f)}")
+
+
+def _prepare(method: str, f, x, target, *, needs_target: bool):
+  """The checks every method runs (tapped model, input, target, a model that
+  evaluates abstractly), before any work; returns ``(x, target)``.
+
+  Errors name `method`: without these checks a wrong rank, a channel-first
+  input or a non-jittable forward surfaced as a raw flax/JAX error from the
+  abstract trace. `target` may be None when the method ignores it
+  (`needs_target=False`); a given target is validated all the same.
+  """
+  _check_tapped(f, method)
+  try:
+    x = V.check_input(x)
+    # Patch grids and upsampling read x as NHWC images.
+    if x.ndim != 4:
+      raise ValueError(f"x: expected images [B, H, W, C] (rank 4), got shape {tuple(x.shape)}")
+    if not needs_target and (target is None or (isinstance(target, str)
+                                                and target == M.PREDICTED)):
+      # Valid and ignored: check only that the model takes x and returns logits
+      # [B, C], without the forward pass "predicted" would cost.
+      M.output_shape(f, x)
+    else:
+      target = M.resolve_target(f, x, target)
+  except (TypeError, ValueError) as e:
+    raise (TypeError if isinstance(e, TypeError) else ValueError)(f"{method}: {e}") from e
+  try:
+    cam.layer_shapes(f, x)  # cached: the helpers below trace nothing more
+  except Exception as e:  # the tapped trace itself failed (not jittable, bad taps)
+    raise ValueError(
+        f"{method}: expected a tapped model that evaluates abstractly (jit-traceable) on"
+        f" an input of shape {tuple(x.shape)} and dtype {x.dtype}, got"
+        f" {type(e).__name__}: {e}") from e
+  return x, target
 
 
 def block_layers(f: M.Tapped, x: Array, num_prefix_tokens: int = 1) -> list[str]:
@@ -139,8 +173,8 @@ def attention_rollout(f, x, target=None, *, key=None, layer: str | Sequence[str]
   Each layer's attention, fused over heads, gets the residual connection as
   ``A' = 0.5 A + 0.5 I`` with rows renormalized; the rollout is the product
   ``A'_L ... A'_1``, and the map is the row of the query token (the class
-  token) over the patch tokens, reshaped to the patch grid. Class-agnostic
-  (`target` is ignored).
+  token) over the patch tokens, reshaped to the patch grid. Class-agnostic:
+  `target` may be None and is otherwise validated, then ignored.
 
   Args:
     layer: an attention-probability layer ``[B, heads, T, T]`` or a sequence
@@ -152,8 +186,7 @@ def attention_rollout(f, x, target=None, *, key=None, layer: str | Sequence[str]
     num_prefix_tokens: tokens before the patches (default 1, the class token).
     query_token: the token whose row is read (default 0, the class token).
   """
-  _check_tapped(f)
-  x = V.check_input(x)
+  x, _ = _prepare("attention_rollout", f, x, target, needs_target=False)
   V.check_choice(head_fusion, "head_fusion", HEAD_FUSIONS)
   if not 0.0 <= discard_ratio < 1.0:
     raise ValueError(f"discard_ratio: expected a float in [0, 1), got {discard_ratio!r}")
@@ -186,8 +219,7 @@ def vit_gradcam(f, x, target, *, key=None, layer: Any = None, relu: bool = True,
     relu: final ReLU (default True).
     num_prefix_tokens: tokens before the patches (default 1, the class token).
   """
-  _check_tapped(f)
-  x = V.check_input(x)
+  x, target = _prepare("vit_gradcam", f, x, target, needs_target=True)
   if layer is None:
     blocks = block_layers(f, x, num_prefix_tokens)
     if len(blocks) < 2:
@@ -241,8 +273,10 @@ def class_token_attention(f, x, target=None, *, key=None, layer: str | None = No
     prompt_offset: index of the first class prompt (``query_token="target"``).
     num_prefix_tokens: tokens before the patches (class token and prompts).
   """
-  _check_tapped(f)
-  x = V.check_input(x)
+  # The target picks the query only with query_token="target"; otherwise it is
+  # ignored, but a given one is still validated.
+  x, target = _prepare("class_token_attention", f, x, target,
+                       needs_target=isinstance(query_token, str) and query_token == "target")
   names, grid = _check_attention(f, x, None if layer is None else [layer], num_prefix_tokens)
   layer = names[-1]
   b = x.shape[0]

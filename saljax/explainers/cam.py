@@ -424,7 +424,11 @@ def _eigencam(f, x, names, grids, relu):
     differentiable=False, note="the principal direction from eigh is not differentiable where eigenvalues are close; use gradcam under jax.grad", family="cam", returns="layer", needs=("tapped",), evaluations=1,
     backward=False)
 def eigencam(f, x, target=None, *, key=None, layer=None, relu: bool = True):
-  x, _, names, single, grids = _prepare_layer(f, x, 0, layer)
+  # Class-agnostic, but a given target is checked like every method's (a bad
+  # one is a caller's bug, not to be ignored); None and "predicted" are valid
+  # and stand in as class 0, so no forward pass is spent on them.
+  trivial = target is None or (isinstance(target, str) and target == M.PREDICTED)
+  x, _, names, single, grids = _prepare_layer(f, x, 0 if trivial else target, layer)
   return _output(_eigencam(f, x, names, grids, bool(relu)), names, single)
 
 
@@ -432,7 +436,8 @@ eigencam.__doc__ = """Eigen-CAM (Muhammad and Yeasin 2020, "Eigen-CAM: Class Act
   using Principal Components", arXiv:2008.00299).
 
   The projection of the activations ``[hw, C]`` on their first principal
-  component; class-agnostic (`target` is ignored) and needs no backward pass.
+  component; class-agnostic (`target` may be None; a given one is validated,
+  then ignored) and needs no backward pass.
   As pytorch-grad-cam, the activations are centred over positions first (the
   paper projects uncentred activations); the sign is chosen to correlate
   positively with the channel-summed activation.
