@@ -2,9 +2,13 @@
 models, optimizers, the train state, and loading a trained model."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import pathlib
+import re
 import tempfile
 import uuid
 from typing import Any, Callable
@@ -39,6 +43,59 @@ def atomic_write_text(path, text: str) -> None:
   atomic_write(path, lambda p: p.write_text(text))
 
 
+# The temporary names atomic_write gives: `.<name>.<8 hex>.tmp<suffix>`.
+_TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def clean_temporaries(directory, prefixes: tuple[str, ...] | None = None) -> list[str]:
+  """Removes what killed `atomic_write` calls left in `directory` (not below),
+  only those of files named with one of `prefixes` when given; returns the
+  names removed. Only a writer holding its binary's `WorkdirLock` calls it."""
+  directory = os.fspath(directory)
+  if not os.path.isdir(directory):
+    return []
+  gone = []
+  for f in sorted(os.listdir(directory)):
+    if _TMP_NAME.match(f) and (prefixes is None or f[1:].startswith(tuple(prefixes))):
+      try:
+        os.unlink(os.path.join(directory, f))
+        gone.append(f)
+      except FileNotFoundError:
+        pass
+  return gone
+
+
+def canonical_json(obj) -> str:
+  """One text per value: sorted keys, no spaces, tuples as lists (provenance keys)."""
+  from saljax import logging as slog
+  return json.dumps(slog.config_to_dict(obj), sort_keys=True, separators=(",", ":"))
+
+
+def key_of(provenance) -> str:
+  """The SHA-256 of a provenance record's canonical JSON."""
+  return hashlib.sha256(canonical_json(provenance).encode()).hexdigest()
+
+
+def describe_change(want: dict, got: dict | None) -> str:
+  """Which fields of two provenance records differ, for the warning."""
+  if not isinstance(got, dict):
+    return "it has no provenance record (written by an older saljax)"
+  diff = [f"{k}: stored {canonical_json(got.get(k))[:80]} vs now {canonical_json(want.get(k))[:80]}"
+          for k in sorted(set(want) | set(got)) if canonical_json(want.get(k)) != canonical_json(got.get(k))]
+  return "; ".join(diff) or "the keys differ"
+
+
+def weights_digest(variables) -> str:
+  """The SHA-256 of a model's weights (every leaf's path, dtype, shape and bytes):
+  what explain, sanity and roar key their stored results by."""
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]:
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
 # ----------------------------------------------------------------------------
 # The absl entry point shared by every binary.
 
@@ -62,17 +119,27 @@ def app_main(run: Callable[[Any, str], Any], doc: str = "") -> None:
   process_id = flags.DEFINE_integer("process_id", None, "this process's index, 0..N-1")
   flags.mark_flags_as_required(["config", "workdir"])
 
+  binary = run.__module__.rsplit(".", 1)[-1]
+  if binary == "__main__":
+    import __main__
+    binary = os.path.splitext(os.path.basename(getattr(__main__, "__file__", "run")))[0]
+
   def main(argv):
+    from saljax import logging as slog
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if address.value or distributed.value:
       from saljax import parallel
       parallel.initialize_distributed(address.value, num_processes.value, process_id.value)
-      logging.info("process %d of %d, %d devices in all", jax.process_index(),
-                   jax.process_count(), jax.device_count())
-    out = run(config.value, workdir.value)
-    if isinstance(out, dict):
-      logging.info("done: %s", {k: v for k, v in out.items() if k != "state"})
+      # On the console too: a multi-process launch shows which process is which.
+      logging.warning("process %d of %d, %d devices in all", jax.process_index(),
+                      jax.process_count(), jax.device_count())
+    # Library INFO (Orbax's checkpoint chatter) goes to <workdir>/logs/<binary>.log;
+    # the console keeps warnings and the progress line.
+    with slog.console(check_workdir(workdir.value), binary):
+      out = run(config.value, workdir.value)
+      if isinstance(out, dict):
+        logging.info("done: %s", {k: v for k, v in out.items() if k != "state"})
 
   jax.config.config_with_absl()
   app.run(main)
@@ -278,8 +345,10 @@ class WorkdirLock:
   so a killed trainer never leaves the workdir locked.
   """
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, ".lock")
+  def __init__(self, workdir: str, binary: str = "train"):
+    # One lock per binary: explain may run on the workdir a trainer is using.
+    self.path = os.path.join(workdir, ".lock" if binary == "train" else f".{binary}.lock")
+    self.binary = binary
     self._fh = None
 
   def acquire(self) -> "WorkdirLock":
@@ -293,7 +362,7 @@ class WorkdirLock:
       holder = fh.read().strip() or "unknown"
       fh.close()
       raise RuntimeError(
-          f"workdir {os.path.dirname(self.path)} is in use: expected no other trainer, but"
+          f"workdir {os.path.dirname(self.path)} is in use: expected no other {self.binary}, but"
           f" {self.path} is locked by {holder}. Wait for it to finish, or use another --workdir"
       ) from None
     fh.seek(0)
@@ -317,6 +386,26 @@ class WorkdirLock:
     self.release()
 
 
+@contextlib.contextmanager
+def writer_of(workdir: str, binary: str, dirs=(), prefixes: tuple[str, ...] = ()):
+  """Holds `binary`'s lock on `workdir` (process 0) and removes the temporary
+  files a killed run of it left: everything temporary in `dirs`, and in
+  `workdir` itself those of files starting with `prefixes` (the workdir is
+  shared with other binaries, whose temporaries are theirs)."""
+  lock = WorkdirLock(workdir, binary)
+  writer = jax.process_index() == 0
+  if writer:
+    lock.acquire()
+  try:
+    if writer:
+      for d in dirs:
+        clean_temporaries(d)
+      clean_temporaries(workdir, (f"config.{binary}.", f"metrics.{binary}.", *prefixes))
+    yield
+  finally:
+    lock.release()
+
+
 def checkpoint_manager(config, workdir: str, model: Model, state, **kw) -> ckpt_lib.CheckpointManager:
   return ckpt_lib.CheckpointManager(
       os.path.join(workdir, "checkpoints"),
@@ -333,6 +422,7 @@ class Trained:
   f: Callable
   tapped: M.Tapped
   step: int
+  digest: str = ""  # weights_digest of the variables (what stored results are keyed by)
 
 
 def load_trained(config, workdir: str, image_shape, num_classes: int,
@@ -345,10 +435,11 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   model = build_model(config, num_classes, image_shape) if model is None else model
   if model.pretrained is not None:
     clf = model.pretrained
+    digest = weights_digest(clf.params)
     if jax.process_count() > 1:  # one global copy, so jit can mix it with a global batch
       from saljax import parallel
       clf = clf.with_params(parallel.replicate(clf.params))
-    return Trained(model, None, clf, clf.tapped, 0)
+    return Trained(model, None, clf, clf.tapped, 0, digest)
   tx = make_optimizer(config.train)
   state = init_state(model, tx, init_key(config.seed), image_shape)
   src = config.explain.train_workdir or workdir
@@ -362,6 +453,7 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   step, state, _ = mgr.restore(state, best=best)
   mgr.close()
   variables = variables_of(state)
+  digest = weights_digest(variables)  # before replication: every process holds all of it
   if jax.process_count() > 1:  # one global copy, so jit can mix it with a global batch
     from saljax import parallel
     variables = parallel.replicate(variables)
@@ -369,4 +461,4 @@ def load_trained(config, workdir: str, image_shape, num_classes: int,
   # architecture shares the explainers' compiled programs.
   tapped = M.from_linen(model.module, variables, apply_kwargs={"train": False},
                         example=jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return Trained(model, variables, tapped.as_model(), tapped, step)
+  return Trained(model, variables, tapped.as_model(), tapped, step, digest)

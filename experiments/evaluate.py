@@ -23,7 +23,7 @@ bilinearly to the image size first.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from typing import Any
 
@@ -91,29 +91,41 @@ def run(config, workdir: str) -> dict[str, Any]:
   config = C.check_config(config)
   workdir = C.check_workdir(workdir)
   names = check_metrics(config.evaluate.metrics)
+  with C.writer_of(workdir, "evaluate", [os.path.join(workdir, "scores")], ("results.",)):
+    return _run(config, workdir, names)
+
+
+def _run(config, workdir: str, names) -> dict[str, Any]:
   maps_dir = config.evaluate.maps_dir or os.path.join(workdir, "maps")
-  manifest_path = os.path.join(maps_dir, "manifest.json")
-  if not os.path.exists(manifest_path):
-    raise FileNotFoundError(f"no maps/manifest.json under {maps_dir}: run experiments.explain first")
-  manifest = json.load(open(manifest_path))
-  inputs = E.load_maps(maps_dir)
+  manifest = E.read_manifest(maps_dir)
+  inputs = E.load_maps(maps_dir, manifest=manifest)
   image_shape = inputs["image"].shape[1:]
   num_classes = 1000 if manifest["dataset"] == "photos" else None
   if num_classes is None:
     num_classes = C.load_dataset(config, manifest["split"]).num_classes
   trained = C.load_trained(config, workdir, image_shape, num_classes)
+  if trained.digest != manifest["model_weights_sha256"]:
+    # Scoring maps with another model than the one that made them gives numbers
+    # that mean nothing (deletion curves of model B on maps of model A).
+    raise ValueError(
+        f"{maps_dir}/manifest.json: the maps were made by model {manifest['model']!r} at step"
+        f" {manifest['model_step']} (weights {manifest['model_weights_sha256'][:12]}...), but this"
+        f" config loads step {trained.step} (weights {trained.digest[:12]}...): run"
+        " experiments.explain again with this config, or point explain.train_workdir /"
+        " explain.checkpoint at the model that made the maps")
   f = trained.f
   chunk = manifest["chunk_size"]
   n = manifest["num_examples"]
   base_key = jax.random.key(config.seed + 1)
-  writer = slog.MetricWriter(workdir)
+  writer = slog.MetricWriter(workdir, name="evaluate", tensorboard=False, fresh=True)
+  writer.write_config(config, "evaluate")
   progress = slog.Progress(len(manifest["methods"]) * len(names), name="evaluate",
                            every_seconds=config.train.progress_every_s)
   os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
   rows: dict[tuple[str, str], dict[str, Any]] = {}
   done = 0
   for method in manifest["methods"]:
-    maps = _to_pixels(E.load_maps(maps_dir, method)["attribution"], image_shape)
+    maps = _to_pixels(E.load_maps(maps_dir, method, manifest)["attribution"], image_shape)
     for name in names:
       done += 1
       entry = metrics.entry(name)
@@ -162,13 +174,14 @@ def run(config, workdir: str) -> dict[str, Any]:
                                 "n": 0, "note": note, "better": None}
         continue
       s = np.concatenate(scores)
-      np.save(os.path.join(workdir, "scores", f"{method}__{name}.npy"), s)
+      C.atomic_write(os.path.join(workdir, "scores", f"{method}__{name}.npy"), lambda p: np.save(p, s))
       rows[(method, name)] = {"method": method, "metric": name, "mean": float(np.mean(s)),
                               "std": float(np.std(s)), "n": int(len(s)), "note": "",
                               "better": better}
       writer.write(0, {f"{method}/{name}": float(np.mean(s))})
       progress.update(done)
   _write_tables(workdir, list(rows.values()))
+  progress.close()
   writer.close()
   return rows
 
@@ -177,15 +190,16 @@ def _write_tables(workdir: str, rows: list[dict[str, Any]]) -> None:
   fields = ["method", "metric", "better", "mean", "std", "n", "note"]
   if not slog.is_writer():
     return
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as fh:
-    w = csv.DictWriter(fh, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
   fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
   lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
   lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
-  with open(os.path.join(workdir, "results.md"), "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+  C.atomic_write_text(os.path.join(workdir, "results.md"), "\n".join(lines) + "\n")
+  buf = io.StringIO(newline="")
+  w = csv.DictWriter(buf, fieldnames=fields)
+  w.writeheader()
+  w.writerows(rows)
+  # Last: results.csv is the "done" output.
+  C.atomic_write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
 
 
 if __name__ == "__main__":

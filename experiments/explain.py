@@ -25,6 +25,8 @@ multiple of the global device count), and process 0 alone writes.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from typing import Any
@@ -32,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from absl import logging
 
 from experiments import _common as C
 from saljax import explainers
@@ -52,14 +56,57 @@ def check_methods(names, what="explain.methods") -> list[str]:
   return names
 
 
-def save_npz(path: str, **arrays) -> None:
-  """Writes `path` atomically: a reader never sees a half-written chunk."""
+def save_npz(path: str, **arrays) -> str:
+  """Writes `path` atomically (a reader never sees a half-written chunk);
+  returns the SHA-256 of the file written."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  C.atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
+  digest = []
+
+  def write(tmp):
+    np.savez(tmp, **arrays)
+    digest.append(_sha256_file(tmp))
+  C.atomic_write(path, write)
+  return digest[0]
+
+
+def _sha256_file(path) -> str:
+  with open(path, "rb") as fh:
+    return hashlib.sha256(fh.read()).hexdigest()
 
 
 def chunk_path(maps_dir: str, what: str, i: int) -> str:
   return os.path.join(maps_dir, what, f"chunk_{i:05d}.npz")
+
+
+# Version of the stored chunk format; part of every provenance record.
+FORMAT = 2  # 1: chunks without provenance
+_FIELDS = {"inputs": ("image", "label", "target", "index")}
+
+
+def read_chunk(path: str, rows: int | None = None, fields=None) -> tuple[dict, dict | None, str]:
+  """Reads a stored chunk: ``(arrays, provenance record or None, sha256 of the file)``.
+
+  Raises ValueError naming `path` when it cannot be read (truncated, not a
+  zip), lacks `fields`, or has another number of rows than `rows`.
+  """
+  try:
+    with open(path, "rb") as fh:
+      raw = fh.read()
+    with np.load(io.BytesIO(raw)) as z:
+      arrays = {k: z[k] for k in z.files}
+  except Exception as e:  # BadZipFile, EOFError, ValueError, CRC errors, ...
+    raise ValueError(f"chunk {path} is unreadable ({type(e).__name__}: {e}); run"
+                     " experiments.explain again to recompute it") from e
+  prov = arrays.pop("provenance", None)
+  prov = json.loads(str(prov)) if prov is not None else None
+  missing = [f for f in (fields or ()) if f not in arrays]
+  if missing:
+    raise ValueError(f"chunk {path}: expected arrays {list(fields)}, {missing} missing")
+  if rows is not None:
+    short = {k: v.shape[:1] for k, v in arrays.items() if v.ndim == 0 or v.shape[0] != rows}
+    if short:
+      raise ValueError(f"chunk {path}: expected {rows} rows, got first dimensions {short}")
+  return arrays, prov, hashlib.sha256(raw).hexdigest()
 
 
 def ground_truth_mask(batch: dict[str, np.ndarray], target: np.ndarray, hw) -> np.ndarray | None:
@@ -90,6 +137,10 @@ def _options(config, name: str, entry, trained: C.Trained) -> dict[str, Any]:
   return opts
 
 
+def _overlay_paths(workdir, name, n):
+  return [os.path.join(workdir, "overlays", f"{name}_{i}.png") for i in range(n)]
+
+
 def _save_overlays(workdir, name, images, maps, n):
   import matplotlib
   matplotlib.use("Agg")
@@ -108,8 +159,50 @@ def _save_overlays(workdir, name, images, maps, n):
     for a in ax:
       a.axis("off")
     ax[1].set_title(name, fontsize=7)
-    fig.savefig(os.path.join(out, f"{name}_{i}.png"), dpi=80, bbox_inches="tight")
+    C.atomic_write(os.path.join(out, f"{name}_{i}.png"),
+                   lambda p: fig.savefig(p, dpi=80, bbox_inches="tight", format="png"))
     plt.close(fig)
+
+
+def provenance(config, trained: C.Trained, what: str, c: int, n: int, methods=(),
+               entries=None) -> dict[str, Any]:
+  """What produced chunk `c` of `what` (``"inputs"`` or a method): the model
+  (name, checkpoint step, weights digest), the data (config, split, rows,
+  chunk size), the target rule, and for a method its name and resolved
+  options (and, for a stochastic one, the seed and position its key is
+  folded from). A stored chunk is reused only when its record equals this."""
+  ecfg = config.explain
+  chunk = int(ecfg.chunk_size)
+  data = {k: v for k, v in slog.config_to_dict(config.data).items() if k != "data_dir"}
+  rec = {"format": FORMAT, "what": what,
+         "model": {"name": trained.model.name, "step": int(trained.step),
+                   "weights_sha256": trained.digest},
+         "data": {**data, "split": ecfg.split, "rows": [c * chunk, min((c + 1) * chunk, n)],
+                  "chunk_size": chunk},
+         "target": ecfg.target}
+  if what != "inputs":
+    e = entries[what]
+    rec["options"] = _options(config, what, e, trained)
+    rec["randomness"] = ({"seed": int(config.seed), "chunk": c, "position": list(methods).index(what)}
+                         if e.stochastic else None)
+  return rec
+
+
+def _check_stored(path: str, want: dict, rows: int, fields) -> tuple[bool, str | None]:
+  """``(reusable, sha256)`` of the chunk at `path`; warns naming it and the
+  reason when it exists but cannot be reused."""
+  if not os.path.exists(path):
+    return False, None
+  try:
+    _, got, sha = read_chunk(path, rows, fields)
+  except ValueError as e:
+    logging.warning("%s: recomputing it", e)
+    return False, None
+  if C.canonical_json(got) != C.canonical_json(want):
+    logging.warning("chunk %s was made by something else (%s): recomputing it", path,
+                    C.describe_change(want, got))
+    return False, None
+  return True, sha
 
 
 def run(config, workdir: str) -> dict[str, Any]:
@@ -149,17 +242,43 @@ def run(config, workdir: str) -> dict[str, Any]:
                      f" of the {procs} processes, got {chunk}")
   per_process = chunk // procs
   maps_dir = os.path.join(workdir, "maps")
-  writer = slog.MetricWriter(workdir)
-  writer.write_config(config)
+  whats = ["inputs", *methods]
+  # One explain per workdir: then the temporaries left there are a killed run's.
+  dirs = [maps_dir, os.path.join(workdir, "overlays"), *(os.path.join(maps_dir, w) for w in whats)]
+  with C.writer_of(workdir, "explain", dirs):
+    return _run(config, workdir, ds, trained, methods, entries, n, num_chunks, per_process,
+                maps_dir, whats)
+
+
+def _run(config, workdir, ds, trained, methods, entries, n, num_chunks, per_process, maps_dir,
+         whats):
+  ecfg = config.explain
+  chunk = int(ecfg.chunk_size)
+  pid, procs = jax.process_index(), jax.process_count()
+  writer = slog.MetricWriter(workdir, name="explain", tensorboard=False, fresh=True)
+  writer.write_config(config, "explain")
   progress = slog.Progress(num_chunks * len(methods), name="explain",
                            every_seconds=config.train.progress_every_s)
   predict = jax.jit(lambda x: jnp.argmax(trained.f(x), -1).astype(jnp.int32))
   base_key = jax.random.key(config.seed)
-  # What is already stored, as process 0 sees it, decided once before any work,
-  # so every process skips the same chunks (and the same collectives).
-  stored = parallel.broadcast_from_writer(np.array(
-      [[os.path.exists(chunk_path(maps_dir, what, c)) for what in ["inputs", *methods]]
-       for c in range(num_chunks)], np.int32).reshape(num_chunks, len(methods) + 1))
+  prov = {(w, c): provenance(config, trained, w, c, n, methods, entries)
+          for c in range(num_chunks) for w in whats}
+  rows_of = lambda c: min((c + 1) * chunk, n) - c * chunk
+  # What is already stored and made by exactly this model, data, method and
+  # options, as process 0 sees it, decided once before any work, so every
+  # process skips the same chunks (and the same collectives).
+  sha: dict[tuple[str, int], str] = {}
+  ok = np.zeros((num_chunks, len(whats)), np.int32)
+  if parallel.is_writer():
+    for c in range(num_chunks):
+      for j, w in enumerate(whats):
+        reuse, digest = _check_stored(chunk_path(maps_dir, w, c), prov[(w, c)], rows_of(c),
+                                      _FIELDS.get(w, ("attribution",)))
+        ok[c, j] = reuse
+        if reuse:
+          sha[(w, c)] = digest
+  stored = parallel.broadcast_from_writer(ok)
+  computed_first = set()  # methods whose chunk 0 was made now (their overlays follow it)
   done = 0
   for c in range(num_chunks):
     idx = np.arange(c * chunk, (c + 1) * chunk)
@@ -182,8 +301,10 @@ def run(config, workdir: str) -> dict[str, Any]:
       gt = ground_truth_mask(batch, target, ds.image_shape[:2])
       if gt is not None:
         extra["gt_mask"] = gt[:valid]
-      save_npz(chunk_path(maps_dir, "inputs", c), image=batch["image"][:valid],
-               label=batch["label"][:valid], target=target[:valid], index=idx[:valid], **extra)
+      sha[("inputs", c)] = save_npz(
+          chunk_path(maps_dir, "inputs", c), image=batch["image"][:valid],
+          label=batch["label"][:valid], target=target[:valid], index=idx[:valid],
+          provenance=np.array(C.canonical_json(prov[("inputs", c)])), **extra)
     for j, m in enumerate(methods):
       done += 1
       if stored[c, j + 1]:
@@ -197,30 +318,85 @@ def run(config, workdir: str) -> dict[str, Any]:
         raise type(err)(f"explainer {m!r} on chunk {c}: {err}") from err
       a = np.asarray(parallel.gather(a), np.float32)[:valid]
       if parallel.is_writer():
-        save_npz(chunk_path(maps_dir, m, c), attribution=a)
-        if c == 0 and ecfg.overlays:
-          _save_overlays(workdir, m, batch["image"][:valid], a, int(ecfg.overlays))
+        sha[(m, c)] = save_npz(chunk_path(maps_dir, m, c), attribution=a,
+                               provenance=np.array(C.canonical_json(prov[(m, c)])))
+        if c == 0:
+          computed_first.add(m)
       progress.update(done)
-  manifest = {"methods": methods, "num_examples": n, "chunk_size": chunk, "num_chunks": num_chunks,
-              "dataset": config.data.name, "split": ecfg.split, "model": trained.model.name,
-              "model_step": trained.step, "target": ecfg.target,
-              "kinds": {m: entries[m].kind for m in methods}}
+  manifest = {"format": FORMAT, "methods": methods, "num_examples": n, "chunk_size": chunk,
+              "num_chunks": num_chunks, "dataset": config.data.name, "split": ecfg.split,
+              "model": trained.model.name, "model_step": trained.step,
+              "model_weights_sha256": trained.digest, "target": ecfg.target,
+              "kinds": {m: entries[m].kind for m in methods},
+              "chunks": {w: [{"file": os.path.relpath(chunk_path(maps_dir, w, c), maps_dir),
+                              "rows": rows_of(c), "key": C.key_of(prov[(w, c)]),
+                              "sha256": sha.get((w, c))} for c in range(num_chunks)]
+                         for w in whats}}
   if parallel.is_writer():
+    # Overlays follow chunk 0: redrawn when it was made now, or one is missing
+    # (a kill between the chunk and its overlays).
+    k = min(int(ecfg.overlays), rows_of(0))
+    for m in methods:
+      if k and (m in computed_first or not all(map(os.path.exists, _overlay_paths(workdir, m, k)))):
+        images = read_chunk(chunk_path(maps_dir, "inputs", 0))[0]["image"]
+        _save_overlays(workdir, m, images, read_chunk(chunk_path(maps_dir, m, 0))[0]["attribution"], k)
+    # Last: the manifest says the maps are complete.
     C.atomic_write_text(os.path.join(maps_dir, "manifest.json"), json.dumps(manifest, indent=2))
   progress.update(done, force=True)
+  progress.close()
   writer.close()
   return manifest
 
 
-def load_maps(maps_dir: str, method: str | None = None):
-  """All chunks of `method` (or the inputs when None) concatenated: a dict of arrays."""
+def read_manifest(maps_dir: str) -> dict[str, Any]:
+  """The manifest of `maps_dir`; raises FileNotFoundError / ValueError naming
+  the file and the fix when it is missing, unreadable or of an older format."""
+  path = os.path.join(maps_dir, "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no maps/manifest.json under {maps_dir}: run experiments.explain first")
+  try:
+    with open(path) as fh:
+      manifest = json.load(fh)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e}): run experiments.explain"
+                     " again with the same config; it checks the stored chunks and rewrites it") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or "chunks" not in manifest:
+    raise ValueError(f"{path}: expected a manifest of format {FORMAT} (with per-chunk provenance"
+                     f" keys), got format {manifest.get('format') if isinstance(manifest, dict) else None}:"
+                     " run experiments.explain again to key the chunks")
+  return manifest
+
+
+def load_maps(maps_dir: str, method: str | None = None, manifest: dict | None = None):
+  """All chunks of `method` (or the inputs when None) that the manifest lists,
+  concatenated: a dict of arrays.
+
+  Every chunk is checked against the manifest before use: its file's SHA-256
+  (a truncated or rewritten chunk), its provenance key (a chunk made by
+  another model, method or options) and its rows. Raises ValueError naming
+  the file otherwise, FileNotFoundError when there is nothing stored.
+  """
   what = "inputs" if method is None else method
-  d = os.path.join(maps_dir, what)
-  if not os.path.isdir(d):
-    raise FileNotFoundError(f"no stored maps for {what!r} under {maps_dir}; run experiments.explain first")
-  files = sorted(f for f in os.listdir(d) if f.startswith("chunk_") and f.endswith(".npz")
-                 and ".tmp" not in f)
-  parts = [dict(np.load(os.path.join(d, f))) for f in files]
+  manifest = read_manifest(maps_dir) if manifest is None else manifest
+  if what not in manifest["chunks"]:
+    raise FileNotFoundError(f"no stored maps for {what!r} under {maps_dir} (the manifest has"
+                            f" {list(manifest['chunks'])}); run experiments.explain first")
+  parts = []
+  for rec in manifest["chunks"][what]:
+    path = os.path.join(maps_dir, rec["file"])
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"chunk {path} listed in {maps_dir}/manifest.json is missing:"
+                              " run experiments.explain again to recompute it")
+    arrays, prov, sha = read_chunk(path, rec["rows"], _FIELDS.get(what, ("attribution",)))
+    if sha != rec["sha256"]:
+      raise ValueError(f"chunk {path} does not match {maps_dir}/manifest.json: expected SHA-256"
+                       f" {rec['sha256'][:16]}..., got {sha[:16]}... (rewritten or damaged since"
+                       " explain wrote it): run experiments.explain again")
+    if prov is None or C.key_of(prov) != rec["key"]:
+      raise ValueError(f"chunk {path} was made by something other than what"
+                       f" {maps_dir}/manifest.json records (provenance key differs): run"
+                       " experiments.explain again")
+    parts.append(arrays)
   return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

@@ -4,8 +4,9 @@ Linf; Goodfellow et al. 2015, Madry et al. 2018).
     python -m experiments.train --config=experiments/configs/blockmnist_robust.py \
         --workdir=runs/bm_robust --config.train.steps=3000
 
-Writes under `workdir`: ``config.json``, ``metrics.jsonl`` and TensorBoard
-events (process 0 only), and Orbax checkpoints (``checkpoints/latest`` keeps
+Writes under `workdir`: ``config.train.json``, ``metrics.jsonl`` and TensorBoard
+events (process 0 only; a resume drops the records a killed run wrote past its
+last checkpoint), ``logs/train.log`` (every INFO line, as a binary), and Orbax checkpoints (``checkpoints/latest`` keeps
 the last `train.max_to_keep`, ``checkpoints/best`` the best by
 `train.best_metric`). A restart with the same workdir resumes from the latest
 complete checkpoint and ends with the same parameters as an uninterrupted run:
@@ -219,8 +220,10 @@ def _run(config, workdir: str) -> dict[str, Any]:
     logging.info("resumed from step %d", start)
     # A kill between the latest and the best save leaves best stale.
     mgr.repair_best(state)
-  writer = slog.MetricWriter(workdir)
-  writer.write_config(config)
+  # Records past `start` (what a killed run logged after its last checkpoint)
+  # are dropped: they are written again as the steps are redone.
+  writer = slog.MetricWriter(workdir, name="train", resume_step=start)
+  writer.write_config(config, "train")
   progress = slog.Progress(tcfg.steps, name="train", start=start,
                            every_seconds=tcfg.progress_every_s)
   metrics: dict[str, float] = {}
@@ -236,17 +239,20 @@ def _run(config, workdir: str) -> dict[str, Any]:
       x, y = parallel.global_batch((b["image"], y), mesh)
       state, m = train_step(state, x, y)
       done = step + 1
-      if done % tcfg.log_every == 0:
-        writer.write(done, jax.device_get(m))
+      logged = done % tcfg.log_every == 0
+      if logged:
+        m = jax.device_get(m)
+        writer.write(done, m)
+        progress.update(done, metrics={"loss": m["train_loss"]})
       if done % tcfg.eval_every == 0 or done == tcfg.steps:
         metrics = evaluate(eval_step, state, ds_eval, config)
         if labels is not None:  # how far the permuted labels are memorized
           metrics.update(evaluate(eval_step, state, ds_train, config, labels, "permuted_train"))
         writer.write(done, metrics)
         mgr.save(done, state, metrics=metrics, force=True)
+        progress.update(done, metrics=metrics, force=True)
       elif done % tcfg.checkpoint_every == 0:
         mgr.save(done, state, force=True)
-      progress.update(done)
       if preemption.requested or mgr.reached_preemption(done):
         if mgr.latest_step() != done:
           mgr.save(done, state, force=True)
@@ -260,6 +266,7 @@ def _run(config, workdir: str) -> dict[str, Any]:
     mgr.save(last, state, force=True)
   mgr.close()
   progress.update(last, force=True)
+  progress.close()
   writer.close()
   return {"state": state, "metrics": metrics, "step": last, "preempted": preempted}
 

@@ -59,13 +59,13 @@ def test_no_checkpoint(tmp_path):
 
 def test_metric_writer_jsonl_tensorboard_config(tmp_path):
   w = slog.MetricWriter(str(tmp_path))
-  w.write_config({"a": 1, "b": {"c": (1, 2)}})
+  w.write_config({"a": 1, "b": {"c": (1, 2)}}, "train")
   w.write(3, {"loss": jnp.float32(0.5), "acc": np.array([0.25]), "curve": np.zeros(4)})
   w.close()
   recs = slog.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert recs[0]["step"] == 3 and recs[0]["loss"] == 0.5 and recs[0]["acc"] == 0.25
   assert "curve" not in recs[0]  # not a scalar
-  assert json.load(open(tmp_path / "config.json")) == {"a": 1, "b": {"c": [1, 2]}}
+  assert json.load(open(tmp_path / "config.train.json")) == {"a": 1, "b": {"c": [1, 2]}}
   assert os.listdir(tmp_path / "tensorboard")
   with open(tmp_path / "metrics.jsonl", "a") as fh:
     fh.write('{"step": 4, "lo')  # a line torn by a kill
@@ -74,7 +74,7 @@ def test_metric_writer_jsonl_tensorboard_config(tmp_path):
 
 def test_only_the_writer_process_writes(tmp_path):
   w = slog.MetricWriter(str(tmp_path / "x"), enabled=False)
-  w.write_config({"a": 1})
+  w.write_config({"a": 1}, "train")
   w.write(1, {"loss": 1.0})
   w.close()
   assert not os.path.exists(tmp_path / "x")

@@ -43,8 +43,9 @@ def test_train_writes_logs_config_and_checkpoints(tmp_path):
   out = train.run(tiny(steps=20, max_to_keep=2), str(tmp_path))
   assert out["step"] == 20 and not out["preempted"]
   assert 0.0 <= out["metrics"]["eval_accuracy"] <= 1.0
-  cfg = json.load(open(tmp_path / "config.json"))
+  cfg = json.load(open(tmp_path / "config.train.json"))
   assert cfg["train"]["steps"] == 20 and cfg["model"]["name"] == "mlp"
+  assert not os.path.exists(tmp_path / "config.json")
   recs = slog.read_jsonl(str(tmp_path / "metrics.jsonl"))
   assert [r["step"] for r in recs if "train_loss" in r] == [5, 10, 15, 20]
   assert [r["step"] for r in recs if "eval_accuracy" in r] == [10, 20]
