@@ -85,6 +85,64 @@ def describe_change(want: dict, got: dict | None) -> str:
   return "; ".join(diff) or "the keys differ"
 
 
+class UnitStore:
+  """Results of units of work (a sanity curve, a ROAR retraining), one ``.npz``
+  per unit under `directory`, each with the provenance record of what made
+  it, so a rerun reuses exactly the units whose record is unchanged.
+
+  `get` returns None (and warns, naming the file and what changed or why it
+  cannot be read) for a unit to recompute; `put` writes atomically.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = os.fspath(directory)
+    self.reused: list[str] = []
+    self.computed: list[str] = []
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.directory, f"{name}.npz")
+
+  def get(self, name: str, provenance: dict) -> dict[str, np.ndarray] | None:
+    from absl import logging
+    path = self.path(name)
+    if not os.path.exists(path):
+      return None
+    try:
+      with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+      got = json.loads(str(arrays.pop("provenance")))
+    except Exception as e:  # truncated or damaged: recompute, naming it
+      logging.warning("stored result %s is unreadable (%s: %s): recomputing it", path,
+                      type(e).__name__, e)
+      return None
+    if canonical_json(got) != canonical_json(provenance):
+      logging.warning("stored result %s was made by something else (%s): recomputing it", path,
+                      describe_change(provenance, got))
+      return None
+    self.reused.append(name)
+    return arrays
+
+  def put(self, name: str, provenance: dict, **arrays) -> None:
+    self.computed.append(name)
+    if jax.process_index() != 0:
+      return
+    os.makedirs(self.directory, exist_ok=True)
+    record = np.array(canonical_json(provenance))
+    atomic_write(self.path(name), lambda p: np.savez(p, provenance=record, **arrays))
+
+
+def model_record(name: str, step: int, digest: str) -> dict:
+  """The model part of a provenance record."""
+  return {"name": name, "step": int(step), "weights_sha256": digest}
+
+
+def data_record(config, split: str, **extra) -> dict:
+  """The data part of a provenance record (the data config but its location)."""
+  from saljax import logging as slog
+  d = {k: v for k, v in slog.config_to_dict(config.data).items() if k != "data_dir"}
+  return {**d, "split": split, **extra}
+
+
 def weights_digest(variables) -> str:
   """The SHA-256 of a model's weights (every leaf's path, dtype, shape and bytes):
   what explain, sanity and roar key their stored results by."""

@@ -25,6 +25,7 @@ Writes ``roar.csv`` (k, seed, acc_top, acc_bottom, diffroar), ``roar.json``
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from typing import Any
@@ -125,14 +126,38 @@ def run(config, workdir: str) -> dict[str, Any]:
   if config.model.pretrained:
     raise ValueError("model.pretrained: DiffROAR retrains the architecture from scratch; use a"
                      " trainable model")
+  with C.writer_of(workdir, "roar", [os.path.join(workdir, "roar", "units")], ("roar",)):
+    return _run(config, workdir, method, fractions)
+
+
+def _run(config, workdir, method, fractions):
+  rcfg = config.roar
   ds_train = C.load_dataset(config, config.data.train_split)
   ds_test = C.load_dataset(config, config.data.eval_split)
   trained = C.load_trained(config, workdir, ds_train.image_shape, ds_train.num_classes)
   key = jax.random.key(config.seed)
-  s_train = attribution_scores(config, trained, ds_train, method, jax.random.fold_in(key, 0))
-  s_test = attribution_scores(config, trained, ds_test, method, jax.random.fold_in(key, 1))
-  writer = slog.MetricWriter(workdir)
-  writer.write_config(config)
+  scores = {}
+
+  def attributions():
+    # Only when some unit must be computed: a rerun with every unit stored explains nothing.
+    if not scores:
+      scores["train"] = attribution_scores(config, trained, ds_train, method, jax.random.fold_in(key, 0))
+      scores["test"] = attribution_scores(config, trained, ds_test, method, jax.random.fold_in(key, 1))
+    return scores["train"], scores["test"]
+
+  writer = slog.MetricWriter(workdir, name="roar", tensorboard=False, fresh=True)
+  writer.write_config(config, "roar")
+  store = C.UnitStore(os.path.join(workdir, "roar", "units"))
+  ignored = ("steps", "log_every", "eval_every", "eval_examples", "checkpoint_every", "max_to_keep",
+             "best_metric", "async_checkpoint", "progress_every_s", "permute_labels", "adversarial")
+  base = {"format": 1, "model": C.model_record(trained.model.name, trained.step, trained.digest),
+          "architecture": slog.config_to_dict(config.model),
+          "data": C.data_record(config, config.data.train_split, eval_split=config.data.eval_split),
+          "method": method,
+          "options": dict(config.explain.options.get(method, {}) or {}) if method != "random" else {},
+          "attribution_batch": int(rcfg.attribution_batch), "seed": int(config.seed),
+          "fill": float(rcfg.fill), "retrain_steps": int(rcfg.retrain_steps),
+          "retrain": {k: v for k, v in slog.config_to_dict(config.train).items() if k not in ignored}}
   progress = slog.Progress(len(fractions) * len(rcfg.seeds) * 2, name="roar",
                            every_seconds=config.train.progress_every_s)
   rows = []
@@ -140,11 +165,25 @@ def run(config, workdir: str) -> dict[str, Any]:
   for k in fractions:
     acc = {}
     for top in (True, False):
-      tr = masked_dataset(ds_train, s_train, k, top, rcfg.fill, int(rcfg.attribution_batch))
-      te = masked_dataset(ds_test, s_test, k, top, rcfg.fill, int(rcfg.attribution_batch))
-      acc[top] = [retrain_accuracy(config, tr, te, int(s)) for s in rcfg.seeds]
-      done += len(rcfg.seeds)
-      progress.update(done)
+      acc[top] = []
+      masked = None
+      for s in rcfg.seeds:
+        # One unit: one retraining (k, top or bottom, seed).
+        prov = {**base, "k": k, "kept": "top" if top else "bottom", "retrain_seed": int(s)}
+        unit = f"k{k:g}__{'top' if top else 'bottom'}__seed{int(s)}"
+        got = store.get(unit, prov)
+        if got is None:
+          if masked is None:
+            s_train, s_test = attributions()
+            masked = (masked_dataset(ds_train, s_train, k, top, rcfg.fill, int(rcfg.attribution_batch)),
+                      masked_dataset(ds_test, s_test, k, top, rcfg.fill, int(rcfg.attribution_batch)))
+          a = float(retrain_accuracy(config, *masked, int(s)))
+          store.put(unit, prov, accuracy=np.float64(a))
+        else:
+          a = float(got["accuracy"])
+        acc[top].append(a)
+        done += 1
+        progress.update(done)
     for i, s in enumerate(rcfg.seeds):
       rows.append({"k": k, "seed": int(s), "acc_top": acc[True][i], "acc_bottom": acc[False][i],
                    "diffroar": acc[True][i] - acc[False][i]})
@@ -155,16 +194,19 @@ def run(config, workdir: str) -> dict[str, Any]:
     d = np.array([r["diffroar"] for r in rows if r["k"] == k])
     curve[k] = (float(d.mean()), float(d.std()))
   if slog.is_writer():
-    with open(os.path.join(workdir, "roar.csv"), "w", newline="") as fh:
-      w = csv.DictWriter(fh, fieldnames=["k", "seed", "acc_top", "acc_bottom", "diffroar"])
-      w.writeheader()
-      w.writerows(rows)
-    with open(os.path.join(workdir, "roar.json"), "w") as fh:
-      json.dump({"method": method, "curve": {str(k): v for k, v in curve.items()}}, fh, indent=2)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=["k", "seed", "acc_top", "acc_bottom", "diffroar"])
+    w.writeheader()
+    w.writerows(rows)
+    C.atomic_write_text(os.path.join(workdir, "roar.csv"), buf.getvalue())
     _figure(workdir, method, curve)
+    # Last: roar.json is the "done" output.
+    C.atomic_write_text(os.path.join(workdir, "roar.json"), json.dumps(
+        {"method": method, "curve": {str(k): v for k, v in curve.items()}}, indent=2))
+  progress.close()
   writer.close()
   logging.info("DiffROAR %s: %s", method, curve)
-  return {"rows": rows, "curve": curve}
+  return {"rows": rows, "curve": curve, "units": {"reused": store.reused, "computed": store.computed}}
 
 
 def _figure(workdir, method, curve):
@@ -182,7 +224,8 @@ def _figure(workdir, method, curve):
   ax.set_xlabel("k (fraction of unmasked coordinates)")
   ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
   ax.legend(fontsize=7)
-  fig.savefig(os.path.join(workdir, "roar.png"), dpi=90, bbox_inches="tight")
+  C.atomic_write(os.path.join(workdir, "roar.png"),
+                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
   plt.close(fig)
 
 

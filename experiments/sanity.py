@@ -86,8 +86,16 @@ def run(config, workdir: str) -> dict[str, Any]:
   if unknown or not sims:
     raise ValueError(f"sanity.similarities: expected some of {[t[0] for t in SIMILARITIES]}, got"
                      f" {list(scfg.similarities)}")
-  if scfg.test == "data":
-    return _data_randomization(config, workdir, methods, sims)
+  units = os.path.join(workdir, "sanity", "units")
+  outputs = ("sanity",)
+  with C.writer_of(workdir, "sanity", [units], outputs):
+    if scfg.test == "data":
+      return _data_randomization(config, workdir, methods, sims)
+    return _model_randomization(config, workdir, methods, sims)
+
+
+def _model_randomization(config, workdir, methods, sims):
+  scfg = config.sanity
   layer_methods = [m for m in methods if explainers.entry(m).kind == "layer"]
   if layer_methods:
     raise ValueError(f"sanity.methods: layer methods {layer_methods} are not supported here (the"
@@ -96,11 +104,12 @@ def run(config, workdir: str) -> dict[str, Any]:
     pre = C.build_model(config, 0)
     ds = C.load_dataset(config, config.explain.split, pre.pretrained.preprocess)
     module, variables = pre.pretrained.module, pre.pretrained.params
-    step = 0
+    step, name, digest = 0, pre.name, C.weights_digest(variables)
   else:
     ds = C.load_dataset(config, config.explain.split)
     trained = C.load_trained(config, workdir, ds.image_shape, ds.num_classes)
     module, variables, step = trained.model.module, trained.variables, trained.step
+    name, digest = trained.model.name, trained.digest
   n = min(int(scfg.num_examples), len(ds))
   batch = ds.batch(np.arange(n))
   x = jnp.asarray(batch["image"])
@@ -114,17 +123,33 @@ def run(config, workdir: str) -> dict[str, Any]:
   key = jax.random.key(config.seed)
   results: dict[str, dict[str, list]] = {}
   rows = []
-  writer = slog.MetricWriter(workdir)
-  writer.write_config(config)
+  writer = slog.MetricWriter(workdir, name="sanity", tensorboard=False, fresh=True)
+  writer.write_config(config, "sanity")
+  store = C.UnitStore(os.path.join(workdir, "sanity", "units"))
+  progress = slog.Progress(len(methods) * len(sims), name="sanity",
+                           every_seconds=config.train.progress_every_s)
   for m in methods:
     results[m] = {}
     opts = dict(config.explain.options.get(m, {}) or {})
     for label, sim, absolute in sims:
-      out = metrics.model_parameter_randomization(
-          model_fn, x, None, target, params=params, key=key, explainer=explainers.get(m),
-          explainer_options=opts, mode=scfg.mode, layer=layers, similarity=sim,
-          absolute=absolute, init=init)
-      curve = np.asarray(out["curve"])  # [B, stages]
+      # One unit: a method's curve under one similarity, keyed by all that makes it.
+      prov = {"format": 1, "test": "model", "model": C.model_record(name, step, digest),
+              "data": C.data_record(config, config.explain.split, num_examples=n),
+              "target": config.explain.target, "method": m, "options": opts,
+              "mode": scfg.mode, "layers": list(layers), "similarity": label,
+              "init_std": float(scfg.init_std), "seed": int(config.seed)}
+      unit = f"model__{m}__{label}"
+      got = store.get(unit, prov)
+      if got is None:
+        out = metrics.model_parameter_randomization(
+            model_fn, x, None, target, params=params, key=key, explainer=explainers.get(m),
+            explainer_options=opts, mode=scfg.mode, layer=layers, similarity=sim,
+            absolute=absolute, init=init)
+        curve = np.asarray(out["curve"])  # [B, stages]
+        store.put(unit, prov, curve=curve)
+      else:
+        curve = got["curve"]
+      progress.update(len(store.reused) + len(store.computed))
       results[m][label] = curve.mean(0).tolist()
       for s, layer in enumerate(layers):
         rows.append({"method": m, "similarity": label, "stage": s, "layer": layer,
@@ -132,9 +157,11 @@ def run(config, workdir: str) -> dict[str, Any]:
       writer.write(step, {f"{m}/{label}_mean": float(curve.mean())})
   if slog.is_writer():
     C.atomic_write_text(os.path.join(workdir, "sanity.csv"), _csv(rows))
+    _figures(workdir, results, layers, scfg.mode, methods, x, target, model_fn, params, config)
+    # Last: sanity.json is the "done" output.
     C.atomic_write_text(os.path.join(workdir, "sanity.json"), json.dumps(
         {"mode": scfg.mode, "layers": list(layers), "curves": results}, indent=2))
-    _figures(workdir, results, layers, scfg.mode, methods, x, target, model_fn, params, config)
+  progress.close()
   writer.close()
   logging.info("sanity curves: %s", results)
   return {"layers": layers, "curves": results}
@@ -166,17 +193,30 @@ def _data_randomization(config, workdir, methods, sims) -> dict[str, Any]:
   key = jax.random.key(config.seed)
   results: dict[str, dict[str, float]] = {}
   rows = []
-  writer = slog.MetricWriter(workdir)
-  writer.write_config(config)
+  writer = slog.MetricWriter(workdir, name="sanity", tensorboard=False, fresh=True)
+  writer.write_config(config, "sanity")
+  store = C.UnitStore(os.path.join(workdir, "sanity", "units"))
   for m in methods:
     entry = explainers.entry(m)
     opts = E._options(config, m, entry, trained)
     f, fr = _forward(entry, trained), _forward(entry, rand)
     results[m] = {}
     for label, sim, absolute in sims:
-      score = np.asarray(metrics.data_randomization(
-          f, x, None, target, random_model=fr, key=key, explainer=entry.fn,
-          explainer_options=opts, similarity=sim, absolute=absolute))
+      prov = {"format": 1, "test": "data",
+              "model": C.model_record(trained.model.name, trained.step, trained.digest),
+              "random_labels_model": C.model_record(rand.model.name, rand.step, rand.digest),
+              "data": C.data_record(config, config.explain.split, num_examples=n),
+              "target": config.explain.target, "method": m, "options": opts,
+              "similarity": label, "seed": int(config.seed)}
+      unit = f"data__{m}__{label}"
+      got = store.get(unit, prov)
+      if got is None:
+        score = np.asarray(metrics.data_randomization(
+            f, x, None, target, random_model=fr, key=key, explainer=entry.fn,
+            explainer_options=opts, similarity=sim, absolute=absolute))
+        store.put(unit, prov, score=score)
+      else:
+        score = got["score"]
       results[m][label] = float(score.mean())
       rows.append({"method": m, "similarity": label, "mean": float(score.mean()),
                    "std": float(score.std())})
@@ -187,10 +227,11 @@ def _data_randomization(config, workdir, methods, sims) -> dict[str, Any]:
                                     == jnp.asarray(batch["label"])).mean())}
   if slog.is_writer():
     C.atomic_write_text(os.path.join(workdir, "sanity_data.csv"), _csv(rows))
+    _data_figure(workdir, methods, x, target, trained, rand, config)
+    # Last: sanity_data.json is the "done" output.
     C.atomic_write_text(os.path.join(workdir, "sanity_data.json"), json.dumps(
         {"test": "data", "random_labels_workdir": rwd, "accuracy_on_examples": accuracy,
          "scores": results}, indent=2))
-    _data_figure(workdir, methods, x, target, trained, rand, config)
   writer.close()
   logging.info("data randomization: %s (accuracy %s)", results, accuracy)
   return {"scores": results, "accuracy": accuracy}
@@ -241,7 +282,7 @@ def _data_figure(workdir, methods, x, target, trained, rand, config, count=3):
   for ax in axes.ravel():
     ax.axis("off")
   C.atomic_write(os.path.join(workdir, "sanity_data_maps.png"),
-                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight"))
+                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
   plt.close(fig)
 
 
@@ -261,7 +302,8 @@ def _figures(workdir, results, layers, mode, methods, x, target, model_fn, param
     ax.set_ylabel("similarity to trained map")
     ax.set_title(f"{m}: {mode} randomization", fontsize=9)
     ax.legend(fontsize=7)
-    fig.savefig(os.path.join(workdir, f"sanity_{m}.png"), dpi=90, bbox_inches="tight")
+    C.atomic_write(os.path.join(workdir, f"sanity_{m}.png"),
+                   lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
     plt.close(fig)
   # The trained maps of the first example, for reference.
   f = M.bind(model_fn, params)
@@ -279,7 +321,8 @@ def _figures(workdir, results, layers, mode, methods, x, target, model_fn, param
     ax.set_title(m, fontsize=8)
   for ax in axes:
     ax.axis("off")
-  fig.savefig(os.path.join(workdir, "sanity_maps.png"), dpi=90, bbox_inches="tight")
+  C.atomic_write(os.path.join(workdir, "sanity_maps.png"),
+                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
   plt.close(fig)
 
 

@@ -233,7 +233,35 @@ class CheckpointManager:
       self._finish_digests()
 
   def _read_meta(self, mgr, step: int) -> dict[str, Any]:
-    return mgr.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
+    try:
+      return mgr.restore(step, args=self._ocp.args.Composite(meta=self._ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # a truncated Orbax metadata file: JSONDecodeError, KeyError, ...
+      raise CorruptCheckpointError(
+          f"checkpoint {self._step_dir(mgr, step)}: its metadata cannot be read"
+          f" ({type(e).__name__}: {e})") from e
+
+  def _set_aside(self, mgr, step: int) -> None:
+    """The writer moves a bad step aside (kept for inspection) so training can
+    write this step again; Orbax ignores names that are not a step."""
+    if self.read_only or jax.process_index() != 0:
+      return
+    d = self._step_dir(mgr, step)
+    aside = f"{d}.corrupt-{int(time.time())}"
+    os.replace(d, aside)
+    logging.warning("moved corrupt checkpoint %s to %s", d, aside)
+    mgr.reload()
+
+  def _restore_state(self, mgr, step: int, target: Any) -> Any:
+    abstract = jax.tree_util.tree_map(
+        lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) if not hasattr(a, "sharding")
+        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
+    try:
+      out = mgr.restore(step, args=self._ocp.args.Composite(state=self._ocp.args.StandardRestore(abstract)))
+    except Exception as e:  # unverified step whose Orbax files are damaged
+      raise CorruptCheckpointError(
+          f"checkpoint {self._step_dir(mgr, step)}: its state cannot be read"
+          f" ({type(e).__name__}: {str(e)[:300]})") from e
+    return out["state"]
 
   def check(self, step: int | None = None, *, best: bool = False) -> dict[str, Any]:
     """Reads the meta of `step` (latest by default) and raises if its fingerprint differs."""
@@ -261,13 +289,7 @@ class CheckpointManager:
       return None
     if problem is not None:
       logging.warning("checkpoint %s is corrupt, refusing it: %s", d, problem)
-      if not self.read_only and jax.process_index() == 0:
-        # The writer moves it aside (kept for inspection) so training can
-        # write this step again; Orbax ignores names that are not a step.
-        aside = f"{d}.corrupt-{int(time.time())}"
-        os.replace(d, aside)
-        logging.warning("moved corrupt checkpoint %s to %s", d, aside)
-        mgr.reload()
+      self._set_aside(mgr, step)
     return problem
 
   def _better(self, a: float, b: float) -> bool:
@@ -281,7 +303,11 @@ class CheckpointManager:
       if bad is not None:
         problems.append(f"{self._step_dir(self._latest, s)}: {bad}")
         continue
-      meta = self.check(s)
+      try:
+        meta = self.check(s)
+      except CorruptCheckpointError as e:
+        problems.append(str(e))
+        continue
       v = meta.get("metrics", {}).get(self.best_metric)
       if v is not None and (found is None or self._better(float(v), found[2])):
         found = (s, meta, float(v))
@@ -308,39 +334,46 @@ class CheckpointManager:
       bad = self._verify(mgr, step)
       if bad is not None:
         raise CorruptCheckpointError(f"checkpoint {self._step_dir(mgr, step)}: {bad}")
-      chosen = (mgr, int(step), self.check(step, best=best))
-    else:
-      steps = sorted(mgr.all_steps(), reverse=True)
-      if best:
-        steps = [s for s in [mgr.best_step()] if s is not None]
-      if not steps and not (best and self._latest.all_steps()):
-        raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
-      chosen = None
-      for s in steps:
-        bad = self._verify(mgr, s)
-        if bad is None:
-          chosen = (mgr, s, self.check(s, best=best))
-          break
-        problems.append(f"{self._step_dir(mgr, s)}: {bad}")
-      if chosen is None and best:
-        found = self._best_of_latest(problems)
-        if found is not None:
-          logging.warning("no intact best checkpoint in %s: using step %d of %s, the best intact"
-                          " one by %s", mgr.directory, found[0], self._latest.directory,
-                          self.best_metric)
-          chosen = (self._latest, found[0], found[1])
-      if chosen is None:
-        raise CorruptCheckpointError(
-            f"no intact checkpoint in {mgr.directory}: expected a step whose files match its"
-            f" {DIGEST_FILE}, got {'; '.join(problems) or 'none with the metric'}")
+      meta = self.check(step, best=best)
+      return int(step), self._restore_state(mgr, int(step), target), meta.get("metrics", {})
+    steps = sorted(mgr.all_steps(), reverse=True)
+    if best:
+      steps = [s for s in [mgr.best_step()] if s is not None]
+    if not steps and not (best and self._latest.all_steps()):
+      raise FileNotFoundError(f"no complete checkpoint in {mgr.directory}")
+    def attempt(m, s, is_best):
+      bad = self._verify(m, s)
+      if bad is not None:
+        problems.append(f"{self._step_dir(m, s)}: {bad}")
+        return None
+      try:
+        # A step without a digest is only checked by reading it: damaged
+        # Orbax metadata or state is refused by name like a failed digest.
+        meta = self.check(s, best=is_best)
+        state = self._restore_state(m, s, target)
+      except CorruptCheckpointError as e:
+        logging.warning("%s: refusing it", e)
+        problems.append(str(e))
+        self._set_aside(m, s)
+        return None
       if problems:
-        logging.warning("restoring step %d from %s instead", chosen[1], chosen[0].directory)
-    mgr, step, meta = chosen
-    abstract = jax.tree_util.tree_map(
-        lambda a: jax.ShapeDtypeStruct(np.shape(a), np.asarray(a).dtype) if not hasattr(a, "sharding")
-        else jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), target)
-    out = mgr.restore(step, args=self._ocp.args.Composite(state=self._ocp.args.StandardRestore(abstract)))
-    return int(step), out["state"], meta.get("metrics", {})
+        logging.warning("restoring step %d from %s instead", s, m.directory)
+      return int(s), state, meta.get("metrics", {})
+
+    for s in steps:
+      if (out := attempt(mgr, s, best)) is not None:
+        return out
+    if best:
+      found = self._best_of_latest(problems)
+      if found is not None:
+        logging.warning("no intact best checkpoint in %s: using step %d of %s, the best intact"
+                        " one by %s", mgr.directory, found[0], self._latest.directory,
+                        self.best_metric)
+        if (out := attempt(self._latest, found[0], False)) is not None:
+          return out
+    raise CorruptCheckpointError(
+        f"no intact checkpoint in {mgr.directory}: expected a step whose files match its"
+        f" {DIGEST_FILE}, got {'; '.join(problems) or 'none with the metric'}")
 
   def repair_best(self, target: Any) -> int | None:
     """Makes ``best`` consistent with ``latest`` after a restart (writer only).
