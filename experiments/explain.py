@@ -6,13 +6,18 @@
 The model is the pretrained one (``model.pretrained``) or the one a train run
 left in ``explain.train_workdir`` (default: the workdir itself). Layout::
 
-    maps/manifest.json                 methods, chunks, shapes, model step
-    maps/inputs/chunk_00000.npz        image, label, target, index (+ gt_mask where known)
-    maps/<method>/chunk_00000.npz      attribution (pixel methods: like image; layer: [B, h, w])
+    maps/manifest.json                 methods, model step and weights digest, every chunk's
+                                       provenance key and SHA-256 (written last)
+    maps/inputs/chunk_00000.npz        image, label, target, index (+ gt_mask where known), provenance
+    maps/<method>/chunk_00000.npz      attribution (pixel methods: like image; layer: [B, h, w]), provenance
     overlays/<method>_<i>.png          the first `explain.overlays` examples
 
-Chunks are written atomically (temporary file, then rename), and a chunk
-already on disk is not recomputed, so a killed run resumes where it stopped.
+Chunks are written atomically (temporary file, then rename), each with the
+provenance record of what made it (`provenance`): a chunk on disk is reused
+only when its record equals this run's, so a killed run resumes where it
+stopped, and a changed model, option or target recomputes what it changed
+(a warning names the chunk and the difference), as does a chunk that cannot
+be read.
 Every chunk has `explain.chunk_size` rows (the last is padded by repetition
 and sliced back), so each explainer compiles once.
 
