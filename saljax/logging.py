@@ -303,6 +303,8 @@ def console(workdir: str, binary: str):
   handler = absl_log.get_absl_handler()
   old_level, old_root = handler.level, root.level
   file_handler = None
+  # Quiet first: is_writer() starts JAX's backends, which log at INFO.
+  handler.setLevel(py_logging.WARNING)
   if is_writer():
     os.makedirs(os.path.join(workdir, "logs"), exist_ok=True)
     file_handler = py_logging.FileHandler(os.path.join(workdir, "logs", f"{binary}.log"))
@@ -310,7 +312,6 @@ def console(workdir: str, binary: str):
         "%(asctime)s %(levelname)s %(name)s %(filename)s:%(lineno)d] %(message)s"))
     file_handler.setLevel(py_logging.INFO)
     root.addHandler(file_handler)
-  handler.setLevel(py_logging.WARNING)
   if root.level > py_logging.INFO or root.level == py_logging.NOTSET:
     root.setLevel(py_logging.INFO)
   absl_log.set_verbosity(absl_log.INFO)
