@@ -17,6 +17,10 @@ import inspect
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saljax import _validation as V
 
 # What a method can need besides (f, x, target):
 NEEDS = frozenset({
@@ -40,6 +44,21 @@ RETURNS = {
     "image": "a map at the input's resolution, one value per pixel: [B, H, W]",
     "scores": "per-example scores: [B]",
     "curve": "a dict {'score': [B], 'curve': [B, T]} (plus method-specific keys)",
+}
+
+# How a non-finite model output (NaN or inf logits) is caught, per method:
+MODEL_OUTPUT = {
+    # It reaches the result: the result is checked for NaN/inf (free when it is
+    # finite) and only then is the model run on the offending examples, to say
+    # whether its logits or the method produced them.
+    "result": "a non-finite logit makes the result non-finite; the result is checked",
+    # The method can turn non-finite logits into finite numbers (ranks, argmax,
+    # clipped or thresholded scores): the model's logits on x are checked with
+    # one forward pass after the method, unless target="predicted" already did.
+    "forward": "the method can hide non-finite logits; one forward pass checks them",
+    # The method never reads the logits (attention maps, a layer's principal
+    # component, metrics of the attribution alone): nothing to check.
+    "unused": "the method does not read the model's logits",
 }
 
 # Transformations whose support is claimed per method.
@@ -74,6 +93,104 @@ def _guarded(fn, name: str, unsupported: tuple[str, ...], note: str):
   return call
 
 
+def _method_model(args, kwargs, needs):
+  """``(model x -> logits, x)`` of a call, or ``(None, x)`` when there is none."""
+  from saljax import model as M
+  f = args[0] if args else kwargs.get("f", kwargs.get("model_fn"))
+  x = args[1] if len(args) > 1 else kwargs.get("x")
+  if not callable(f):
+    return None, x
+  if "params" in needs:  # the model as model_fn(params, x)
+    params = kwargs.get("params")
+    return (M.bind(f, params) if params is not None else None), x
+  return M.as_model(f), x
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _rows_finite(leaves, batch):
+  """``[batch]`` bool: every floating value of the row is finite (a leaf without
+  a leading batch axis counts for every row)."""
+  ok = jnp.ones((batch,), bool)
+  for a in leaves:
+    fin = jnp.isfinite(a)
+    if a.ndim >= 1 and a.shape[0] == batch:
+      ok &= fin.reshape(batch, -1).all(1)
+    else:
+      ok &= fin.all()
+  return ok
+
+
+def _host_bad_rows(rows_ok) -> list[int]:
+  bad = []
+  for start, block in V._local_rows(rows_ok):
+    bad += (start + np.flatnonzero(~block)).tolist()
+  return sorted(bad)
+
+
+def _logit_bad_rows(model, x, rows):
+  """The rows among `rows` where the model's logits are not finite, or None
+  when the model cannot be evaluated (then nothing can be said)."""
+  from saljax import model as M
+  try:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return [r for r in _host_bad_rows(M._finite_logit_rows(model, x)) if r in set(rows)]
+    finite = np.asarray(M._finite_logit_rows(model, jnp.asarray(x)[np.asarray(rows)]))
+  except Exception:  # a model that cannot run here: report what is known
+    return None
+  return [r for r, ok in zip(rows, finite) if not ok]
+
+
+def _checked(fn, name: str, model_output: str, needs: frozenset):
+  """`fn`, refusing non-finite model outputs and non-finite results.
+
+  Every public method passes through here, so the check needs no code in the
+  methods. Only the outermost registered call checks (a metric re-running an
+  explainer checks once), and only concrete values: under a user's
+  ``jax.jit``/``vmap``/``grad`` the result is a tracer and no host check is
+  possible, so none is made.
+  """
+
+  @functools.wraps(fn)
+  def call(*args, **kwargs):
+    if V.CURRENT.get() is not None:
+      return fn(*args, **kwargs)
+    state = V.Call(name)
+    token = V.CURRENT.set(state)
+    try:
+      out = fn(*args, **kwargs)
+    finally:
+      V.CURRENT.reset(token)
+    leaves = [l for l in jax.tree_util.tree_leaves(out)
+              if hasattr(l, "dtype") and jnp.issubdtype(l.dtype, jnp.inexact)]
+    if not all(V.is_concrete(l) for l in leaves):
+      return out
+    model, x = _method_model(args, kwargs, needs)
+    if not hasattr(x, "shape") or not V.is_concrete(x) or not getattr(x, "ndim", 0):
+      return out
+    batch = int(x.shape[0])
+    bad = _host_bad_rows(_rows_finite(tuple(leaves), batch)) if leaves else []
+    if bad:
+      # The error path only: one forward on the whole batch names every example
+      # whose logits are non-finite (a perturbation method may have hidden some).
+      logit_rows = _logit_bad_rows(model, x, list(range(batch))) if model is not None else None
+      if logit_rows:
+        raise V.nonfinite_logits_error(logit_rows, name)
+      because = ("although the model's logits for them are finite" if logit_rows == [] else
+                 "(the model's logits could not be checked)")
+      raise ValueError(
+          f"{name}: produced non-finite values (NaN or inf) for examples {bad[:10]}"
+          f" {because}; the result would be wrong (an input in float16/bfloat16 can"
+          " overflow: try float32)")
+    f_in = args[0] if args else None
+    if model_output == "forward" and model is not None and not state.was_checked(f_in, x):
+      logit_rows = _logit_bad_rows(model, x, list(range(batch)))
+      if logit_rows:
+        raise V.nonfinite_logits_error(logit_rows, name)
+    return out
+
+  return call
+
+
 @dataclasses.dataclass(frozen=True)
 class Entry:
   """What the library knows about one registered method.
@@ -97,6 +214,9 @@ class Entry:
       derivative. Where one is False, the method raises a ValueError naming the
       transformation and the way around it, rather than a JAX tracer error.
     note: why a transformation is not supported, for the docs.
+    model_output: how non-finite model outputs are caught, a key of
+      `MODEL_OUTPUT` (tests/test_model_output.py holds the claim for every
+      method).
   """
   name: str
   fn: Callable
@@ -111,6 +231,7 @@ class Entry:
   vmappable: bool = True
   differentiable: bool = True
   note: str = ""
+  model_output: str = "result"
 
   @property
   def stochastic(self) -> bool:
@@ -149,14 +270,17 @@ class Entry:
 
 class Registry:
 
-  def __init__(self, what: str):
+  def __init__(self, what: str, model_output: Mapping[str, str] | None = None):
+    """`model_output`: name -> a key of `MODEL_OUTPUT` for methods that are not
+    ``"result"`` (a method may also state it in its `register` call)."""
     self._what = what
     self._entries: dict[str, Entry] = {}
+    self._model_output = dict(model_output or {})
 
   def register(self, name: str, *, family: str, returns: str, evaluations, backward: bool,
                smoke: Mapping[str, Any] | None = None, needs=(), direction=None,
                jittable: bool = True, vmappable: bool = True, differentiable: bool = True,
-               note: str = ""):
+               note: str = "", model_output: str | None = None):
     """Decorator: registers `fn` under `name` with the facts of `Entry`.
 
     `evaluations` is an int (a constant count) or ``(options, f, x) -> int``.
@@ -168,20 +292,27 @@ class Registry:
       raise ValueError(f"{name}: returns must be one of {sorted(RETURNS)}, got {returns!r}")
     if direction is not None and not callable(direction) and direction not in ("higher", "lower"):
       raise ValueError(f"{name}: direction must be 'higher', 'lower' or a function, got {direction!r}")
+    model_output = model_output or self._model_output.get(name, "result")
+    if model_output not in MODEL_OUTPUT:
+      raise ValueError(f"{name}: model_output must be one of {sorted(MODEL_OUTPUT)}, got"
+                       f" {model_output!r}")
     count = evaluations if callable(evaluations) else (lambda o, f, x, n=int(evaluations): n)
 
     unsupported = tuple(t for t, ok in zip(TRANSFORMS, (jittable, vmappable, differentiable))
                         if not ok)
 
     def deco(fn):
+      raw = fn
       if unsupported:
         fn = _guarded(fn, name, unsupported, note)
-      if name in self._entries and self._entries[name].fn is not fn:
+      fn = _checked(fn, name, model_output, needs)
+      if name in self._entries and inspect.unwrap(self._entries[name].fn) is not raw:
         raise ValueError(f"{self._what} {name!r} is registered twice")
       self._entries[name] = Entry(
           name=name, fn=fn, family=family, needs=needs, returns=returns, evaluations=count,
           backward=backward, smoke=dict(smoke or {}), direction=direction, jittable=jittable,
-          vmappable=vmappable, differentiable=differentiable, note=note)
+          vmappable=vmappable, differentiable=differentiable, note=note,
+          model_output=model_output)
       return fn
     return deco
 

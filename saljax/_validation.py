@@ -8,11 +8,46 @@ checks.
 """
 from __future__ import annotations
 
+import contextvars
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+class Call:
+  """The outermost registered method being called (set by the registry wrapper),
+  so shared checks can name it and record what they already verified."""
+
+  __slots__ = ("name", "checked")
+
+  def __init__(self, name: str):
+    self.name = name
+    # (model, x) pairs, as the caller passed them, whose logits were found finite.
+    self.checked: list = []
+
+  def was_checked(self, f: Any, x: Any) -> bool:
+    return any(cf is f and cx is x for cf, cx in self.checked)
+
+
+CURRENT: contextvars.ContextVar = contextvars.ContextVar("saljax_call", default=None)
+
+
+def current_method() -> str:
+  """The name of the registered method being called, or "saljax"."""
+  call = CURRENT.get()
+  return call.name if call is not None else "saljax"
+
+
+def nonfinite_logits_error(rows, method: str | None = None) -> ValueError:
+  """The error for a model whose logits are NaN or inf on examples `rows`."""
+  rows = sorted(int(r) for r in rows)
+  return ValueError(
+      f"{method or current_method()}: the model returned non-finite logits (NaN or inf) for examples"
+      f" {rows[:10]}{' ...' if len(rows) > 10 else ''} ({len(rows)} in all); an explanation or"
+      " a score computed from them would mean nothing. Check the model's weights and inputs"
+      " (e.g. evaluate it on these examples)")
 
 
 def is_concrete(x: Any) -> bool:

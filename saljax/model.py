@@ -659,15 +659,31 @@ def resolve_target(f: Any, x: Array, target: Any) -> Array:
   if isinstance(target, str):
     if target != PREDICTED:
       raise ValueError(f"target: expected class indices or {PREDICTED!r}, got {target!r}")
-    return _predicted(as_model(f), x)
+    predicted, finite = _predicted(as_model(f), x)
+    # The forward pass is computed anyway: checking its logits here is free.
+    if _validation.is_concrete(finite):
+      finite = np.asarray(finite)
+      if not finite.all():
+        raise _validation.nonfinite_logits_error(np.flatnonzero(~finite))
+    return predicted
   if target is None:
     raise TypeError(f"target: expected class indices [B] or {PREDICTED!r}, got None")
   return _validation.check_target(target, batch, num_classes)
 
 
 @jit
-def _predicted(f, x: Array) -> Array:
-  return jnp.argmax(f(x), axis=-1).astype(jnp.int32)
+def _predicted(f, x: Array) -> tuple[Array, Array]:
+  """The argmax class and whether each row's logits are finite."""
+  logits = f(x)
+  finite = jnp.isfinite(logits).reshape(logits.shape[0], -1).all(1)
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32), finite
+
+
+@jit
+def _finite_logit_rows(f, x: Array) -> Array:
+  """Whether each row's logits are finite, ``[B]`` bool."""
+  logits = f(x)
+  return jnp.isfinite(logits).reshape(logits.shape[0], -1).all(1)
 
 
 def prepare(f: Any, x: Any, target: Any):
@@ -679,10 +695,17 @@ def prepare(f: Any, x: Any, target: Any):
   """
   if not callable(f):
     raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {_validation.describe(f)}")
+  f_in, x_in = f, x
   x = _validation.check_input(x)
   f = as_model(f)
-  target = resolve_target(f, x, target)
-  return f, x, target
+  resolved = resolve_target(f, x, target)
+  call = _validation.CURRENT.get()
+  if (isinstance(target, str) and call is not None and _validation.is_concrete(x)
+      and _validation.is_concrete(resolved)):
+    # "predicted" ran the forward and found its logits finite: the method's
+    # own check (the registry's) need not run it again.
+    call.checked.append((f_in, x_in))
+  return f, x, resolved
 
 
 def target_logit(f: Callable, x: Array, target: Array) -> Array:

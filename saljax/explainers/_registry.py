@@ -9,7 +9,19 @@ from saljax import _registry
 from saljax import _validation as V
 from saljax import model as M
 
-REGISTRY = _registry.Registry("explainer")
+# How each explainer meets a model with NaN/inf logits (`_registry.MODEL_OUTPUT`;
+# "result" when not listed). tests/test_model_output.py holds every claim: a
+# method that turns non-finite logits into a finite map fails it until listed.
+MODEL_OUTPUT = {
+    # Never read the logits: attention probabilities, a layer's principal component.
+    "attention_rollout": "unused", "class_token_attention": "unused", "eigencam": "unused",
+    # Can return finite maps from non-finite logits: regression or ranking of
+    # perturbed scores, normalized or thresholded weights, inputs other than x.
+    "lima": "forward", "lime": "forward", "normgrad_combined": "forward", "rise": "forward",
+    "scorecam": "forward", "sobol": "forward",
+}
+
+REGISTRY = _registry.Registry("explainer", model_output=MODEL_OUTPUT)
 
 
 prepare = M.prepare  # the checks every explainer runs first (shared with metrics)

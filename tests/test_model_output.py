@@ -1,0 +1,143 @@
+"""A model that returns NaN or inf logits is refused by every registered method
+that reads its logits, naming the method and the examples; a method that never
+reads them says so in the registry, and the claim is checked here.
+
+The check lives in the registry wrapper (saljax/_registry.py `_checked`), so a
+new method is covered with no code of its own; if it turns non-finite logits
+into a finite result, `test_every_method_refuses_nonfinite_logits` fails until
+its entry is marked ``model_output="forward"``.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import saljax
+import _all_methods as A
+
+CNN, VIT, X, TARGET = A.models()
+BAD = (1, 5)  # the examples whose logits the poisoned model corrupts
+XB = X.at[BAD, 0, 0, 0].set(8.0)  # their marker: a first value above 5
+
+
+def poisoned(tapped, value):
+  """`tapped` whose logits are `value` (NaN or inf) times the true ones on inputs
+  whose first value exceeds 5, through arithmetic only (no comparison, which
+  some interpreters of the model's program would treat as a layer), so the
+  non-finite value also reaches gradients, as NaN weights would."""
+
+  def forward(x, taps=None):
+    logits, acts = tapped(x, taps)
+    first = x.reshape(x.shape[0], -1)[:, 0]
+    if np.isnan(value):
+      scale = 1.0 + 0.0 * jnp.sqrt(5.0 - first)  # sqrt of a negative: NaN
+    else:
+      scale = jnp.exp(1000.0 * jax.nn.relu(first - 5.0))  # overflows to inf
+    return logits * scale[:, None], acts
+
+  return saljax.Tapped(forward, tapped.layer_names)
+
+
+POISON = {"nan": (poisoned(CNN, np.nan), poisoned(VIT, np.nan)),
+          "inf": (poisoned(CNN, np.inf), poisoned(VIT, np.inf))}
+ATTR = saljax.gradient(CNN.logits, X, TARGET)
+ROAR = saljax.metrics.get("roar")
+
+ALL = [("explainer", n) for n in saljax.explainers.names()] + [
+    ("metric", n) for n in saljax.metrics.names()]
+# inf too for a few methods of each kind of result (maps, layer maps, curves, ranks).
+INF = ["gradient", "integrated_gradients", "occlusion", "gradcam", "deletion", "road"]
+
+
+def _call(kind, name, cnn, vit, x):
+  if kind == "explainer":
+    return A.call_explainer(name, cnn, vit, x, TARGET)
+  return A.call_metric(name, cnn, x, ATTR, TARGET)
+
+
+def _entry(kind, name):
+  return (saljax.explainers if kind == "explainer" else saljax.metrics).entry(name)
+
+
+@pytest.mark.parametrize("kind,name,value", [(k, n, "nan") for k, n in ALL] + [
+    (k, n, "inf") for k, n in ALL if n in INF])
+def test_every_method_refuses_nonfinite_logits(kind, name, value):
+  cnn, vit = POISON[value]
+  entry = _entry(kind, name)
+  if entry.model_output == "unused":
+    # The claim: the logits are never read, so the result is the clean model's.
+    out = _call(kind, name, cnn, vit, XB)
+    want = _call(kind, name, CNN, VIT, XB)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                           out, want)
+    return
+  with pytest.raises(ValueError, match=rf"^{name}: the model returned non-finite logits \(NaN or"
+                                       rf" inf\) for examples \[1, 5\]"):
+    _call(kind, name, cnn, vit, XB)
+
+
+def test_clean_inputs_pass_the_check():
+  """The poisoned model is the clean one on unmarked inputs (the test above
+  depends on it), and no method is refused there."""
+  cnn, vit = POISON["nan"]
+  np.testing.assert_array_equal(np.asarray(cnn.logits(X)), np.asarray(CNN.logits(X)))
+  assert bool(jnp.isfinite(saljax.gradient(cnn.logits, X, TARGET)).all())
+  assert ROAR(cnn.logits, X, ATTR, TARGET, **A.metric_options("roar")).shape == (8,)
+
+
+def _counting(f):
+  calls = []
+
+  def g(x):
+    calls.append(1)
+    return f(x)
+
+  return g, calls
+
+
+def test_predicted_target_reuses_its_forward_and_refuses_before_work():
+  """With target="predicted" the forward pass that resolves it also checks the
+  logits: the error comes before the method traces its own work."""
+  cnn, _ = POISON["nan"]
+  f, calls = _counting(cnn.logits)
+  with pytest.raises(ValueError, match=r"^integrated_gradients: the model returned non-finite"
+                                       r" logits .* examples \[1, 5\]"):
+    saljax.integrated_gradients(f, XB, "predicted", steps=4)
+  clean, clean_calls = _counting(CNN.logits)
+  saljax.integrated_gradients(clean, X, "predicted", steps=4)
+  # The clean run traces the model for the shape, for "predicted" and for the
+  # method's own work; the refused one stops after the first two.
+  assert len(calls) == 2 < len(clean_calls), (len(calls), len(clean_calls))
+  # A "forward" method does not run a second forward when "predicted" checked x.
+  g, calls = _counting(CNN.logits)
+  ROAR(g, X, ATTR, "predicted", **A.metric_options("roar"))
+  n = len(calls)
+  g2, calls2 = _counting(CNN.logits)
+  ROAR(g2, X, ATTR, TARGET, **A.metric_options("roar"))
+  assert len(calls2) == n + 1, (n, len(calls2))  # the explicit target needs the check's forward
+
+
+def test_nonfinite_result_from_finite_logits_is_blamed_on_the_method():
+  """sqrt(|x|) has finite values and an infinite derivative at 0: the gradient
+  is refused, naming the method, the example and that the logits were finite."""
+  f = lambda x: jnp.sqrt(jnp.abs(x)).reshape(x.shape[0], -1)[:, :3]
+  x = jnp.ones((3, 4, 4, 3)).at[2, 0, 0, 0].set(0.0)
+  with pytest.raises(ValueError, match=r"^gradient: produced non-finite values \(NaN or inf\) for"
+                                       r" examples \[2\] although the model's logits for them are"
+                                       r" finite"):
+    saljax.gradient(f, x, 0)
+  assert bool(jnp.isfinite(saljax.gradient(f, x.at[2, 0, 0, 0].set(1.0), 0)).all())
+
+
+def test_under_a_users_jit_no_host_check_is_made():
+  """Documented limit: inside jax.jit the values are tracers, so the NaN map is
+  returned (the caller checks it); eagerly the same call raises."""
+  cnn, _ = POISON["nan"]
+  out = jax.jit(lambda x: saljax.gradient(cnn.logits, x, TARGET))(XB)
+  bad = ~np.isfinite(np.asarray(out)).reshape(8, -1).all(1)
+  assert np.flatnonzero(bad).tolist() == list(BAD)
+
+
+def test_the_facts_are_known_values():
+  for kind, name in ALL:
+    assert _entry(kind, name).model_output in saljax._registry.MODEL_OUTPUT, name
