@@ -260,7 +260,9 @@ class Entry:
     """Model evaluations per example for `options` on model `f` and inputs `x`
     (both only needed where the count depends on them: windows, segments,
     channels of a layer)."""
-    return int(self.evaluations(self.options(**options), f, x))
+    # A "forward" method's check of the model's logits is one more forward
+    # (none when target="predicted" ran it, which this count does not know).
+    return int(self.evaluations(self.options(**options), f, x)) + (self.model_output == "forward")
 
   def better(self, **options) -> str | None:
     """Metrics: ``"higher"`` or ``"lower"`` is better for these options."""

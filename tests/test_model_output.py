@@ -108,13 +108,22 @@ def test_predicted_target_reuses_its_forward_and_refuses_before_work():
   # The clean run traces the model for the shape, for "predicted" and for the
   # method's own work; the refused one stops after the first two.
   assert len(calls) == 2 < len(clean_calls), (len(calls), len(clean_calls))
-  # A "forward" method does not run a second forward when "predicted" checked x.
-  g, calls = _counting(CNN.logits)
-  ROAR(g, X, ATTR, "predicted", **A.metric_options("roar"))
-  n = len(calls)
-  g2, calls2 = _counting(CNN.logits)
-  ROAR(g2, X, ATTR, TARGET, **A.metric_options("roar"))
-  assert len(calls2) == n + 1, (n, len(calls2))  # the explicit target needs the check's forward
+
+
+def test_forward_check_reuses_the_predicted_forward(monkeypatch):
+  """A "forward" method (roar) runs its extra forward only when target was not
+  "predicted" (that forward already checked the logits)."""
+  runs = []
+  real = saljax.model._finite_logit_rows
+  monkeypatch.setattr(saljax.model, "_finite_logit_rows",
+                      lambda f, x: runs.append(x.shape) or real(f, x))
+  ROAR(CNN.logits, X, ATTR, "predicted", **A.metric_options("roar"))
+  assert runs == []
+  ROAR(CNN.logits, X, ATTR, TARGET, **A.metric_options("roar"))
+  assert runs == [X.shape]
+  # A "result" method never runs it on the happy path.
+  saljax.gradient(CNN.logits, X, TARGET)
+  assert runs == [X.shape]
 
 
 def test_nonfinite_result_from_finite_logits_is_blamed_on_the_method():
