@@ -2,12 +2,14 @@
 awkward inputs chosen from its registry entry (what it needs, which counts it
 takes, whether it is stochastic, what it returns).
 
-For each drawn case the method must either return a finite result of the shape
-its entry declares, or raise ValueError/TypeError whose message names the
-offending argument, before any work: the model (a fresh counting wrapper, so
-nothing is served from a compile cache) is traced at most once, by the
-abstract shape evaluation that validation itself needs, and never for a bad
-`x`. A new method is covered through its registry entry, with no edit here.
+Every case is run for every method (a bad argument is refused before any
+compile, so cases are cheap); hypothesis draws the bad values. The method must
+either return a finite result of the shape its entry declares, or raise
+ValueError/TypeError whose message names the offending argument, before any
+work: the model (a fresh counting wrapper, so nothing is served from a compile
+cache) is traced only by the abstract shape evaluations that validation needs
+(`_allowed_traces`), and never for a bad `x`. A new method is covered through
+its registry entry, with no edit here.
 
 Non-finite model outputs are the subject of tests/test_model_output.py.
 """
@@ -18,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 import saljax
 import _all_methods as A
@@ -26,7 +28,9 @@ import _all_methods as A
 CNN, VIT, X, TARGET = A.models()
 B = X.shape[0]
 COUNTS = ("steps", "samples", "masks", "designs", "iterations")
-SETTINGS = settings(max_examples=3, deadline=None, derandomize=True, database=None,
+# Each example runs every case of a method; the draws vary the bad values.
+SETTINGS = settings(max_examples=2, deadline=None, derandomize=True, database=None,
+                    phases=[Phase.explicit, Phase.generate],  # no shrinking: the report lists every case
                     suppress_health_check=list(HealthCheck))
 
 
@@ -90,20 +94,44 @@ def _attribution_cases():
           ("attribution int", "attribution", jnp.ones(X.shape, jnp.int32))]
 
 
+def _allowed_traces(entry, arg):
+  """Abstract traces of the model that validation needs before refusing a bad
+  argument: none for a bad `x`; the model's output shape; the explainer's output
+  shape (a metric that re-explains checks `attribution` against it); the random
+  model's shape (it runs the counted model too)."""
+  if arg == "x":
+    return 0
+  return 1 + ("explainer" in entry.needs) + ("random_model" in entry.needs)
+
+
 def _check(name, entry, run, arg, label, calls):
+  """None if the case behaved, else what went wrong."""
   try:
     out = run()
   except (ValueError, TypeError) as e:
     msg = str(e)
-    assert re.search(rf"(^|\W){re.escape(arg)}(\W|$)", msg) or name in msg, (
-        f"{name} [{label}]: the error does not name {arg!r}: {msg}")
-    limit = 0 if arg == "x" else 1
-    assert len(calls) <= limit, (
-        f"{name} [{label}]: evaluated the model {len(calls)} times before refusing: {calls}")
-    return
+    if not (re.search(rf"(^|\W){re.escape(arg)}(\W|$)", msg) or name in msg):
+      return f"[{label}]: the error does not name {arg!r}: {msg}"
+    if len(calls) > _allowed_traces(entry, arg):
+      return f"[{label}]: traced the model {len(calls)} times before refusing: {calls}"
+    return None
   leaves = [np.asarray(l) for l in jax.tree_util.tree_leaves(out)]
-  assert all(np.isfinite(l).all() for l in leaves if l.dtype.kind == "f"), (name, label)
-  assert leaves[0].shape[0] == B, (name, label, leaves[0].shape)
+  if not all(np.isfinite(l).all() for l in leaves if l.dtype.kind == "f"):
+    return f"[{label}]: returned non-finite values"
+  if leaves[0].shape[0] != B:
+    return f"[{label}]: returned shape {leaves[0].shape}"
+  return None
+
+
+def _check_all(name, entry, cases, make_run):
+  """Every case (they raise before compiling anything, so all are cheap); one
+  report listing every misbehaving case."""
+  bad = []
+  for label, arg, value in cases:
+    run, calls = make_run(arg, value)
+    bad.append(_check(name, entry, run, arg, label, calls))
+  bad = [b for b in bad if b]
+  assert not bad, f"{name}:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("name", saljax.explainers.names())
@@ -113,19 +141,22 @@ def test_explainer_bad_inputs(name, data):
   entry = saljax.explainers.entry(name)
   cases = (_x_cases() + _target_cases(data.draw) + _count_cases(entry, data.draw)
            + _key_cases(entry))
-  label, arg, value = data.draw(st.sampled_from(cases), label="case")
   which, opts = A.explainer_options(name)
-  tapped, calls = _counting(CNN if which == "cnn" else VIT)
-  f = tapped if entry.kind == "layer" else tapped.logits
-  args = {"x": X, "target": TARGET}
-  kwargs = dict(opts)
-  if entry.stochastic:
-    kwargs["key"] = jax.random.key(0)
-  if arg in args:
-    args[arg] = value
-  else:
-    kwargs[arg] = value
-  _check(name, entry, lambda: entry.fn(f, args["x"], args["target"], **kwargs), arg, label, calls)
+
+  def make_run(arg, value):
+    tapped, calls = _counting(CNN if which == "cnn" else VIT)
+    f = tapped if entry.kind == "layer" else tapped.logits
+    args = {"x": X, "target": TARGET}
+    kwargs = dict(opts)
+    if entry.stochastic:
+      kwargs["key"] = jax.random.key(0)
+    if arg in args:
+      args[arg] = value
+    else:
+      kwargs[arg] = value
+    return (lambda: entry.fn(f, args["x"], args["target"], **kwargs)), calls
+
+  _check_all(name, entry, cases, make_run)
 
 
 ATTR = jax.random.normal(jax.random.key(1), X.shape)
@@ -140,27 +171,30 @@ def test_metric_bad_inputs(name, data):
            + _attribution_cases())
   if entry.model_output != "unused":  # metrics of the attribution alone ignore the target
     cases += _target_cases(data.draw)
-  label, arg, value = data.draw(st.sampled_from(cases), label="case")
-  tapped, calls = _counting(CNN)
-  args = {"x": X, "target": TARGET, "attribution": ATTR}
-  kwargs = dict(A.metric_options(name))
-  if entry.stochastic:
-    kwargs["key"] = jax.random.key(0)
-  if arg in args:
-    args[arg] = value
-  else:
-    kwargs[arg] = value
 
-  def run():
-    if name == "model_parameter_randomization":
-      _, params = A.cnn_as_function_of_params()
-      return entry.fn(A._params_model(tapped), args["x"], args["attribution"], args["target"],
-                      params=params, **kwargs)
-    if name == "data_randomization":
-      kwargs["random_model"] = A._random_label_model(tapped)
-    return entry.fn(tapped.logits, args["x"], args["attribution"], args["target"], **kwargs)
+  def make_run(arg, value):
+    tapped, calls = _counting(CNN)
+    args = {"x": X, "target": TARGET, "attribution": ATTR}
+    kwargs = dict(A.metric_options(name))
+    if entry.stochastic:
+      kwargs["key"] = jax.random.key(0)
+    if arg in args:
+      args[arg] = value
+    else:
+      kwargs[arg] = value
 
-  _check(name, entry, run, arg, label, calls)
+    def run():
+      if name == "model_parameter_randomization":
+        _, params = A.cnn_as_function_of_params()
+        return entry.fn(A._params_model(tapped), args["x"], args["attribution"], args["target"],
+                        params=params, **kwargs)
+      if "random_model" in entry.needs:
+        kwargs["random_model"] = A._random_label_model(tapped)
+      return entry.fn(tapped.logits, args["x"], args["attribution"], args["target"], **kwargs)
+
+    return run, calls
+
+  _check_all(name, entry, cases, make_run)
 
 
 # Awkward but valid inputs (batch of 1, odd batches, other float dtypes) compile
