@@ -224,12 +224,10 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
   init = truncated_normal_init if init is None else init
   e0 = None
   if attribution is not None:
-    if not V.all_finite(attribution):
-      raise ValueError("attribution: expected finite values, got NaN or inf")
-    e0 = jnp.asarray(attribution, jnp.float32)
-    if e0.shape[:1] != x.shape[:1]:
-      raise ValueError(f"attribution: expected a batch of {x.shape[0]} maps, got shape"
-                       f" {tuple(e0.shape)}")
+    # Shape (the explainer's, traced abstractly), dtype and finiteness, as
+    # every metric that takes an explainer checks them.
+    e0 = _checked_attribution(attribution, explainer, M.bind(model_fn, params), x, target, key,
+                              options)
   out = _randomization(model_fn, params, x, target, e0, key, explainer=explainer, options=options,
                        leaf_layers=leaf_layers, n_layers=len(layers), mode=mode,
                        similarity=similarity, absolute=bool(absolute), init=init,
@@ -385,11 +383,14 @@ def data_randomization(f, x, attribution, target, *, random_model=None,
       key_required=False)
   if isinstance(random_target, str) and random_target == "same":
     random_target = target
+  k0, k1 = jax.random.split(key)
+  # A given map is checked before the random model's "predicted" forward.
+  if attribution is not None:
+    attribution = _checked_attribution(attribution, explainer, model, x, target, k0, options)
   rf, _, random_target = C.prepare_model(random_model, x, random_target)
   n, n_random = C.check_f_output(f, x), C.check_f_output(rf, x)
   if n != n_random:
     raise ValueError(f"random_model: expected {n} classes like the model, got {n_random}")
-  k0, k1 = jax.random.split(key)
   e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
   return _compare_classes(random_model, x, e_a, random_target, k1, explainer=explainer,
                           options=options, similarity=similarity, absolute=bool(absolute),
