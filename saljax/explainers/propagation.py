@@ -169,44 +169,74 @@ def _div(r, z, eps):
   return jnp.where(ok, r / jnp.where(ok, zs, 1.0), 0.0)
 
 
-def _relevance(rule: Rule, lin, a, w, b, r, x_bounds):
-  """Relevance of the input `a` of ``z = lin(a, w) + b`` given output relevance `r`."""
+def _stab(z, eps):
+  """``z + eps * sign(z)`` with sign(0) = +1 (Zennit's stabilizer)."""
+  return z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
 
-  def jt(wk, s):  # J^T s of the linear map a -> lin(a, wk)
-    return jax.vjp(lambda a_: lin(a_, wk), a)[1](s)[0]
+
+def _safe_div(r, zs):
+  ok = zs != 0
+  return jnp.where(ok, r / jnp.where(ok, zs, 1.0), 0.0)
+
+
+def _relevance(rule: Rule, lin, pos, neg, ones, a, c, r, x_bounds):
+  """Relevance of the input `a` of the affine layer ``z = lin(a) + c``.
+
+  `lin` is the layer's linear part, `pos`/`neg` the linear maps with only its
+  positive / negative weights (``lin = pos + neg``), `ones` the map with every
+  weight set to 1; `r` is the output relevance. Returns ``(R_a, absorbed)``:
+  `absorbed` (shaped like the output) is the relevance taken by the bias and
+  the stabilizer, ``(z_stab - contribution of a) * r / z_stab``, so that
+  ``sum(R_a) + sum(absorbed) = sum(r)`` wherever the stabilized denominator
+  is non-zero (where it is 0, as LRP-0 on a dead unit, ``r`` is dropped and
+  shows up in the delta).
+  """
+
+  def jt(fn, s):  # J^T s of a linear map
+    return jax.vjp(fn, jnp.zeros_like(a))[1](s)[0]
 
   relu = jax.nn.relu
   name = rule.name
-  if name in ("zero", "epsilon"):
+  if name in ("zero", "epsilon", "gamma"):
     eps = 0.0 if name == "zero" else rule.epsilon
-    return a * jt(w, _div(r, lin(a, w) + b, eps))
-  if name == "gamma":
-    wg = w + rule.gamma * relu(w)
-    bg = b + rule.gamma * relu(b)
-    return a * jt(wg, _div(r, lin(a, wg) + bg, rule.epsilon))
+    if name == "gamma":
+      g = rule.gamma
+      fn = lambda v: lin(v) + g * pos(v)  # noqa: E731 - w + gamma w^+
+      c = c + g * relu(c)
+    else:
+      fn = lin
+    contrib = fn(a)
+    zs = _stab(contrib + c, eps)
+    s = _safe_div(r, zs)
+    return a * jt(fn, s), (zs - contrib) * s
   if name in ("alpha_beta", "zplus"):
     alpha, beta = (1.0, 0.0) if name == "zplus" else (rule.alpha, rule.beta)
     ap, an = relu(a), -relu(-a)
-    wp, wn = relu(w), -relu(-w)
-    zp = lin(ap, wp) + lin(an, wn) + relu(b)
-    sp = _div(r, zp, rule.epsilon)
-    out = alpha * (ap * jt(wp, sp) + an * jt(wn, sp))
+    contrib = pos(ap) + neg(an)
+    zs = _stab(contrib + relu(c), rule.epsilon)
+    sp = _safe_div(r, zs)
+    out = alpha * (ap * jt(pos, sp) + an * jt(neg, sp))
+    absorbed = alpha * (zs - contrib) * sp
     if beta:
-      zn = lin(ap, wn) + lin(an, wp) - relu(-b)
-      sn = _div(r, zn, rule.epsilon)
-      out = out - beta * (ap * jt(wn, sn) + an * jt(wp, sn))
-    return out
+      contrib = neg(ap) + pos(an)
+      zs = _stab(contrib - relu(-c), rule.epsilon)
+      sn = _safe_div(r, zs)
+      out = out - beta * (ap * jt(neg, sn) + an * jt(pos, sn))
+      absorbed = absorbed - beta * (zs - contrib) * sn
+    return out, absorbed
   if name == "zbox":
     low, high = x_bounds
     low = jnp.broadcast_to(low, a.shape).astype(a.dtype)
     high = jnp.broadcast_to(high, a.shape).astype(a.dtype)
-    wp, wn = relu(w), -relu(-w)
-    z = lin(a, w) - lin(low, wp) - lin(high, wn)
-    s = _div(r, z, rule.epsilon)
-    return a * jt(w, s) - low * jt(wp, s) - high * jt(wn, s)
+    contrib = lin(a) - pos(low) - neg(high)
+    zs = _stab(contrib, rule.epsilon)
+    s = _safe_div(r, zs)
+    return a * jt(lin, s) - low * jt(pos, s) - high * jt(neg, s), (zs - contrib) * s
   # flat: every input of a unit's receptive field gets an equal share.
-  ones_a, ones_w = jnp.ones_like(a), jnp.ones_like(w)
-  return jt(ones_w, _div(r, lin(ones_a, ones_w), rule.epsilon))
+  contrib = ones(jnp.ones_like(a))
+  zs = _stab(contrib, rule.epsilon)
+  s = _safe_div(r, zs)
+  return jt(ones, s), (zs - contrib) * s
 
 
 # ----------------------------------------------------------------------------
@@ -264,54 +294,303 @@ _pass.defvjp(lambda x, y: (y, (x, y)),
              lambda res, g: (g.astype(res[0].dtype), jnp.zeros_like(res[1])))
 
 
+def _ct_zero(v):
+  """A zero cotangent for `v` (float0 for integer arrays, as custom_vjp requires)."""
+  v = jnp.asarray(v)
+  if jnp.issubdtype(v.dtype, jnp.inexact):
+    return jnp.zeros_like(v)
+  return np.zeros(v.shape, jax.dtypes.float0)
+
+
+def _per_example(t, sink):
+  """Per-example sum of `t` as the cotangent of the ``[B]`` sink."""
+  b = sink.shape[0]
+  if t.ndim and t.shape[0] == b:
+    return t.reshape(b, -1).sum(1).astype(sink.dtype)
+  return jnp.full((b,), t.sum() / b, sink.dtype)  # no batch axis: spread evenly
+
+
+# The residual split and sum pooling use Zennit's `Norm` stabilizer.
+_NORM_EPS = 1e-6
+
+
 @jax.custom_vjp
-def _split_sum(a, b, sign, y):
+def _split_sum(a, b, sign, y, sink):
   return y
 
 
 def _split_sum_bwd(res, r):
-  a, b, sign, y = res
+  a, b, sign, y, sink = res
   bs = sign * b
   z = a + bs
-  s = _div(r, z, 1e-9)
-  return (a * s).astype(a.dtype), (bs * s).astype(b.dtype), jnp.zeros_like(sign), jnp.zeros_like(y)
+  zs = _stab(z, _NORM_EPS)
+  s = _safe_div(r, zs)
+  return ((a * s).astype(a.dtype), (bs * s).astype(b.dtype), jnp.zeros_like(sign),
+          jnp.zeros_like(y), _per_example((zs - z) * s, sink))
 
 
-_split_sum.defvjp(lambda a, b, sign, y: (y, (a, b, sign, y)), _split_sum_bwd)
-
-
-def _layer_rule(lin, rule: Rule):
-  """A custom_vjp ``(a, w, b, low, high) -> lin(a, w) + b`` propagating relevance."""
-
-  @jax.custom_vjp
-  def layer(a, w, b, low, high):
-    return lin(a, w) + b
-
-  def fwd(a, w, b, low, high):
-    return layer(a, w, b, low, high), (a, w, b, low, high)
-
-  def bwd(res, r):
-    a, w, b, low, high = res
-    ra = _relevance(rule, lin, a, w, b, r, (low, high))
-    return (ra.astype(a.dtype),) + _zeros(w, b, low, high)
-
-  layer.defvjp(fwd, bwd)
-  return layer
+_split_sum.defvjp(lambda a, b, sign, y, sink: (y, (a, b, sign, y, sink)), _split_sum_bwd)
 
 
 def _linear_rule(lin, eps):
-  """A custom_vjp ``a -> lin(a)`` for a linear map without weights (epsilon rule)."""
+  """A custom_vjp ``(a, sink) -> lin(a)`` for a linear map without weights
+  (sum pooling, cumsum): relevance in proportion to the summands."""
 
   @jax.custom_vjp
-  def op(a):
+  def op(a, sink):
     return lin(a)
 
-  def bwd(a, r):
-    s = _div(r, lin(a), eps)
-    return ((a * jax.vjp(lin, a)[1](s)[0]).astype(a.dtype),)
+  def bwd(res, r):
+    a, sink = res
+    z = lin(a)
+    zs = _stab(z, eps)
+    s = _safe_div(r, zs)
+    return (a * jax.vjp(lin, a)[1](s)[0]).astype(a.dtype), _per_example((zs - z) * s, sink)
 
-  op.defvjp(lambda a: (lin(a), a), bwd)
+  op.defvjp(lambda a, sink: (lin(a), (a, sink)), bwd)
   return op
+
+
+# ----------------------------------------------------------------------------
+# LRP canonization: layers recognized in the jaxpr.
+#
+# A "group" is one affine layer for the LRP rules: a chain of equations with
+# one input `root` (x-dependent) and one output, linear in root up to
+# constants. Two shapes are recognized:
+#
+# * a weighted layer (dot_general / conv_general_dilated of root with constant
+#   weights);
+# * a sum of >= 2 terms ``const * structural(root)`` (the "shifts" depthwise
+#   convolution: k*k shifted slices of the padded input, each times a
+#   per-channel constant, added up), so both depthwise formulations get the
+#   conv rule.
+#
+# Either is extended by the chain of elementwise affine operations with a
+# constant that follows it while each intermediate has one use: the bias add
+# of a dense layer, and inference batch norm ``(z - mean) * scale + shift``
+# (Zennit's MergeBatchNorm canonizer). The group is then evaluated in four
+# modes: "full" (the original equations, the forward value), "lin" (the
+# constants that are added dropped: the linear part), "pn" (a pair: the maps
+# with only the positive / only the negative composite weights) and "ones"
+# (every weight 1, for the flat rule). "pn" multiplies signs along each path
+# from an input to an output, which is the sign of the composite weight when
+# each input reaches each output by one path (true for conv + batch norm and
+# for the shifted-copies depthwise).
+
+_STRUCT = {"reshape", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "transpose", "rev",
+           "pad", "convert_element_type", "copy", "copy_p"}
+_AFFINE = {"add", "sub", "mul", "div", "neg", "convert_element_type"}
+
+
+@dataclasses.dataclass(eq=False)
+class _Group:
+  eqns: list          # in jaxpr order
+  root: Any           # the input var
+  out: Any            # the output var
+  kind: str           # "conv" or "dense" (which rule of the rule set)
+  consts: list        # non-literal vars read that are not computed in the group
+
+
+def _struct_jit(eqn) -> bool:
+  """A jit whose body is only structural equations (e.g. ``jnp.pad``)."""
+  sub = _sub_jaxpr(eqn)
+  if sub is None or eqn.primitive.name not in ("jit", "pjit"):
+    return False
+  return all(e.primitive.name in _STRUCT or _struct_jit(e) for e in sub[0].eqns)
+
+
+def _find_groups(jaxpr, eqn_taint) -> list[_Group]:
+  eqns = jaxpr.eqns
+  uses = collections.Counter(v for e in eqns for v in e.invars if not _is_lit(v))
+  uses.update(v for v in jaxpr.outvars if not _is_lit(v))
+  producer = {e.outvars[0]: i for i, e in enumerate(eqns) if len(e.outvars) == 1}
+  consumers = collections.defaultdict(list)
+  for i, e in enumerate(eqns):
+    for v in e.invars:
+      if not _is_lit(v):
+        consumers[v].append(i)
+  taken: set = set()
+  groups = []
+
+  def one_tainted(i):
+    return sum(eqn_taint[i]) == 1 and len(eqns[i].outvars) == 1
+
+  def extend(idx, out):
+    """Appends the affine chain with constants that follows `out`."""
+    while uses[out] == 1 and len(consumers[out]) == 1:
+      j = consumers[out][0]
+      e = eqns[j]
+      if (j in taken or e.primitive.name not in _AFFINE or not one_tainted(j)
+          or tuple(e.outvars[0].aval.shape) != tuple(out.aval.shape)
+          or (e.primitive.name == "div" and e.invars[0] is not out)):
+        break
+      idx.append(j)
+      out = e.outvars[0]
+    return out
+
+  def finish(idx, root, out, kind):
+    idx = sorted(idx)
+    inside = {v for i in idx for v in eqns[i].outvars}
+    consts = []
+    for i in idx:
+      for v in eqns[i].invars:
+        if not _is_lit(v) and v not in inside and v is not root and v not in consts:
+          consts.append(v)
+    groups.append(_Group([eqns[i] for i in idx], root, out, kind, consts))
+    taken.update(idx)
+
+  # Sums of shifted, scaled copies (latest add first: the root of each tree).
+  for j in reversed(range(len(eqns))):
+    e = eqns[j]
+    if j in taken or e.primitive.name != "add" or sum(eqn_taint[j]) != 2:
+      continue
+    tree, leaves, stack = [j], [], list(e.invars)
+    while stack:
+      v = stack.pop()
+      i = producer.get(v)
+      if (i is not None and uses[v] == 1 and eqns[i].primitive.name == "add"
+          and sum(eqn_taint[i]) == 2):
+        tree.append(i)
+        stack.extend(eqns[i].invars)
+      else:
+        leaves.append(v)
+    chains, ok = [], True
+    for v in leaves:
+      i = producer.get(v)
+      if (i is None or uses[v] != 1 or eqns[i].primitive.name != "mul" or not one_tainted(i)
+          or tuple(eqns[i].outvars[0].aval.shape) != tuple(v.aval.shape)):
+        ok = False
+        break
+      t = eqns[i].invars[eqn_taint[i].index(True)]
+      if tuple(t.aval.shape) != tuple(v.aval.shape):
+        ok = False
+        break
+      chain = [(i, t)]
+      while True:
+        p = producer.get(chain[-1][1])
+        if p is None or not one_tainted(p) or not (
+            eqns[p].primitive.name in _STRUCT or _struct_jit(eqns[p])):
+          break
+        chain.append((p, eqns[p].invars[eqn_taint[p].index(True)]))
+      chains.append(chain)
+    if not ok or len(leaves) < 2:
+      continue
+    common = set.intersection(*[{v for _, v in c} for c in chains])
+    root = next((v for _, v in chains[0] if v in common), None)
+    if root is None:
+      continue
+    idx = set(tree)
+    for c in chains:
+      for i, v in c:
+        idx.add(i)
+        if v is root:
+          break
+    inside = {v for i in idx for v in eqns[i].outvars}
+    out = e.outvars[0]
+    if any(k not in idx for v in inside if v is not out for k in consumers[v]) or any(
+        v in inside and v is not out for v in jaxpr.outvars if not _is_lit(v)) or idx & taken:
+      continue
+    idx = sorted(idx)
+    out = extend(idx, out)
+    finish(idx, root, out, "conv")
+
+  # Weighted layers.
+  for i, e in enumerate(eqns):
+    if i in taken or e.primitive.name not in _LAYERS or not one_tainted(i):
+      continue
+    idx = [i]
+    out = extend(idx, e.outvars[0])
+    finish(idx, e.invars[eqn_taint[i].index(True)], out, _LAYERS[e.primitive.name])
+  return groups
+
+
+def _lin_eqn(eqn, t, vals, mode):
+  """One group equation in mode "lin", "ones" or "pn" (`vals`: the tainted
+  operand a value, or a (pos, neg) pair in "pn")."""
+  name = eqn.primitive.name
+  relu = jax.nn.relu
+  pn = mode == "pn"
+  i = t.index(True) if sum(t) == 1 else None
+  if name in _LAYERS:
+    w = vals[1 - i]
+
+    def lin(v, wk):
+      ops = [None, None]
+      ops[i], ops[1 - i] = v, wk
+      return _bind(eqn, ops)[0]
+
+    if mode == "lin":
+      return lin(vals[i], w)
+    if mode == "ones":
+      return lin(vals[i], jnp.ones_like(w))
+    p, n = vals[i]
+    wp, wn = relu(w), -relu(-w)
+    return lin(p, wp) + lin(n, wn), lin(p, wn) + lin(n, wp)
+  if name in ("add", "sub") and i is None:  # two group values
+    x, y = vals
+    if name == "add" or mode == "ones":
+      return (x[0] + y[0], x[1] + y[1]) if pn else x + y
+    return (x[0] - y[1], x[1] - y[0]) if pn else x - y
+  if name in ("add", "sub"):  # plus a constant: dropped from the linear part
+    x = vals[i]
+    if name == "sub" and i == 1 and mode != "ones":
+      return (-x[1], -x[0]) if pn else -x
+    return x
+  if name in ("mul", "div"):
+    x, k = vals[i], vals[1 - i]
+    if mode == "ones":
+      return x
+    k = k if name == "mul" else 1 / k
+    if mode == "lin":
+      return x * k
+    kp, kn = relu(k), -relu(-k)
+    return kp * x[0] + kn * x[1], kp * x[1] + kn * x[0]
+  if name == "neg":
+    x = vals[i]
+    return (-x[1], -x[0]) if pn else (x if mode == "ones" else -x)
+
+  # Structural (and convert, pad): the other operands (a pad value) set to zero.
+  def one(v):
+    ops = [v if tt else jnp.zeros_like(o) for o, tt in zip(vals, t)]
+    return _bind(eqn, ops)[0]
+
+  x = vals[i]
+  return (one(x[0]), one(x[1])) if pn else one(x)
+
+
+def _run_group(g: _Group, a, cvals, mode):
+  env = dict(zip(g.consts, cvals))
+  val = {g.root: (a, jnp.zeros_like(a)) if mode == "pn" else a}
+  for eqn in g.eqns:
+    t = [(not _is_lit(v)) and v in val for v in eqn.invars]
+    ins = [v.val if _is_lit(v) else (val[v] if v in val else env[v]) for v in eqn.invars]
+    val[eqn.outvars[0]] = _bind(eqn, ins)[0] if mode == "full" else _lin_eqn(eqn, t, ins, mode)
+  return val[g.out]
+
+
+def _group_rule(g: _Group, rule: Rule):
+  """A custom_vjp ``(a, consts, low, high, sink) -> group(a)`` propagating relevance."""
+
+  @jax.custom_vjp
+  def layer(a, cvals, low, high, sink):
+    return _run_group(g, a, cvals, "full")
+
+  def fwd(a, cvals, low, high, sink):
+    return layer(a, cvals, low, high, sink), (a, cvals, low, high, sink)
+
+  def bwd(res, r):
+    a, cvals, low, high, sink = res
+    lin = lambda v: _run_group(g, v, cvals, "lin")  # noqa: E731
+    pos = lambda v: _run_group(g, v, cvals, "pn")[0]  # noqa: E731
+    neg = lambda v: _run_group(g, v, cvals, "pn")[1]  # noqa: E731
+    ones = lambda v: _run_group(g, v, cvals, "ones")  # noqa: E731
+    c = _run_group(g, jnp.zeros_like(a), cvals, "full")  # the bias (shift after merging)
+    ra, absorbed = _relevance(rule, lin, pos, neg, ones, a, c, r.astype(c.dtype), (low, high))
+    return (ra.astype(a.dtype), [_ct_zero(v) for v in cvals], _ct_zero(low), _ct_zero(high),
+            _per_example(absorbed, sink))
+
+  layer.defvjp(fwd, bwd)
+  return layer
 
 
 # ----------------------------------------------------------------------------
@@ -324,6 +603,7 @@ class _Ctx:
   rules: dict | None = None
   bounds: tuple | None = None    # (low, high) for z^B, shaped to broadcast against x
   seen_layer: bool = False
+  sink: Any = None               # [B] zeros whose cotangent collects absorbed relevance
 
 
 def _is_lit(v) -> bool:
@@ -428,21 +708,15 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
     if any(t):
       tainted_vars.update(eqn.outvars)
 
-  # Constant bias after a layer: fuse `add(layer_out, bias)` into the layer rule.
-  fused: dict[int, int] = {}
+  # LRP: layers (with their bias / batch norm merged) evaluated as groups.
+  groups: dict[int, _Group] = {}
+  skip: set = set()
   if ctx.mode == "lrp":
-    uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if not _is_lit(v))
-    uses.update(v for v in jaxpr.outvars if not _is_lit(v))
-    producer = {e.outvars[0]: i for i, e in enumerate(jaxpr.eqns) if len(e.outvars) == 1}
-    for j, e in enumerate(jaxpr.eqns):
-      t = eqn_taint[j]
-      if e.primitive.name == "add" and sum(t) == 1:
-        src = e.invars[t.index(True)]
-        i = producer.get(src)
-        if (i is not None and uses[src] == 1 and jaxpr.eqns[i].primitive.name in _LAYERS
-            and sum(eqn_taint[i]) == 1 and src.aval.shape == e.outvars[0].aval.shape):
-          fused[i] = j
-  fused_add = {j: i for i, j in fused.items()}
+    index = {id(e): i for i, e in enumerate(jaxpr.eqns)}
+    for g in _find_groups(jaxpr, eqn_taint):
+      ids = [index[id(e)] for e in g.eqns]
+      groups[max(ids)] = g
+      skip.update(ids)
 
   # Constants first (they may be needed by a fused layer before their turn).
   for eqn, t in zip(jaxpr.eqns, eqn_taint):
@@ -451,17 +725,13 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
         env[v] = o
 
   for k, (eqn, t) in enumerate(zip(jaxpr.eqns, eqn_taint)):
-    if not any(t) or k in fused_add:
+    if k in groups:
+      g = groups[k]
+      env[g.out] = _lrp_group(ctx, g, read(g.root), [read(v) for v in g.consts])
+      continue
+    if not any(t) or k in skip:
       continue
     invals = [read(v) for v in eqn.invars]
-    ref_outs = None
-    bias_eqn = jaxpr.eqns[fused[k]] if k in fused else None
-    if bias_eqn is not None:
-      bt = eqn_taint[fused[k]]
-      bias = read(bias_eqn.invars[bt.index(False)])
-      outs = _eval_eqn(ctx, eqn, t, invals, None, bias=bias)[0]
-      env[bias_eqn.outvars[0]] = outs[0]
-      continue
     ref_in = [read_ref(v) for v in eqn.invars] if refs is not None else None
     outs, ref_outs = _eval_eqn(ctx, eqn, t, invals, ref_in)
     for v, o in zip(eqn.outvars, outs):
@@ -475,7 +745,7 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
   return outs, ref_outs
 
 
-def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in, bias=None):
+def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in):
   """One equation with at least one tainted operand: ``(outs, ref_outs)``."""
   mode = ctx.mode
   name = eqn.primitive.name
@@ -517,38 +787,25 @@ def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in, bias=None):
     return outs, sub_refs if ref_in is not None else None
 
   if mode == "lrp":
-    if name in _LAYERS and sum(tainted) == 1:
-      return [_lrp_layer(ctx, eqn, tainted, invals, bias)], None
     if name in _LINEAR_ONE and sum(tainted) == 1 and len(invals) == 1:
-      return [_linear_rule(lambda a: _bind(eqn, [a])[0], 1e-9)(invals[0])], None
+      return [_linear_rule(lambda a: _bind(eqn, [a])[0], _NORM_EPS)(invals[0], ctx.sink)], None
     if name in ("add", "sub") and sum(tainted) == 2:
       a, b = invals
       out_shape = tuple(eqn.outvars[0].aval.shape)
       if tuple(a.shape) == out_shape and tuple(b.shape) == out_shape:
         y = _bind(eqn, invals)[0]
         sign = jnp.asarray(1.0 if name == "add" else -1.0, y.dtype)
-        return [_split_sum(a, b, sign, y)], None
+        return [_split_sum(a, b, sign, y, ctx.sink)], None
   return _bind(eqn, invals), ref_outs
 
 
-def _lrp_layer(ctx: _Ctx, eqn, tainted, invals, bias):
-  i = tainted.index(True)
-  a, w = invals[i], invals[1 - i]
-
-  def lin(a_, w_):
-    ops = [None, None]
-    ops[i], ops[1 - i] = a_, w_
-    return _bind(eqn, ops)[0]
-
-  rules = ctx.rules
-  key = _LAYERS[eqn.primitive.name]
+def _lrp_group(ctx: _Ctx, g: _Group, a, cvals):
+  key = g.kind
   if not ctx.seen_layer:
     ctx.seen_layer = True
-    if "first" in rules:
+    if "first" in ctx.rules:
       key = "first"
-  rule = rules[key]
-  out_shape = eqn.outvars[0].aval.shape
-  b = jnp.zeros((), a.dtype) if bias is None else bias
+  rule = ctx.rules[key]
   if rule.name == "zbox":
     low, high = ctx.bounds
     if low.ndim > 1:  # per-example bounds [B, 1, ...]: match the layer input's rank
@@ -556,8 +813,7 @@ def _lrp_layer(ctx: _Ctx, eqn, tainted, invals, bias):
       high = high.reshape((high.shape[0],) + (1,) * (a.ndim - 1))
   else:
     low = high = jnp.zeros((), a.dtype)
-  z = _layer_rule(lin, rule)(a, w, b, low, high)
-  return jnp.broadcast_to(z, out_shape) if z.shape != tuple(out_shape) else z
+  return _group_rule(g, rule)(a, list(cvals), low, high, ctx.sink)
 
 
 def _modified_vjp(f, x, target, mode, rules=None, bounds=None, reference=None):
@@ -566,18 +822,22 @@ def _modified_vjp(f, x, target, mode, rules=None, bounds=None, reference=None):
   closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct(x.shape, x.dtype))
   ctx_rules = dict(rules) if rules is not None else None
 
-  def run(x_):
-    ctx = _Ctx(mode, ctx_rules, bounds)
+  def run(x_, sink):
+    ctx = _Ctx(mode, ctx_rules, bounds, sink=sink)
     refs = [reference] if reference is not None else None
     outs, _ = _eval(ctx, closed.jaxpr, closed.consts, [x_], [True], refs)
     if len(outs) != 1:
       raise ValueError(f"the model must return one logits array, got {len(outs)} outputs")
     return outs[0]
 
-  logits, pull = jax.vjp(run, x)
+  sink = jnp.zeros((x.shape[0],), jnp.float32 if x.dtype == jnp.float16 else x.dtype)
+  logits, pull = jax.vjp(run, x, sink)
   onehot = jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
-  seed = onehot * logits if mode == "lrp" else onehot
-  return pull(seed)[0]
+  if mode != "lrp":
+    return pull(onehot)[0]
+  seed = onehot * logits
+  rel, absorbed = pull(seed)
+  return rel, absorbed, seed.sum(-1)
 
 
 # ----------------------------------------------------------------------------
@@ -662,6 +922,24 @@ def deeplift(f, x, target, *, key=None, baseline: Any = None, return_delta: bool
   return attr
 
 
+_LRP_NOT_DIFFERENTIABLE = (
+    "lrp: does not support jax.grad (nor jax.jvp), with respect to the input or the model's "
+    "parameters: the relevance rules are custom backward passes whose own derivative is not "
+    "the derivative of the map; differentiate gradient_x_input or integrated_gradients instead")
+
+
+@jax.custom_jvp
+def _no_derivative(rel):
+  return rel
+
+
+@_no_derivative.defjvp
+def _no_derivative_jvp(primals, tangents):
+  # Reached only when a caller differentiates through the map (the registry
+  # guard sees traced inputs; this one also sees parameters closed over by f).
+  raise ValueError(_LRP_NOT_DIFFERENTIABLE)
+
+
 def _bounds(x, rules, low_default=None, high_default=None):
   """z^B bounds: per-example min / max of x unless the rule gives them."""
   zb = dict(rules).get("first")
@@ -680,7 +958,9 @@ def _bounds(x, rules, low_default=None, high_default=None):
 
 @M.jit(static_argnames=("rules",))
 def _lrp(f, x, target, rules):
-  return _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
+  """``(relevance, absorbed [B], target logit [B])``; the relevance cannot be differentiated."""
+  rel, absorbed, logit = _modified_vjp(f, x, target, "lrp", rules=rules, bounds=_bounds(x, rules))
+  return _no_derivative(rel), absorbed, logit
 
 
 @typing.overload
@@ -741,8 +1021,7 @@ def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float |
       raise ValueError(f"epsilon: expected a float >= 0, got {epsilon!r}")
     rule_set = tuple((k, dataclasses.replace(r, epsilon=float(epsilon)) if r.name == "epsilon"
                       else r) for k, r in rule_set)
-  rel = _lrp(f, x, target, rule_set)
+  rel, absorbed, logit = _lrp(f, x, target, rule_set)
   if return_delta:
-    logit = M.target_logit(f, x, target)
-    return rel, rel.reshape(x.shape[0], -1).sum(1) - logit
+    return rel, rel.reshape(x.shape[0], -1).sum(1) + absorbed - logit
   return rel
