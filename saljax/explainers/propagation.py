@@ -24,26 +24,26 @@ Which equations a rule touches ("tainted" = depends on the input x):
   product of two tainted values) is not one equation: it gets ordinary
   gradients, so summation-to-delta only holds for networks whose
   nonlinearities are single elementwise equations.
-* Layers (LRP): ``dot_general`` and ``conv_general_dilated`` with one tainted
-  operand (the weights are constants), fused with a following ``add`` of a
-  constant bias. Other linear maps of one tainted operand (``reduce_sum``,
-  ``reduce_window_sum`` i.e. sum/average pooling, ``cumsum``) use the
-  epsilon rule; a sum of two tainted values (a residual connection) splits
-  the relevance in proportion to the two summands; elementwise equations with
-  one tainted operand (activations, scaling by constants, constant shifts,
-  dtype casts) pass relevance through unchanged; structural equations
-  (reshape, transpose, broadcast, slicing, concatenation, padding, max
-  pooling) use their ordinary transpose, which moves relevance around without
-  changing it. Anything else (products of two tainted values, softmax inside
-  attention, normalization by a tainted statistic) gets its ordinary
-  gradient, so conservation is only guaranteed for networks built from the
-  supported pieces. A convolution written as a sum of shifted, scaled
-  copies (saljax.models' CPU depthwise formulation "shifts") is seen as
-  constant scalings and sums, so it gets the epsilon rule whatever the rule
-  set says for convolutions (the "xla" formulation gets the conv rule).
-  Batch normalization in inference mode is a constant
-  scale and shift: it passes relevance through instead of being merged into
-  the previous layer (merge it first for the canonical LRP treatment).
+* Layers (LRP), canonized as Zennit's canonizers do, by recognizing
+  patterns in the jaxpr (the model is never edited): a ``dot_general`` or
+  ``conv_general_dilated`` with constant weights, or a sum of >= 2
+  ``constant * shifted copy`` terms of one input (saljax.models' "shifts"
+  depthwise convolution, so both depthwise formulations get the conv rule
+  and give the same maps), is merged with the chain of elementwise affine
+  operations with constants that follows it (the bias add; inference batch
+  norm ``(z - mean) * scale + shift``, Zennit's MergeBatchNorm) into one
+  affine layer ``z = W a + b`` for the rule. A sum of two input-dependent
+  values (a residual connection) splits the relevance in proportion to the
+  summands, stabilized as Zennit's ``Norm`` (epsilon 1e-6, sign(0) = +1);
+  sum / average pooling (``reduce_sum``, ``reduce_window_sum``, ``cumsum``)
+  likewise. Elementwise equations with one input-dependent operand (ReLU,
+  ReLU6 = ``jax.nn.relu6``, clip / min / max against constants, dtype casts,
+  constant scalings not merged into a layer) pass relevance through
+  unchanged; structural equations (reshape, transpose, slicing, padding, max
+  pooling...) use their ordinary transpose. Anything else (products of two
+  input-dependent values, softmax inside attention, normalization by an
+  input-dependent statistic) gets its ordinary gradient: conservation then
+  fails, and ``return_delta`` shows it.
 """
 from __future__ import annotations
 
@@ -971,7 +971,7 @@ def lrp(f, x, target, *, key=..., rules: Any = ..., epsilon: float | None = ...,
         return_delta: Literal[True]) -> tuple[Array, Array]: ...
 
 @REGISTRY.register("lrp",
-    differentiable=False, note="the relevance rules are custom backward passes whose own derivative is not the derivative of the map; differentiate gradient_x_input or integrated_gradients instead", family="propagation", returns="input", evaluations=1, backward=True)
+    differentiable=False, note="the relevance rules are custom backward passes whose own derivative is not the derivative of the map (differentiating through the parameters is refused too); differentiate gradient_x_input or integrated_gradients instead", family="propagation", returns="input", evaluations=1, backward=True)
 def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float | None = None,
         return_delta: bool = False):
   """Layer-wise relevance propagation (Bach et al. 2015, "On Pixel-Wise
@@ -1005,14 +1005,29 @@ def lrp(f, x, target, *, key=None, rules: Any = "epsilon_plus", epsilon: float |
       forward pass.
     epsilon: overrides the epsilon of every epsilon rule in the set (default
       None: the rules' own, 1e-6).
-    return_delta: also return ``sum(R) - f(x)[t]`` per example ``[B]``
-      (zero for a bias-free ReLU network under LRP-0 / epsilon -> 0).
+    return_delta: also return, per example ``[B]``, the conservation error
+      ``sum(R_input) + absorbed - f(x)[t]``, where ``absorbed`` is the
+      relevance taken by biases (batch norm shifts included) and stabilizers,
+      summed over every layer: ``sum_k (z_k^stab - c_k) R_k / z_k^stab`` with
+      ``c_k`` the inputs' contribution to the rule's denominator (for
+      alpha-beta, alpha times the positive part minus beta times the negative
+      part). Every rule conserves in this sense (zero, epsilon, gamma,
+      alpha-beta, z+, z^B, flat, the residual and pooling splits), so the
+      delta is ~0 (float rounding) on networks built from the supported
+      pieces; it departs from 0 where relevance is dropped (LRP-0 at a unit
+      with z = 0) or an unsupported operation got its ordinary gradient.
+      The input relevance alone, ``sum(R_input)``, equals the logit only for
+      bias-free networks as epsilon -> 0.
 
   Returns:
     relevance shaped like x (and the delta).
 
-  See the module docstring for the operations supported; unsupported ones get
-  ordinary gradients, and conservation then only holds approximately.
+  See the module docstring for the operations supported (batch norm merged
+  into the previous conv / dense layer, residual sums split in proportion,
+  both depthwise formulations as one conv); unsupported ones get ordinary
+  gradients, and conservation then fails (see the delta). Not
+  differentiable: ``jax.grad`` / ``jax.jvp`` through the map, with respect
+  to the input or to parameters closed over by `f`, raise a ValueError.
   """
   f, x, target = prepare(f, x, target)
   rule_set = _resolve_rules(rules)
