@@ -162,13 +162,6 @@ def _resolve_rules(rules) -> tuple[tuple[str, Rule], ...]:
   return tuple(sorted(out.items()))
 
 
-def _div(r, z, eps):
-  """``r / (z + eps * sign(z))`` with sign(0) = +1, and 0 where that is 0."""
-  zs = z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
-  ok = zs != 0
-  return jnp.where(ok, r / jnp.where(ok, zs, 1.0), 0.0)
-
-
 def _stab(z, eps):
   """``z + eps * sign(z)`` with sign(0) = +1 (Zennit's stabilizer)."""
   return z + eps * jnp.where(z >= 0, 1.0, -1.0).astype(z.dtype)
@@ -179,64 +172,91 @@ def _safe_div(r, zs):
   return jnp.where(ok, r / jnp.where(ok, zs, 1.0), 0.0)
 
 
-def _relevance(rule: Rule, lin, pos, neg, ones, a, c, r, x_bounds):
-  """Relevance of the input `a` of the affine layer ``z = lin(a) + c``.
+def _relevance(rule: Rule, lin, pn, ones, a, c, y, r, x_bounds):
+  """Relevance of the input `a` of the affine layer ``y = lin(a) + c``.
 
-  `lin` is the layer's linear part, `pos`/`neg` the linear maps with only its
-  positive / negative weights (``lin = pos + neg``), `ones` the map with every
-  weight set to 1; `r` is the output relevance. Returns ``(R_a, absorbed)``:
-  `absorbed` (shaped like the output) is the relevance taken by the bias and
-  the stabilizer, ``(z_stab - contribution of a) * r / z_stab``, so that
-  ``sum(R_a) + sum(absorbed) = sum(r)`` wherever the stabilized denominator
-  is non-zero (where it is 0, as LRP-0 on a dead unit, ``r`` is dropped and
-  shows up in the delta).
+  `lin` is the layer's linear part, `pn` the pair of linear maps with only its
+  positive / only its negative weights (``v -> (W+ v, W- v)``, ``lin = W+ +
+  W-``), `ones` the map with every weight set to 1; `r` is the output
+  relevance. Returns ``(R_a, absorbed)``: `absorbed` (shaped like the output)
+  is the relevance taken by the bias and the stabilizer, ``(z_stab -
+  contribution of a) * r / z_stab`` per denominator, so that ``sum(R_a) +
+  sum(absorbed) = sum(r)`` wherever the stabilized denominator is non-zero
+  (where it is 0, as LRP-0 on a dead unit, ``r`` is dropped and shows up in
+  the delta).
+
+  The sign-split rules (gamma, alpha-beta, z+, z^B) need ``W+ v`` and ``W- v``
+  for two or three inputs v (a+ and a-, or a, low and high): they are computed
+  by one vmapped `pn` and one transpose of it, not one pass per term.
   """
-
-  def jt(fn, s):  # J^T s of a linear map
-    return jax.vjp(fn, jnp.zeros_like(a))[1](s)[0]
-
   relu = jax.nn.relu
   name = rule.name
-  if name in ("zero", "epsilon", "gamma"):
+
+  def split(vs):
+    """``(W+ v, W- v)`` for the stacked `vs`, and the pullback of
+    ``(cotangents of W+ v, of W- v)`` (lists like `vs`)."""
+    (p, n), pull = jax.vjp(jax.vmap(pn), jnp.stack(vs))
+    return p, n, lambda cp, cn: pull((jnp.stack(cp), jnp.stack(cn)))[0]
+
+  if name in ("zero", "epsilon"):
     eps = 0.0 if name == "zero" else rule.epsilon
-    if name == "gamma":
-      g = rule.gamma
-      fn = lambda v: lin(v) + g * pos(v)  # noqa: E731 - w + gamma w^+
-      c = c + g * relu(c)
-    else:
-      fn = lin
-    contrib = fn(a)
+    contrib, pull = jax.vjp(lin, a)
     zs = _stab(contrib + c, eps)
     s = _safe_div(r, zs)
-    return a * jt(fn, s), (zs - contrib) * s
+    return a * pull(s)[0], (zs - contrib) * s
+  if name == "gamma":
+    # Zennit 0.5.1's Gamma (the generalized rule of Andeol et al. 2021, which
+    # is Montavon et al.'s for a >= 0): inputs split by sign, and positive and
+    # negative outputs explained separately, each by the contributions of its
+    # own sign boosted by gamma: for y > 0, z+ = (W + g W+) a+ + (W + g W-) a-
+    # + b + g b+; for y < 0, z- = (W + g W-) a+ + (W + g W+) a- + b + g b-.
+    # Boosting W+ alone on mixed-sign inputs (the plain rule) lets the
+    # denominator cross 0 (an expand conv fed by an un-activated projection).
+    g = rule.gamma
+    ap, an = relu(a), -relu(-a)
+    p, n, pull = split([ap, an])
+    contrib_p = (1 + g) * p[0] + n[0] + p[1] + (1 + g) * n[1]
+    contrib_n = p[0] + (1 + g) * n[0] + (1 + g) * p[1] + n[1]
+    zp = _stab(contrib_p + c + g * relu(c), rule.epsilon)
+    zn = _stab(contrib_n + c - g * relu(-c), rule.epsilon)
+    sp = _safe_div(jnp.where(y > 0, r, 0.0), zp)
+    sn = _safe_div(jnp.where(y < 0, r, 0.0), zn)
+    u, v = (1 + g) * sp + sn, sp + (1 + g) * sn  # cotangents of W+ (a+) and W- (a+)
+    ga = pull([u, v], [v, u])
+    return ap * ga[0] + an * ga[1], (zp - contrib_p) * sp + (zn - contrib_n) * sn
   if name in ("alpha_beta", "zplus"):
     alpha, beta = (1.0, 0.0) if name == "zplus" else (rule.alpha, rule.beta)
     ap, an = relu(a), -relu(-a)
-    contrib = pos(ap) + neg(an)
-    zs = _stab(contrib + relu(c), rule.epsilon)
-    sp = _safe_div(r, zs)
-    out = alpha * (ap * jt(pos, sp) + an * jt(neg, sp))
-    absorbed = alpha * (zs - contrib) * sp
+    p, n, pull = split([ap, an])
+    contrib_p = p[0] + n[1]
+    zp = _stab(contrib_p + relu(c), rule.epsilon)
+    sp = _safe_div(r, zp)
+    absorbed = alpha * (zp - contrib_p) * sp
     if beta:
-      contrib = neg(ap) + pos(an)
-      zs = _stab(contrib - relu(-c), rule.epsilon)
-      sn = _safe_div(r, zs)
-      out = out - beta * (ap * jt(neg, sn) + an * jt(pos, sn))
-      absorbed = absorbed - beta * (zs - contrib) * sn
-    return out, absorbed
+      contrib_n = n[0] + p[1]
+      zn = _stab(contrib_n - relu(-c), rule.epsilon)
+      sn = _safe_div(r, zn)
+      absorbed = absorbed - beta * (zn - contrib_n) * sn
+    else:
+      sn = jnp.zeros_like(sp)
+    ga = pull([alpha * sp, -beta * sn], [-beta * sn, alpha * sp])
+    return ap * ga[0] + an * ga[1], absorbed
   if name == "zbox":
     low, high = x_bounds
     low = jnp.broadcast_to(low, a.shape).astype(a.dtype)
     high = jnp.broadcast_to(high, a.shape).astype(a.dtype)
-    contrib = lin(a) - pos(low) - neg(high)
+    p, n, pull = split([a, low, high])
+    contrib = p[0] + n[0] - p[1] - n[2]
     zs = _stab(contrib, rule.epsilon)
     s = _safe_div(r, zs)
-    return a * jt(lin, s) - low * jt(pos, s) - high * jt(neg, s), (zs - contrib) * s
+    zero = jnp.zeros_like(s)
+    ga = pull([s, -s, zero], [s, zero, -s])
+    return a * ga[0] + low * ga[1] + high * ga[2], (zs - contrib) * s
   # flat: every input of a unit's receptive field gets an equal share.
-  contrib = ones(jnp.ones_like(a))
+  contrib, pull = jax.vjp(ones, jnp.ones_like(a))
   zs = _stab(contrib, rule.epsilon)
   s = _safe_div(r, zs)
-  return jt(ones, s), (zs - contrib) * s
+  return pull(s)[0], (zs - contrib) * s
 
 
 # ----------------------------------------------------------------------------
@@ -504,9 +524,19 @@ def _find_groups(jaxpr, eqn_taint) -> list[_Group]:
   return groups
 
 
+def _padd(u, v):
+  """Sum of two "pn" halves, either of which may be None (known zero)."""
+  return u if v is None else v if u is None else u + v
+
+
+def _pmul(k, u):
+  return None if u is None else k * u
+
+
 def _lin_eqn(eqn, t, vals, mode):
   """One group equation in mode "lin", "ones" or "pn" (`vals`: the tainted
-  operand a value, or a (pos, neg) pair in "pn")."""
+  operand a value, or a (pos, neg) pair in "pn", where None stands for zeros
+  so that no convolution is run on a zero half)."""
   name = eqn.primitive.name
   relu = jax.nn.relu
   pn = mode == "pn"
@@ -515,6 +545,8 @@ def _lin_eqn(eqn, t, vals, mode):
     w = vals[1 - i]
 
     def lin(v, wk):
+      if v is None:
+        return None
       ops = [None, None]
       ops[i], ops[1 - i] = v, wk
       return _bind(eqn, ops)[0]
@@ -525,16 +557,16 @@ def _lin_eqn(eqn, t, vals, mode):
       return lin(vals[i], jnp.ones_like(w))
     p, n = vals[i]
     wp, wn = relu(w), -relu(-w)
-    return lin(p, wp) + lin(n, wn), lin(p, wn) + lin(n, wp)
+    return _padd(lin(p, wp), lin(n, wn)), _padd(lin(p, wn), lin(n, wp))
   if name in ("add", "sub") and i is None:  # two group values
     x, y = vals
     if name == "add" or mode == "ones":
-      return (x[0] + y[0], x[1] + y[1]) if pn else x + y
-    return (x[0] - y[1], x[1] - y[0]) if pn else x - y
+      return (_padd(x[0], y[0]), _padd(x[1], y[1])) if pn else x + y
+    return (_padd(x[0], _pmul(-1, y[1])), _padd(x[1], _pmul(-1, y[0]))) if pn else x - y
   if name in ("add", "sub"):  # plus a constant: dropped from the linear part
     x = vals[i]
     if name == "sub" and i == 1 and mode != "ones":
-      return (-x[1], -x[0]) if pn else -x
+      return (_pmul(-1, x[1]), _pmul(-1, x[0])) if pn else -x
     return x
   if name in ("mul", "div"):
     x, k = vals[i], vals[1 - i]
@@ -544,13 +576,15 @@ def _lin_eqn(eqn, t, vals, mode):
     if mode == "lin":
       return x * k
     kp, kn = relu(k), -relu(-k)
-    return kp * x[0] + kn * x[1], kp * x[1] + kn * x[0]
+    return _padd(_pmul(kp, x[0]), _pmul(kn, x[1])), _padd(_pmul(kp, x[1]), _pmul(kn, x[0]))
   if name == "neg":
     x = vals[i]
-    return (-x[1], -x[0]) if pn else (x if mode == "ones" else -x)
+    return (_pmul(-1, x[1]), _pmul(-1, x[0])) if pn else (x if mode == "ones" else -x)
 
   # Structural (and convert, pad): the other operands (a pad value) set to zero.
   def one(v):
+    if v is None:
+      return None
     ops = [v if tt else jnp.zeros_like(o) for o, tt in zip(vals, t)]
     return _bind(eqn, ops)[0]
 
@@ -560,12 +594,16 @@ def _lin_eqn(eqn, t, vals, mode):
 
 def _run_group(g: _Group, a, cvals, mode):
   env = dict(zip(g.consts, cvals))
-  val = {g.root: (a, jnp.zeros_like(a)) if mode == "pn" else a}
+  val = {g.root: (a, None) if mode == "pn" else a}
   for eqn in g.eqns:
     t = [(not _is_lit(v)) and v in val for v in eqn.invars]
     ins = [v.val if _is_lit(v) else (val[v] if v in val else env[v]) for v in eqn.invars]
     val[eqn.outvars[0]] = _bind(eqn, ins)[0] if mode == "full" else _lin_eqn(eqn, t, ins, mode)
-  return val[g.out]
+  out = val[g.out]
+  if mode == "pn":  # a half that stayed None is zero (a group with no negative weight)
+    p, n = out
+    return (jnp.zeros_like(n) if p is None else p), (jnp.zeros_like(p) if n is None else n)
+  return out
 
 
 def _group_rule(g: _Group, rule: Rule):
@@ -576,16 +614,16 @@ def _group_rule(g: _Group, rule: Rule):
     return _run_group(g, a, cvals, "full")
 
   def fwd(a, cvals, low, high, sink):
-    return layer(a, cvals, low, high, sink), (a, cvals, low, high, sink)
+    y = layer(a, cvals, low, high, sink)
+    return y, (a, cvals, low, high, sink, y)
 
   def bwd(res, r):
-    a, cvals, low, high, sink = res
+    a, cvals, low, high, sink, y = res
     lin = lambda v: _run_group(g, v, cvals, "lin")  # noqa: E731
-    pos = lambda v: _run_group(g, v, cvals, "pn")[0]  # noqa: E731
-    neg = lambda v: _run_group(g, v, cvals, "pn")[1]  # noqa: E731
+    pn = lambda v: _run_group(g, v, cvals, "pn")  # noqa: E731
     ones = lambda v: _run_group(g, v, cvals, "ones")  # noqa: E731
     c = _run_group(g, jnp.zeros_like(a), cvals, "full")  # the bias (shift after merging)
-    ra, absorbed = _relevance(rule, lin, pos, neg, ones, a, c, r.astype(c.dtype), (low, high))
+    ra, absorbed = _relevance(rule, lin, pn, ones, a, c, y, r.astype(c.dtype), (low, high))
     return (ra.astype(a.dtype), [_ct_zero(v) for v in cvals], _ct_zero(low), _ct_zero(high),
             _per_example(absorbed, sink))
 

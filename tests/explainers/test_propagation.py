@@ -64,9 +64,16 @@ def _np_eps(eps):
 
 
 def _np_gamma(g, eps=1e-6):
+  # Zennit's (generalized) gamma: inputs split by sign; positive outputs are
+  # explained by the positive contributions boosted, negative ones by the
+  # negative contributions boosted (the layer input X has both signs).
   def rule(a, w, b, r):
-    wg, bg = w + g * np.maximum(w, 0), b + g * np.maximum(b, 0)
-    return a * ((r / _stab(a @ wg + bg, eps)) @ wg.T)
+    ap, an = np.maximum(a, 0), np.minimum(a, 0)
+    wup, wun = w + g * np.maximum(w, 0), w + g * np.minimum(w, 0)  # W + g W+, W + g W-
+    z = a @ w + b
+    sp = np.where(z > 0, r, 0) / _stab(ap @ wup + an @ wun + b + g * np.maximum(b, 0), eps)
+    sn = np.where(z < 0, r, 0) / _stab(ap @ wun + an @ wup + b + g * np.minimum(b, 0), eps)
+    return ap * (sp @ wup.T + sn @ wun.T) + an * (sp @ wun.T + sn @ wup.T)
   return rule
 
 
