@@ -20,6 +20,10 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py
 	# torch is pinned in the extras to the CPU build on local disk (see pyproject.toml).
 	$(PY) -m pip install -q --progress-bar off -e '.[test]'
+	# zennit (LRP reference in tests/explainers/test_propagation_zennit.py) without its
+	# declared torchvision dependency: the PyPI torchvision wheel does not load against
+	# the pinned CPU torch; its other deps (click, numpy, Pillow) come with '.[test]'.
+	$(PY) -m pip install -q --progress-bar off --no-deps zennit==0.5.1
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
