@@ -20,15 +20,26 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml setup.py
 	# torch is pinned in the extras to the CPU build on local disk (see pyproject.toml).
 	$(PY) -m pip install -q --progress-bar off -e '.[test]'
-	# zennit (LRP reference in tests/explainers/test_propagation_zennit.py) without its
-	# declared torchvision dependency: the PyPI torchvision wheel does not load against
-	# the pinned CPU torch; its other deps (click, numpy, Pillow) come with '.[test]'.
-	$(PY) -m pip install -q --progress-bar off --no-deps zennit==0.5.1
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-install: $(STAMP)
+# zennit (LRP reference in tests/explainers/test_propagation_zennit.py) goes into
+# its own folder, $(VENV)/zennit, which only that test puts on sys.path: quantus
+# imports zennit whenever it can, and zennit imports torchvision, which is not
+# installed (the PyPI torchvision wheel does not load against the pinned CPU
+# torch), so a zennit in site-packages breaks `import quantus`. --no-deps skips
+# that torchvision dependency; its other deps (click, numpy, Pillow) come with
+# '.[test]'. The stamp names the version, so changing it here reinstalls.
+ZENNIT_VERSION := 0.5.1
+ZENNIT_STAMP := $(VENV)/zennit/.installed-$(ZENNIT_VERSION)
 
-test: $(STAMP)
+$(ZENNIT_STAMP): $(PY)
+	rm -rf $(VENV)/zennit
+	$(PY) -m pip install -q --progress-bar off --no-deps --target $(VENV)/zennit zennit==$(ZENNIT_VERSION)
+	touch $(ZENNIT_STAMP)
+
+install: $(STAMP) $(ZENNIT_STAMP)
+
+test: $(STAMP) $(ZENNIT_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)

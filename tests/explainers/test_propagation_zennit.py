@@ -12,6 +12,7 @@ LayerMapComposite of Zennit's base map and its Epsilon rule on every conv and
 dense layer. Zennit seeds the backward pass with the output gradient it is
 given; saljax with the one-hot times the logit, so Zennit gets that seed.
 """
+import os
 import sys
 import types
 
@@ -28,15 +29,24 @@ C_IN, C1, C2, N_CLS, HW = 3, 6, 8, 5, 16
 LOW, HIGH = -3.0, 3.0
 
 
-def _import_zennit():
-  """Imports zennit with a stand-in for torchvision.
+ZENNIT_DIR = os.path.join(sys.prefix, "zennit")
 
-  zennit imports ``torchvision.models.resnet`` (BasicBlock, Bottleneck) at
-  import time, only for its torchvision canonizers (not used here); the PyPI
-  torchvision wheel does not load against the pinned CPU torch build
-  ("operator torchvision::nms does not exist"), so it is not installed.
-  The stand-in modules are removed from sys.modules again after the import.
+
+def _import_zennit():
+  """Imports zennit from ``<venv>/zennit`` with a stand-in for torchvision.
+
+  ``make test`` installs zennit into that folder, not site-packages: quantus
+  imports zennit whenever it is importable, and zennit imports torchvision,
+  which is not installed (the PyPI wheel does not load against the pinned CPU
+  torch: "operator torchvision::nms does not exist"). zennit only needs
+  ``torchvision.models.resnet`` (BasicBlock, Bottleneck) at import time, for
+  its torchvision canonizers (not used here). The folder and the stand-in
+  modules are on sys.path / in sys.modules only during the import.
   """
+  if not os.path.isdir(os.path.join(ZENNIT_DIR, "zennit")):
+    raise RuntimeError(
+        f"zennit 0.5.1 (the LRP reference) is expected in {ZENNIT_DIR}; run `make test` "
+        "(or `make install`), which installs it there with pip --no-deps --target")
   names = ("torchvision", "torchvision.models", "torchvision.models.resnet")
   saved = {n: sys.modules[n] for n in names if n in sys.modules}
   tv, models, resnet = (types.ModuleType(n) for n in names)
@@ -44,6 +54,7 @@ def _import_zennit():
   resnet.Bottleneck = type("Bottleneck", (torch.nn.Module,), {})
   tv.models, models.resnet = models, resnet
   sys.modules.update(zip(names, (tv, models, resnet)))
+  sys.path.insert(0, ZENNIT_DIR)
   try:
     import zennit.canonizers
     import zennit.composites
@@ -51,9 +62,11 @@ def _import_zennit():
     import zennit.rules
     import zennit.types
   finally:
+    sys.path.remove(ZENNIT_DIR)
     for n in names:
       sys.modules.pop(n, None)
     sys.modules.update(saved)
+  assert zennit.__file__.startswith(ZENNIT_DIR), zennit.__file__
   return zennit
 
 
