@@ -714,14 +714,24 @@ def _elementwise_one(eqn, tainted, invals) -> bool:
   return tuple(a.shape) == tuple(out.shape)
 
 
-def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
+def _inexact(v) -> bool:
+  return jnp.issubdtype(v.aval.dtype, jnp.inexact)
+
+
+def _eval(ctx: _Ctx, jaxpr, consts, args, dep, refs=None):
   """Evaluates `jaxpr` with the rules of `ctx`; returns ``(outs, ref_outs)``.
 
-  `taint[i]` says whether input i depends on x; `refs` (DeepLIFT) holds the
-  reference input's value for every tainted input, evaluated in lockstep.
+  `dep[i]` says whether input i depends on x; `refs` (DeepLIFT) holds the
+  reference input's value for every such input, evaluated in lockstep.
+  Only float values computed from float values that depend on x are
+  "tainted" (seen by the rules, carry cotangents): a comparison's boolean (an
+  index, a mask made from it) depends on x but has no derivative, so it is a
+  constant for the rules, though it is still evaluated after x (and, for
+  DeepLIFT, on the reference too).
   """
   env: dict = {}
   ref_env: dict = {}
+  dep_vars: set = set()
   tainted_vars: set = set()
 
   def read(v):
@@ -734,17 +744,23 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
     env[v] = c
   for i, (v, a) in enumerate(zip(jaxpr.invars, args)):
     env[v] = a
-    if taint[i]:
-      tainted_vars.add(v)
+    if dep[i]:
+      dep_vars.add(v)
+      if _inexact(v):
+        tainted_vars.add(v)
       if refs is not None:
         ref_env[v] = refs[i]
 
-  eqn_taint = []
+  eqn_taint, eqn_dep = [], []
   for eqn in jaxpr.eqns:
     t = [(not _is_lit(v)) and v in tainted_vars for v in eqn.invars]
+    d = [(not _is_lit(v)) and v in dep_vars for v in eqn.invars]
     eqn_taint.append(t)
+    eqn_dep.append(d)
+    if any(d):
+      dep_vars.update(eqn.outvars)
     if any(t):
-      tainted_vars.update(eqn.outvars)
+      tainted_vars.update(v for v in eqn.outvars if _inexact(v))
 
   # LRP: layers (with their bias / batch norm merged) evaluated as groups.
   groups: dict[int, _Group] = {}
@@ -757,21 +773,25 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
       skip.update(ids)
 
   # Constants first (they may be needed by a fused layer before their turn).
-  for eqn, t in zip(jaxpr.eqns, eqn_taint):
-    if not any(t):
+  for eqn, d in zip(jaxpr.eqns, eqn_dep):
+    if not any(d):
       for v, o in zip(eqn.outvars, _bind(eqn, [read(v) for v in eqn.invars])):
         env[v] = o
 
-  for k, (eqn, t) in enumerate(zip(jaxpr.eqns, eqn_taint)):
+  for k, (eqn, t, d) in enumerate(zip(jaxpr.eqns, eqn_taint, eqn_dep)):
     if k in groups:
       g = groups[k]
       env[g.out] = _lrp_group(ctx, g, read(g.root), [read(v) for v in g.consts])
       continue
-    if not any(t) or k in skip:
+    if not any(d) or k in skip:
       continue
     invals = [read(v) for v in eqn.invars]
     ref_in = [read_ref(v) for v in eqn.invars] if refs is not None else None
-    outs, ref_outs = _eval_eqn(ctx, eqn, t, invals, ref_in)
+    if any(t):
+      outs, ref_outs = _eval_eqn(ctx, eqn, t, d, invals, ref_in)
+    else:  # depends on x through non-float values only: no rule, no cotangent
+      outs = _bind(eqn, invals)
+      ref_outs = _bind(eqn, ref_in) if ref_in is not None else None
     for v, o in zip(eqn.outvars, outs):
       env[v] = o
     if ref_outs is not None:
@@ -783,11 +803,14 @@ def _eval(ctx: _Ctx, jaxpr, consts, args, taint, refs=None):
   return outs, ref_outs
 
 
-def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in):
-  """One equation with at least one tainted operand: ``(outs, ref_outs)``."""
+def _eval_eqn(ctx: _Ctx, eqn, tainted, dep, invals, ref_in):
+  """One equation with at least one tainted operand: ``(outs, ref_outs)``
+  (`dep`: which operands depend on x, tainted or not)."""
   mode = ctx.mode
   name = eqn.primitive.name
   ref_outs = _bind(eqn, ref_in) if ref_in is not None else None
+  if not any(_inexact(v) for v in eqn.outvars):  # a comparison, argmax...: no derivative
+    return _bind(eqn, invals), ref_outs
 
   # Activations (including whole sub-calls such as jax.nn.relu).
   if _elementwise_one(eqn, tainted, invals):
@@ -819,9 +842,9 @@ def _eval_eqn(ctx: _Ctx, eqn, tainted, invals, ref_in):
     jaxpr, consts = sub
     n_c = len(eqn.invars) - len(jaxpr.invars)
     args = invals[n_c:] if n_c > 0 else invals
-    taint = tainted[n_c:] if n_c > 0 else tainted
+    sub_dep = dep[n_c:] if n_c > 0 else dep
     refs = ref_in[n_c:] if (ref_in is not None and n_c > 0) else ref_in
-    outs, sub_refs = _eval(ctx, jaxpr, consts, args, taint, refs)
+    outs, sub_refs = _eval(ctx, jaxpr, consts, args, sub_dep, refs)
     return outs, sub_refs if ref_in is not None else None
 
   if mode == "lrp":

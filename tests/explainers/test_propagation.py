@@ -323,3 +323,36 @@ def test_zbox_default_bounds_are_each_examples_min_and_max():
     lo, hi = float(X[b].min()), float(X[b].max())
     ref = _np_lrp(X[b:b + 1], T[b:b + 1], _np_eps(0.1), first_rule=_np_zbox(lo, hi))
     np.testing.assert_allclose(got[b:b + 1], ref, rtol=2e-4, atol=2e-5)
+
+
+def test_models_that_compare_their_input():
+  # Comparisons give booleans (no derivative): they must neither reach
+  # jax.jvp (DeepLIFT crashed with a raw TypeError on bool tangents) nor be
+  # seen by the rules. Here a threshold activation (where(h > .5, h, 0)) and a
+  # mask from comparing the input itself (where(x[..., 0] > 5, ...)).
+  def f(x):
+    h = x.reshape(x.shape[0], -1) @ W1 + B1
+    h = jnp.where(h > 0.5, h, 0.0)
+    h = h * jnp.where(x[:, :1, 0, 0] > 5, 0.5, 1.0)
+    return jax.nn.relu(h @ W2 + B2) @ W3 + B3
+
+  x = X.at[0, 0, 0, 0].set(6.0)  # only example 0 crosses the input comparison
+  for name in ("deeplift", "lrp", "guided_backprop", "deconvnet"):
+    a = getattr(saljax, name)(f, x, T)
+    assert a.shape == x.shape and bool(jnp.isfinite(a).all()), name
+  # DeepLIFT (zero baseline): the threshold is one elementwise activation of
+  # h, so the rescale rule applies, with its reference value computed from the
+  # reference's own comparison: summation-to-delta holds, also where h and its
+  # reference fall on different sides of the threshold. The input mask is a
+  # constant to the rule, so it holds where x and the baseline give the same
+  # mask (examples 1, 2), not for example 0.
+  attr, delta = saljax.deeplift(f, x, T, return_delta=True)
+  h = X.reshape(3, -1)[1:] @ W1 + B1
+  assert bool(((h > 0.5) != (B1 > 0.5)).any())  # some thresholds are crossed
+  np.testing.assert_allclose(delta[1:], 0.0, atol=1e-4)
+  logit = f(x)[jnp.arange(3), T]
+  assert abs(float(delta[0])) > 1e-3 * abs(float(logit[0]))
+  # LRP: the threshold passes relevance as a ReLU, the mask is a constant
+  # scaling; every example conserves.
+  _, d = saljax.lrp(f, x, T, rules="epsilon", return_delta=True)
+  np.testing.assert_allclose(d, 0.0, atol=1e-4 * float(jnp.abs(logit).max()))
