@@ -36,7 +36,8 @@ Which equations a rule touches ("tainted" = depends on the input x):
   values (a residual connection) splits the relevance in proportion to the
   summands, stabilized as Zennit's ``Norm`` (epsilon 1e-6, sign(0) = +1);
   sum / average pooling (``reduce_sum``, ``reduce_window_sum``, ``cumsum``)
-  likewise. Elementwise equations with one input-dependent operand (ReLU,
+  likewise, merged with the constant scaling that follows it (a mean is one
+  layer, stabilized on the mean as Zennit's Norm on ``AvgPool``). Elementwise equations with one input-dependent operand (ReLU,
   ReLU6 = ``jax.nn.relu6``, clip / min / max against constants, dtype casts,
   constant scalings not merged into a layer) pass relevance through
   unchanged; structural equations (reshape, transpose, slicing, padding, max
@@ -332,6 +333,7 @@ def _per_example(t, sink):
 
 # The residual split and sum pooling use Zennit's `Norm` stabilizer.
 _NORM_EPS = 1e-6
+_NORM_RULE = Rule("epsilon", epsilon=_NORM_EPS)
 
 
 @jax.custom_vjp
@@ -407,7 +409,7 @@ class _Group:
   eqns: list          # in jaxpr order
   root: Any           # the input var
   out: Any            # the output var
-  kind: str           # "conv" or "dense" (which rule of the rule set)
+  kind: str           # "conv" or "dense" (which rule of the rule set), "norm" (pooling)
   consts: list        # non-literal vars read that are not computed in the group
 
 
@@ -514,13 +516,18 @@ def _find_groups(jaxpr, eqn_taint) -> list[_Group]:
     out = extend(idx, out)
     finish(idx, root, out, "conv")
 
-  # Weighted layers.
+  # Weighted layers; sum pooling with the scaling that follows it (a mean, an
+  # average pool) as one "norm" layer, so that the stabilizer is added to the
+  # pooled output as Zennit's Norm on an AvgPool module does (on the sum it
+  # would be N times smaller relative to the mean).
   for i, e in enumerate(eqns):
-    if i in taken or e.primitive.name not in _LAYERS or not one_tainted(i):
+    name = e.primitive.name
+    if i in taken or not one_tainted(i) or not (
+        name in _LAYERS or (name in _LINEAR_ONE and len(e.invars) == 1)):
       continue
     idx = [i]
     out = extend(idx, e.outvars[0])
-    finish(idx, e.invars[eqn_taint[i].index(True)], out, _LAYERS[e.primitive.name])
+    finish(idx, e.invars[eqn_taint[i].index(True)], out, _LAYERS.get(name, "norm"))
   return groups
 
 
@@ -861,6 +868,8 @@ def _eval_eqn(ctx: _Ctx, eqn, tainted, dep, invals, ref_in):
 
 
 def _lrp_group(ctx: _Ctx, g: _Group, a, cvals):
+  if g.kind == "norm":  # pooling: Zennit's Norm, whatever the rule set
+    return _group_rule(g, _NORM_RULE)(a, list(cvals), *(jnp.zeros((), a.dtype),) * 2, ctx.sink)
   key = g.kind
   if not ctx.seen_layer:
     ctx.seen_layer = True
