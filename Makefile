@@ -27,8 +27,9 @@ $(STAMP): $(PY) pyproject.toml setup.py
 # imports zennit whenever it can, and zennit imports torchvision, which is not
 # installed (the PyPI torchvision wheel does not load against the pinned CPU
 # torch), so a zennit in site-packages breaks `import quantus`. --no-deps skips
-# that torchvision dependency; its other deps (click, numpy, Pillow) come with
-# '.[test]'. The stamp names the version, so changing it here reinstalls.
+# that torchvision dependency; numpy and Pillow come with '.[test]', and click
+# (zennit's command line) is imported by none of the modules the test uses.
+# The stamp names the version, so changing it here reinstalls.
 ZENNIT_VERSION := 0.5.1
 ZENNIT_STAMP := $(VENV)/zennit/.installed-$(ZENNIT_VERSION)
 
