@@ -134,6 +134,19 @@ def _check_all(name, entry, cases, make_run):
   assert not bad, f"{name}:\n" + "\n".join(bad)
 
 
+def _with_case(args, options, entry, arg, value):
+  """The call's positional arguments and options (a key when the method
+  samples), with the one argument under test set to `value`."""
+  kwargs = dict(options)
+  if entry.stochastic:
+    kwargs["key"] = jax.random.key(0)
+  if arg in args:
+    args = {**args, arg: value}
+  else:
+    kwargs[arg] = value
+  return args, kwargs
+
+
 @pytest.mark.parametrize("name", saljax.explainers.names())
 @SETTINGS
 @given(data=st.data())
@@ -146,14 +159,7 @@ def test_explainer_bad_inputs(name, data):
   def make_run(arg, value):
     tapped, calls = _counting(CNN if which == "cnn" else VIT)
     f = tapped if entry.kind == "layer" else tapped.logits
-    args = {"x": X, "target": TARGET}
-    kwargs = dict(opts)
-    if entry.stochastic:
-      kwargs["key"] = jax.random.key(0)
-    if arg in args:
-      args[arg] = value
-    else:
-      kwargs[arg] = value
+    args, kwargs = _with_case({"x": X, "target": TARGET}, opts, entry, arg, value)
     return (lambda: entry.fn(f, args["x"], args["target"], **kwargs)), calls
 
   _check_all(name, entry, cases, make_run)
@@ -174,14 +180,8 @@ def test_metric_bad_inputs(name, data):
 
   def make_run(arg, value):
     tapped, calls = _counting(CNN)
-    args = {"x": X, "target": TARGET, "attribution": ATTR}
-    kwargs = dict(A.metric_options(name))
-    if entry.stochastic:
-      kwargs["key"] = jax.random.key(0)
-    if arg in args:
-      args[arg] = value
-    else:
-      kwargs[arg] = value
+    args, kwargs = _with_case({"x": X, "target": TARGET, "attribution": ATTR},
+                              A.metric_options(name), entry, arg, value)
 
     def run():
       if name == "model_parameter_randomization":

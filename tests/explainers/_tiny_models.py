@@ -105,3 +105,19 @@ def tiny_vit(shape=(2, 16, 16, 3), seed=0, **kw):
   x = jnp.zeros(shape)
   v = m.init(jax.random.key(seed), x)
   return m, v, M.from_linen(m, v, example=x)
+
+
+def torch_conv_relu_pool_linear(k, bias, w):
+  """The float64 torch twin of ``relu(conv_same(x, k) + bias).mean((1, 2)) @ w``
+  (k HWIO 3x3, no bias on the head), for parity tests against Captum."""
+  import numpy as np
+  import torch  # in the test extra; imported here so the module needs no torch
+
+  c_in, c_out = k.shape[2], k.shape[3]
+  conv = torch.nn.Conv2d(c_in, c_out, k.shape[0], padding=k.shape[0] // 2).double()
+  conv.weight.data = torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())
+  conv.bias.data = torch.from_numpy(np.array(bias, np.float64))
+  lin = torch.nn.Linear(w.shape[0], w.shape[1], bias=False).double()
+  lin.weight.data = torch.from_numpy(np.array(w, np.float64).T.copy())
+  return torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                             torch.nn.Flatten(), lin).eval()

@@ -8,7 +8,7 @@ import saljax
 from saljax import model as M
 from saljax.explainers import cam
 
-from _tiny_models import TinyCNN, tiny_cnn
+from _tiny_models import TinyCNN, tiny_cnn, torch_conv_relu_pool_linear
 
 GRAD_CAMS = ["gradcam", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam"]
 
@@ -350,13 +350,7 @@ def test_gradcam_parity_with_captum_layergradcam():
   tapped = M.from_features_head(features, lambda a: a.mean((1, 2)) @ w)
   x = jax.random.normal(jax.random.key(15), (2, 6, 6, 3))
   target = jnp.array([2, 4])
-  conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
-  conv.weight.data = torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())
-  conv.bias.data = torch.from_numpy(np.array(bias, np.float64))
-  lin = torch.nn.Linear(4, 5, bias=False).double()
-  lin.weight.data = torch.from_numpy(np.array(w, np.float64).T.copy())
-  net = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                            torch.nn.Flatten(), lin).eval()
+  net = torch_conv_relu_pool_linear(k, bias, w)
   xt = torch.from_numpy(np.array(x, np.float64).transpose(0, 3, 1, 2).copy())
   theirs = ca.LayerGradCam(net, net[1]).attribute(
       xt, target=torch.from_numpy(np.array(target)).long(), relu_attributions=True)

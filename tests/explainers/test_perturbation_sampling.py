@@ -11,6 +11,8 @@ import pytest
 from saljax.explainers import perturbation as P
 from saljax.explainers import sensitivity as S
 
+from _tiny_models import torch_conv_relu_pool_linear
+
 KEY = jax.random.key(0)
 _K1, _K2 = jax.random.split(jax.random.key(21))
 _W1 = jax.random.normal(_K1, (8 * 8 * 3, 16)) / math.sqrt(8 * 8 * 3)
@@ -34,13 +36,7 @@ def test_occlusion_parity_with_captum_when_the_stride_does_not_tile_the_image():
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return jax.nn.relu(y + bias).mean((1, 2)) @ w
 
-  conv = torch.nn.Conv2d(3, 4, 3, padding=1).double()
-  conv.weight.data = torch.from_numpy(np.asarray(k, np.float64).transpose(3, 2, 0, 1).copy())
-  conv.bias.data = torch.from_numpy(np.array(bias, np.float64))
-  lin = torch.nn.Linear(4, 5, bias=False).double()
-  lin.weight.data = torch.from_numpy(np.array(w, np.float64).T.copy())
-  net = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                            torch.nn.Flatten(), lin).eval()
+  net = torch_conv_relu_pool_linear(k, bias, w)
   # 18 pixels, window 5, stride 4: starts 0, 4, 8, 12 and a last window at 16
   # cropped to 2 pixels; the old `arange(0, 14, 4)` left rows/cols 17 uncovered.
   x = jax.random.normal(jax.random.key(15), (2, 18, 18, 3))
