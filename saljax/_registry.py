@@ -61,6 +61,63 @@ MODEL_OUTPUT = {
     "unused": "the method does not read the model's logits",
 }
 
+# How a map is shown (`Display`): channel aggregations and sign modes, the
+# conventions of PAIR saliency's `VisualizeImageGrayscale` (sum of |values| over
+# channels, clipped at the 99th percentile) and Captum's `visualize_image_attr`
+# (sign "all" / "positive" / "negative" / "absolute_value").
+AGGREGATIONS = ("sum", "abs_sum", "l2", "max_abs")
+SIGNS = {
+    "all": "both signs, a diverging colormap centred on 0 (limits +-the percentile of |map|)",
+    "positive": "the positive part, a sequential colormap from 0",
+    "negative": "the negative part (as magnitudes), a sequential colormap from 0",
+    "absolute_value": "|map|, a sequential colormap from 0",
+    # Maps whose values sit on an offset (RISE's mean masked score, ranks,
+    # sensitivity indices): 0 is not special, the minimum is.
+    "range": "the map's own values, a sequential colormap from its minimum",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Display:
+  """How a method's map is drawn by `saljax.viz` (each explainer's default is
+  ``saljax.explainers.entry(name).display``; every viz function takes overrides).
+
+  Attributes:
+    aggregation: how channels fold into one value per pixel, one of
+      `AGGREGATIONS` (``"abs_sum"``: PAIR saliency's grayscale convention;
+      ``"sum"`` keeps the sign). Ignored for maps without channels.
+    sign: one of `SIGNS`.
+    percentile: the colormap's limit is this percentile of the shown values,
+      so a few outlier pixels do not wash out the rest (PAIR: 99; Captum's
+      ``outlier_perc=2``: 98).
+    cmap: a matplotlib colormap name; None: `saljax.viz`'s diverging map for
+      ``sign="all"``, its sequential one otherwise.
+  """
+  aggregation: str = "abs_sum"
+  sign: str = "absolute_value"
+  percentile: float = 99.0
+  cmap: str | None = None
+
+  def __post_init__(self):
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"aggregation: expected one of {AGGREGATIONS}, got {self.aggregation!r}")
+    if self.sign not in SIGNS:
+      raise ValueError(f"sign: expected one of {tuple(SIGNS)}, got {self.sign!r}")
+    if not isinstance(self.percentile, (int, float)) or not 0 < self.percentile <= 100:
+      raise ValueError(f"percentile: expected a number in (0, 100], got {self.percentile!r}")
+    if self.cmap is not None and not isinstance(self.cmap, str):
+      raise TypeError(f"cmap: expected a colormap name or None, got {type(self.cmap).__name__}")
+
+  @property
+  def signed(self) -> bool:
+    """Drawn with the diverging colormap (both signs)."""
+    return self.sign == "all"
+
+  def replace(self, **changes) -> "Display":
+    """A copy with `changes` (None values are ignored, so optional arguments pass through)."""
+    return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
 # Transformations whose support is claimed per method.
 TRANSFORMS = ("jit", "vmap", "grad")
 # The tracer classes each transformation puts on a method's arguments (by name,
@@ -217,6 +274,8 @@ class Entry:
     model_output: how non-finite model outputs are caught, a key of
       `MODEL_OUTPUT` (tests/test_model_output.py holds the claim for every
       method).
+    display: explainers: how `saljax.viz` draws the map by default (`Display`).
+    year: explainers: the year of the method's paper (figure labels).
   """
   name: str
   fn: Callable
@@ -232,6 +291,8 @@ class Entry:
   differentiable: bool = True
   note: str = ""
   model_output: str = "result"
+  display: Display | None = None
+  year: int | None = None
 
   @property
   def stochastic(self) -> bool:
@@ -272,17 +333,24 @@ class Entry:
 
 class Registry:
 
-  def __init__(self, what: str, model_output: Mapping[str, str] | None = None):
+  def __init__(self, what: str, model_output: Mapping[str, str] | None = None,
+               display: Callable[[str, str, str], Display | None] | None = None,
+               year: Mapping[str, int] | None = None):
     """`model_output`: name -> a key of `MODEL_OUTPUT` for methods that are not
-    ``"result"`` (a method may also state it in its `register` call)."""
+    ``"result"`` (a method may also state it in its `register` call).
+    `display`: ``(name, family, returns) -> Display``, the default display of
+    a method that does not state one. `year`: name -> the paper's year."""
     self._what = what
     self._entries: dict[str, Entry] = {}
     self._model_output = dict(model_output or {})
+    self._display = display
+    self._year = dict(year or {})
 
   def register(self, name: str, *, family: str, returns: str, evaluations, backward: bool,
                smoke: Mapping[str, Any] | None = None, needs=(), direction=None,
                jittable: bool = True, vmappable: bool = True, differentiable: bool = True,
-               note: str = "", model_output: str | None = None):
+               note: str = "", model_output: str | None = None,
+               display: Display | None = None, year: int | None = None):
     """Decorator: registers `fn` under `name` with the facts of `Entry`.
 
     `evaluations` is an int (a constant count) or ``(options, f, x) -> int``.
@@ -298,6 +366,11 @@ class Registry:
     if model_output not in MODEL_OUTPUT:
       raise ValueError(f"{name}: model_output must be one of {sorted(MODEL_OUTPUT)}, got"
                        f" {model_output!r}")
+    if display is None and self._display is not None:
+      display = self._display(name, family, returns)
+    if display is not None and not isinstance(display, Display):
+      raise TypeError(f"{name}: display must be a Display, got {type(display).__name__}")
+    year = year if year is not None else self._year.get(name)
     count = evaluations if callable(evaluations) else (lambda o, f, x, n=int(evaluations): n)
 
     unsupported = tuple(t for t, ok in zip(TRANSFORMS, (jittable, vmappable, differentiable))
@@ -314,7 +387,7 @@ class Registry:
           name=name, fn=fn, family=family, needs=needs, returns=returns, evaluations=count,
           backward=backward, smoke=dict(smoke or {}), direction=direction, jittable=jittable,
           vmappable=vmappable, differentiable=differentiable, note=note,
-          model_output=model_output)
+          model_output=model_output, display=display, year=year)
       return fn
     return deco
 

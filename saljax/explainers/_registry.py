@@ -21,7 +21,48 @@ MODEL_OUTPUT = {
     "scorecam": "forward", "sobol": "forward",
 }
 
-REGISTRY = _registry.Registry("explainer", model_output=MODEL_OUTPUT)
+# The year of each method's paper (the one its docstring cites first), for
+# figure labels; tests/test_viz.py checks each against the docstring.
+YEAR = {
+    "absolute_gradient": 2014, "attention_rollout": 2020, "blur_ig": 2020,
+    "class_token_attention": 2025, "deconvnet": 2014, "deeplift": 2017, "eigencam": 2020,
+    "expected_gradients": 2021, "extremal_perturbation": 2019, "gradcam": 2017,
+    "gradcam_plus_plus": 2018, "gradient": 2014, "gradient_shap": 2017, "gradient_x_input": 2016,
+    "guided_backprop": 2015, "guided_ig": 2021, "hirescam": 2020, "hsic": 2022,
+    "integrated_gradients": 2017, "kernel_shap": 2017, "layercam": 2021, "lima": 2025,
+    "lime": 2016, "lrp": 2015, "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014,
+    "rise": 2018, "scorecam": 2020, "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
+    "squaregrad": 2019, "vargrad": 2018, "vit_gradcam": 2017, "xgradcam": 2020, "xrai": 2019,
+}
+
+# Default displays (`_registry.Display`; `saljax.viz` takes overrides).
+# Pixel maps of gradient and propagation methods: PAIR saliency's grayscale
+# convention, the channel sum of |values| clipped at the 99th percentile, as a
+# magnitude. Their signed channel sum mostly cancels (neighbouring pixels and
+# channels alternate in sign), which drew a grey photo with a few dots; the
+# signed view stays one override away: sign="all", aggregation="sum".
+_MAGNITUDE = _registry.Display(aggregation="abs_sum", sign="absolute_value", percentile=99.0)
+# Layer maps (CAMs, attention) and perturbation maps of evidence for the
+# class: their positive part (Grad-CAM's ReLU), one value per pixel.
+_POSITIVE = _registry.Display(aggregation="sum", sign="positive", percentile=99.0)
+# Maps on an offset (RISE's mean masked score, sensitivity indices, masks,
+# region ranks): their own values from the minimum.
+_RANGE = _registry.Display(aggregation="sum", sign="range", percentile=99.0)
+DISPLAY = {
+    "rise": _RANGE, "hsic": _RANGE, "sobol": _RANGE, "extremal_perturbation": _RANGE,
+    "xrai": _RANGE, "lima": _RANGE,
+}
+
+
+def _display(name: str, family: str, returns: str) -> _registry.Display:
+  if name in DISPLAY:
+    return DISPLAY[name]
+  if family in ("gradients", "propagation"):
+    return _MAGNITUDE
+  return _POSITIVE
+
+
+REGISTRY = _registry.Registry("explainer", model_output=MODEL_OUTPUT, display=_display, year=YEAR)
 
 
 prepare = M.prepare  # the checks every explainer runs first (shared with metrics)
