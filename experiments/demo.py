@@ -213,7 +213,10 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
   # Overlay on what the model saw (the 224 px center crops), so maps line up.
   from saljax.data import preprocessing
   crops = preprocessing.display_crops(list(imgs.values()), image_size=x.shape[1])
-  viz.grid(crops, maps, out / "grid.png", titles=titles, cell=1.6, dpi=80)
+  # Rows grouped by family with each method's default display (the registry's);
+  # a method that failed or was skipped keeps its row, drawn "n/a".
+  missing = {n: None for n, r in results.items() if r["status"] in ("failed", "skipped")}
+  viz.grid(crops, {**maps, **missing}, out / "grid.png", titles=titles, cell=1.6, dpi=80)
 
   counts: dict[str, int] = {}
   for rec in results.values():

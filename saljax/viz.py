@@ -17,8 +17,8 @@ function here takes overrides (``aggregation=``, ``sign=``, ``percentile=``,
 Signed maps (``sign="all"``) use a diverging colormap centred on 0 whose
 extremes are saturated blue and red, so they stay visible over dark and light
 parts of the photo; magnitudes a sequential one. Both are blended over the
-grayed photo with an opacity that grows with the value (``alpha *
-sqrt(value / limit)``), so a zero shows the photo, not a veil of color.
+grayed photo with an opacity that grows with the value (``alpha * value /
+limit``), so a zero shows the photo, not a veil of color.
 
 Figures are built on `matplotlib.figure.Figure` with the Agg canvas, never
 through pyplot, so nothing depends on (or changes) the user's display backend
@@ -224,8 +224,9 @@ def _resize_to(m: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _blend(gray: np.ndarray, rgb: np.ndarray, strength: np.ndarray, alpha: float) -> np.ndarray:
-  # sqrt keeps weak evidence visible; 0 shows the photo.
-  a = alpha * np.sqrt(strength)[..., None]
+  # Opacity grows linearly with the value, so 0 shows the photo (a sqrt made
+  # the many weak pixels of a gradient map a colored veil over the whole photo).
+  a = alpha * strength[..., None]
   return np.clip((1 - a) * gray + a * rgb, 0.0, 1.0)
 
 
@@ -250,7 +251,7 @@ def overlay(image: Any, attribution: Any, *, alpha: float = 0.7, signed: bool | 
     attribution: ``[H, W, C]`` pixel attribution or ``[h, w]`` layer map
       (bilinearly upsampled to the image size).
     alpha: opacity of the heat map where it reaches its limit (weaker values
-      are more transparent: ``alpha * sqrt(value / limit)``).
+      are more transparent: ``alpha * value / limit``).
     signed: True: ``sign="all"``; False: not the diverging map.
     reduce: channel aggregation (`to_heatmap`), overriding the display's.
     percentile, cmap, sign: override the display's (`Display`).
