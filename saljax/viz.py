@@ -175,6 +175,45 @@ def _normalize(m: np.ndarray, sign: str, percentile: float):
   return s, s, 0.0, lim
 
 
+def shown_values(attribution: Any, method: str | None = None, *, shape: tuple[int, int] | None = None,
+                 display: Display | Mapping[str, Any] | None = None, **overrides) -> np.ndarray:
+  """The per-pixel values a map is drawn with, before percentile clipping:
+  what a reader sees, as numbers, for judging maps by what they show (e.g.
+  the pointing game of `experiments.demo`).
+
+  Folds the channels with the display's aggregation, resizes a layer map to
+  `shape` (bilinear, as the overlays), then applies the sign mode:
+  ``"all"`` keeps the signed values, ``"positive"`` / ``"negative"`` keep that
+  part as a magnitude, ``"absolute_value"`` takes ``|m|`` and ``"range"``
+  subtracts the minimum. The display is `display_for(method, ...)`.
+
+  Args:
+    attribution: a batch ``[B, H, W]`` or ``[B, H, W, C]``.
+    method: a registered explainer name for its default `Display`.
+    shape: ``(H, W)`` to resize to (default: the map's own).
+    display, overrides: as `display_for`.
+  """
+  a = np.asarray(attribution, np.float64)
+  if a.ndim not in (3, 4):
+    raise ValueError(f"attribution: expected a batch [B, H, W] or [B, H, W, C], got shape {a.shape}")
+  d = display_for(method, a[0], display=display, **overrides)
+  out = []
+  for m in a:
+    m = to_heatmap(m, d.aggregation)
+    if shape is not None:
+      m = _resize_to(m, tuple(shape))
+    if d.sign == "positive":
+      m = np.maximum(m, 0.0)
+    elif d.sign == "negative":
+      m = np.maximum(-m, 0.0)
+    elif d.sign == "absolute_value":
+      m = np.abs(m)
+    elif d.sign == "range":
+      m = m - m.min()
+    out.append(m)
+  return np.stack(out)
+
+
 def heatmap_rgba(m: Any, *, signed: bool | None = None, percentile: float = 99.0,
                  cmap: str | None = None, sign: str | None = None) -> tuple[np.ndarray, dict]:
   """Colors a 2-D map: returns ``(rgba [H, W, 4], info)``.
@@ -356,7 +395,7 @@ def grid(images: Sequence[Any], maps: Mapping[str, Any], path: str | os.PathLike
          titles: Sequence[str] | None = None, reduce: str | None = None, sign: str | None = None,
          percentile: float | None = None, displays: Mapping[str, Any] | None = None,
          alpha: float = 0.7, cell: float = 1.8, dpi: int = 100, by_family: bool = True,
-         legend: bool = True):
+         legend: bool = True, boxes: Sequence[Any] | None = None):
   """A methods x images grid: a legend strip, the images, then one row per
   method, grouped under family headers.
 
@@ -374,6 +413,8 @@ def grid(images: Sequence[Any], maps: Mapping[str, Any], path: str | os.PathLike
     alpha: the overlays' opacity at the colormap's limit.
     by_family: group rows under family headers.
     legend: draw the strip saying what the signed and magnitude colors mean.
+    boxes: N lists of ground-truth boxes ``(ymin, xmin, ymax, xmax)`` (max
+      exclusive, image pixels) outlined on the image row.
   Returns:
     The `matplotlib.figure.Figure` (saved to `path` when given).
   """
@@ -384,6 +425,8 @@ def grid(images: Sequence[Any], maps: Mapping[str, Any], path: str | os.PathLike
     raise ValueError("images: expected at least one image")
   if titles is not None and len(titles) != n:
     raise ValueError(f"titles: expected {n} titles, got {len(titles)}")
+  if boxes is not None and len(boxes) != n:
+    raise ValueError(f"boxes: expected {n} lists of boxes (one per image), got {len(boxes)}")
   displays = dict(displays or {})
   unknown = sorted(set(displays) - set(maps))
   if unknown:
@@ -440,6 +483,11 @@ def grid(images: Sequence[Any], maps: Mapping[str, Any], path: str | os.PathLike
   for j, img in enumerate(images):
     ax = cell_axes(j, y + title_h)
     ax.imshow(_as_display_image(img))
+    if boxes is not None:
+      from matplotlib.patches import Rectangle
+      for y0, x0, y1, x1 in np.asarray(boxes[j]).reshape(-1, 4):
+        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
+                               edgecolor="#39ff14", linewidth=1.2))
     if titles is not None:
       ax.set_title(titles[j], fontsize=7, pad=2)
   y += title_h + cell + gap

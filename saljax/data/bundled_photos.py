@@ -9,6 +9,10 @@ Six RGB photographs, all readable offline:
 - scikit-learn (``load_sample_images``): ``china`` (a temple, 427x640) and
   ``flower`` (427x640).
 
+Each photo has a hand-drawn ground-truth box of the object of the pretrained
+EfficientNet-Lite0's top class (``bundled_boxes.json``, how it was made is in
+the file), for localization metrics: `boxes` maps them into the model's crop.
+
 Left out on purpose: the gray images (``camera``, ``coins``, ``moon``,
 ``page``, ...) which an RGB ImageNet model would see as a colour-less edge
 case, and the non-photographs (``colorwheel``, ``logo``, microscopy).
@@ -16,6 +20,8 @@ case, and the non-photographs (``colorwheel``, ``logo``, microscopy).
 from __future__ import annotations
 
 import functools
+import json
+import pathlib
 
 import numpy as np
 
@@ -59,3 +65,59 @@ def photos(names=None) -> dict[str, np.ndarray]:
   if unknown:
     raise ValueError(f"names: unknown photo(s) {unknown}; the bundled photos are {list(NAMES)}")
   return {n: all_photos[n] for n in names}
+
+
+BOXES_FILE = pathlib.Path(__file__).with_name("bundled_boxes.json")
+
+
+@functools.lru_cache(maxsize=1)
+def _load_boxes() -> dict:
+  return json.loads(BOXES_FILE.read_text())
+
+
+def boxes(names=None, *, image_size: int = 224, resize_size: int | None = None) -> dict[str, dict]:
+  """Ground-truth boxes of the bundled photos, in the pixels of the crop that
+  `saljax.data.preprocessing.preprocess` feeds the model.
+
+  The boxes were drawn by hand on the full-size photos around the object of
+  the class the pretrained EfficientNet-Lite0 ranks first (``bundled_boxes.json``
+  says how); this maps them through the same resize of the shorter side to
+  `resize_size` (default `image_size`) and center crop to `image_size`, and
+  clips them to the crop (boxes left empty by the crop are dropped).
+
+  Args:
+    names: a subset of `NAMES` (default: all six), in that order.
+    image_size, resize_size: as `preprocess`.
+
+  Returns:
+    name -> ``{"class": int, "class_name": str, "boxes": int array [K, 4]}``
+    with rows ``(ymin, xmin, ymax, xmax)``, max side exclusive (the convention
+    of `saljax.metrics.pointing_game`).
+  """
+  table = _load_boxes()["photos"]
+  if names is None:
+    names = NAMES
+  if isinstance(names, str):
+    names = (names,)
+  unknown = [n for n in names if n not in table]
+  if unknown:
+    raise ValueError(f"names: no ground truth for {unknown}; the bundled photos are {list(NAMES)}")
+  resize_size = image_size if resize_size is None else resize_size
+  if resize_size < image_size:
+    raise ValueError(f"resize_size: expected >= image_size ({image_size}), got {resize_size}")
+  out = {}
+  for n in names:
+    rec = table[n]
+    h, w = rec["image_size"]
+    # The geometry of preprocessing.resize_shorter + center_crop.
+    s = resize_size / min(h, w)
+    rh, rw = max(resize_size, round(h * s)), max(resize_size, round(w * s))
+    top, left = (rh - image_size) // 2, (rw - image_size) // 2
+    b = np.asarray(rec["boxes"], np.float64)
+    y = b[:, 0::2] * rh / h - top
+    x = b[:, 1::2] * rw / w - left
+    crop = np.stack([np.floor(y[:, 0]), np.floor(x[:, 0]), np.ceil(y[:, 1]), np.ceil(x[:, 1])], 1)
+    crop = np.clip(crop, 0, image_size).astype(np.int32)
+    crop = crop[(crop[:, 2] > crop[:, 0]) & (crop[:, 3] > crop[:, 1])]
+    out[n] = {"class": int(rec["class"]), "class_name": rec["class_name"], "boxes": crop}
+  return out
