@@ -229,3 +229,25 @@ def test_bad_inputs():
     viz.grid([np.zeros((4, 4, 3))], {"a": None}, displays={"b": {}})
   with pytest.raises(ValueError, match="one per image"):
     viz.grid([np.zeros((4, 4, 3))], {"a": np.zeros((2, 4, 4))})
+
+
+def test_shown_values_follow_the_display():
+  a = np.zeros((2, 4, 4, 3))
+  a[0, 1, 1] = [1.0, -3.0, 0.5]   # abs_sum 4.5, sum -1.5
+  a[1, 2, 3] = [2.0, 2.0, 2.0]
+  m = viz.shown_values(a, "gradient")  # abs_sum magnitude (PAIR)
+  assert m.shape == (2, 4, 4) and m[0, 1, 1] == 4.5 and m[1, 2, 3] == 6.0 and m.min() == 0
+  s = viz.shown_values(a, "gradient", sign="all", aggregation="sum")
+  assert s[0, 1, 1] == -1.5
+  p = viz.shown_values(a, "gradient", sign="positive", aggregation="sum")
+  assert p[0, 1, 1] == 0.0 and p[1, 2, 3] == 6.0
+  r = viz.shown_values(np.full((1, 3, 3), 5.0) + np.eye(3)[None], "rise")  # 'range': minus the min
+  np.testing.assert_allclose(r[0], np.eye(3))
+  # A 7x7 layer map is upsampled to the photo's grid, its maximum where it was.
+  cam = np.zeros((1, 7, 7))
+  cam[0, 5, 1] = 1.0
+  up = viz.shown_values(cam, "gradcam", shape=(224, 224))
+  iy, ix = np.unravel_index(up[0].argmax(), (224, 224))
+  assert up.shape == (1, 224, 224) and abs(iy - 5.5 * 32) <= 32 and abs(ix - 1.5 * 32) <= 32
+  with pytest.raises(ValueError, match="batch"):
+    viz.shown_values(np.zeros((4, 4)), "gradient")
