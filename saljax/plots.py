@@ -257,13 +257,14 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
     return s
 
   arrows = {"higher": " ↑", "lower": " ↓", None: ""}
-  rotate = len(metrics) > 4  # long headers side by side would overlap
+  headers = [_wrap(m) + arrows[d] for m, d in zip(metrics, dirs)]
   # Fixed inches so cells keep their size whatever the counts.
   cell_w, cell_h = 1.25, 0.5
   label_w = 0.25 + 0.075 * max(len(m) for m in methods)
-  header_h = 0.4 + (0.03 * max(len(m) for m in metrics) if rotate else 0.0)
+  header_h = 0.25 + 0.13 * max(h.count("\n") + 1 for h in headers)
   title_h, caption_h = (0.35 if title else 0.0), 0.55
-  width = label_w + cell_w * len(metrics) + 0.3
+  # At least wide enough for the caption on two lines.
+  width = max(label_w + cell_w * len(metrics) + 0.3, 5.5)
   height = caption_h + cell_h * len(methods) + header_h + title_h
   fig = _new_figure(width, height)
   ax = fig.add_axes([label_w / width, caption_h / height, cell_w * len(metrics) / width,
@@ -274,8 +275,7 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
       ax.text(j, i, text(i, j), ha="center", va="center", fontsize=7,
               color="0.45" if not np.isfinite(mean[i, j]) else "black")
   ax.set_xticks(range(len(metrics)))
-  ax.set_xticklabels([f"{m}{arrows[d]}" for m, d in zip(metrics, dirs)], fontsize=7.5,
-                     rotation=20 if rotate else 0, ha="left" if rotate else "center")
+  ax.set_xticklabels(headers, fontsize=7.5)
   ax.xaxis.tick_top()
   ax.set_yticks(range(len(methods)))
   ax.set_yticklabels(methods, fontsize=8)
@@ -288,10 +288,21 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
   if title:
     fig.text(0.5, 1 - 0.2 / height, title, ha="center", va="center", fontsize=10)
   fig.text(label_w / width, 0.25 / height,
-           "cell: mean ± s.e.; color: rank within the column, green = best, red = worst"
-           " (↑ higher is better, ↓ lower is better; grey: no direction)",
-           ha="left", va="center", fontsize=6.5, color="0.25", wrap=True)
+           "cell: mean ± s.e.; color: rank within the column, green = best, red = worst\n"
+           "(↑ higher is better, ↓ lower is better; grey: the metric has no direction)",
+           ha="left", va="center", fontsize=6.5, color="0.25")
   return _save(fig, path, dpi)
+
+
+def _wrap(name: str, width: int = 17) -> str:
+  """`name` on lines of at most `width` characters, broken after underscores
+  (a cell is about 20 characters wide; long metric names would overlap)."""
+  lines = [""]
+  for part in name.replace("_", "_\x00").split("\x00"):
+    if lines[-1] and len(lines[-1]) + len(part) > width:
+      lines.append("")
+    lines[-1] += part
+  return "\n".join(lines)
 
 
 def _directions(directions, metrics: list[str]) -> list[str | None]:
@@ -399,7 +410,7 @@ def sanity_curves(curves: Mapping[str, Mapping[str, Any]], layers: Sequence[str]
     ax.set_axisbelow(True)
     ax.set_xlabel("layers randomized " + ("cumulatively from the output"
                                           if mode == "cascading" else "one at a time"), fontsize=8)
-  axes[0].set_ylabel("rank correlation / SSIM with the trained map", fontsize=8)
+  axes[0].set_ylabel("similarity to the trained model's map", fontsize=8)
   handles, labels = axes[-1].get_legend_handles_labels()
   fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0 - 1.5 / fig.get_figwidth(), 0.9),
              fontsize=7, frameon=False)
