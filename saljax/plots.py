@@ -112,6 +112,24 @@ def _save(fig, path: str | os.PathLike, dpi: int) -> pathlib.Path:
   return save_figure(fig, path, dpi=dpi)
 
 
+def _tie_key(x: float) -> float:
+  """`x` to 6 significant digits: values that differ only beyond float32's
+  precision (about 7 digits; 14/168 averaged in float32 and in float64) tie."""
+  return float(f"{x:.6g}")
+
+
+def _distinct_digits(values: Any, minimum: int, maximum: int = 6) -> int:
+  """The fewest decimals (at least `minimum`) that print different finite
+  `values` differently, so a ranking is never drawn between equal-looking
+  numbers; at most `maximum`."""
+  v = [x for x in np.ravel(np.asarray(values, np.float64)) if np.isfinite(x)]
+  distinct = len({_tie_key(x) for x in v})
+  for d in range(minimum, maximum + 1):
+    if len({f"{x:.{d}f}" for x in v}) == distinct:
+      return d
+  return maximum
+
+
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
   return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2) if len(y) > 1 else float(y[0])
 
@@ -158,14 +176,18 @@ def curves(curves: Mapping[str, Any], path: str | os.PathLike, *, x: Any = None,
   if xs.shape != (k,):
     raise ValueError(f"x: expected {k} positions (one per curve point), got shape {xs.shape}")
   colors = dict(method_colors(list(curves)), **(colors or {}))
+  values = {m: _trapezoid(mean, xs) if scores is None or scores.get(m) is None else float(scores[m])
+            for m, (mean, _) in stats.items()}
+  digits = _distinct_digits(list(values.values()), 3)
+  # Lighter bands when many overlap (their blend turns muddy).
+  alpha = 0.18 if len(stats) <= 3 else 0.1
   fig = _new_figure(5.6, 3.8)
   ax = fig.add_subplot(1, 1, 1)
   for m, (mean, sem) in stats.items():
-    value = _trapezoid(mean, xs) if scores is None or scores.get(m) is None else float(scores[m])
     if sem is not None and np.any(sem > 0):
-      ax.fill_between(xs, mean - sem, mean + sem, color=colors[m], alpha=0.18, lw=0)
+      ax.fill_between(xs, mean - sem, mean + sem, color=colors[m], alpha=alpha, lw=0)
     ax.plot(xs, mean, color=colors[m], lw=1.8, marker="o" if k <= 12 else None, ms=3,
-            label=f"{m}  ({score_label} {value:.3f})")
+            label=f"{m}  ({score_label} {values[m]:.{digits}f})")
   if log_x:
     ax.set_xscale("log")
   else:
@@ -198,8 +220,8 @@ def _column_rank_colors(values: np.ndarray, direction: str | None) -> tuple[np.n
     # Nothing to rank: no direction, or a single score.
     rgb[ok] = NEUTRAL_COLOR
     return rgb, good
-  v = values[ok] if direction == "higher" else -values[ok]
-  r = rankdata(v, method="average")  # 1 = worst
+  v = np.array([_tie_key(x) for x in values[ok]])
+  r = rankdata(v if direction == "higher" else -v, method="average")  # 1 = worst
   g = (r - 1) / (ok.sum() - 1)
   good[ok] = g
   rgb[ok] = cmap(g)[:, :3]
@@ -212,7 +234,9 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
                   title: str | None = None, digits: int = 3, dpi: int = 100) -> pathlib.Path:
   """A method x metric heat table: each cell shows the mean (+- standard
   error) and is colored by the method's rank within its column, green best,
-  red worst, where each metric's direction decides which end is best.
+  red worst, where each metric's direction decides which end is best. Means
+  equal to 6 significant digits tie (float32 scores averaged two ways differ
+  in the 8th) and share their average rank's color.
 
   Args:
     mean: ``[M, K]`` means, rows = `methods`, columns = `metrics`; NaN (or
@@ -227,7 +251,8 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
       directions when options change them, e.g. pixel flipping's
       ``order="lerf"``). Headers get ↑ / ↓.
     title: text above the table.
-    digits: decimals of the cell text.
+    digits: decimals of the cell text, at least; a column gets more (up to 6)
+      where its means would otherwise print alike.
     dpi: resolution of the PNG.
   Returns:
     `path` as a `pathlib.Path`.
@@ -247,13 +272,16 @@ def metrics_table(mean: Any, path: str | os.PathLike, *, methods: Sequence[str],
   colors = np.empty(shape + (3,))
   for j, d in enumerate(dirs):
     colors[:, j], _ = _column_rank_colors(mean[:, j], d)
+  # Per column, enough decimals that differently ranked means read differently.
+  col_digits = [_distinct_digits(mean[:, j], digits) for j in range(len(metrics))]
 
   def text(i, j):
     if not np.isfinite(mean[i, j]):
       return "n/a"
-    s = f"{mean[i, j]:.{digits}f}"
+    d = col_digits[j]
+    s = f"{mean[i, j]:.{d}f}"
     if sem is not None and np.isfinite(sem[i, j]):
-      s += f"\n± {sem[i, j]:.{digits}f}"
+      s += f"\n± {sem[i, j]:.{d}f}"
     return s
 
   arrows = {"higher": " ↑", "lower": " ↓", None: ""}

@@ -159,3 +159,15 @@ def test_sanity_curves_one_panel_per_similarity_every_method_in_each(tmp_path):
                         similarities=["ssim"])
   with pytest.raises(ValueError, match="mode"):
     plots.sanity_curves(curves, layers, tmp_path / "x.png", mode="sideways")
+
+
+def test_table_float_noise_is_a_tie(tmp_path):
+  # 0.1 + 0.2 != 0.3 in floats; the two rank together (both exactly halfway,
+  # the middle color), where ranking the noise would color them 1/3 and 2/3.
+  mean = [[0.1], [0.1 + 0.2], [0.3], [0.5]]
+  img = _read(plots.metrics_table(mean, tmp_path / "t.png", methods=list("abcd"), metrics=["m"],
+                                  directions=["higher"]))
+  top, h = _cell_rows(img, 4)
+  rows = np.nonzero(_mask(img, plots.MIDDLE_COLOR))[0]
+  assert set(((rows - top) // h).astype(int).tolist()) == {1, 2}
+  assert _best_cell(img, 4) == 3
