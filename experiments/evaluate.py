@@ -67,7 +67,7 @@ _CURVES = {
     "insertion": ("fraction of features inserted, most relevant first", "AUC"),
     "pixel_flipping": ("fraction of features flipped, {order}", "AUC"),
     "area_between_curves": ("fraction of features removed", "ABC"),
-    "road": ("fraction of pixels removed (noisy linear imputation), {order}", "mean"),
+    "road": ("fraction of pixels imputed, {order}", "mean"),
     "sensitivity_n": ("subset size n (features set to the baseline)", "mean"),
 }
 _ORDER_WORDS = {"morf": "most relevant first", "lerf": "least relevant first"}
@@ -99,7 +99,7 @@ def _curve_axis(name: str, opts: dict, k: int, image_shape) -> dict[str, Any] | 
   if len(x) != k:
     return None
   score = _option(name, opts, "score")
-  ylabel = {"sensitivity_n": "Pearson correlation (attribution sum vs output drop)",
+  ylabel = {"sensitivity_n": "corr(attribution sum, output drop)",
             "area_between_curves": f"LeRF - MoRF {score or 'score'}"}.get(
                 name, f"target {score}" if score else "score")
   return {"x": x, "xlabel": xlabel, "ylabel": ylabel, "score_label": score_label,

@@ -197,8 +197,8 @@ def curves(curves: Mapping[str, Any], path: str | os.PathLike, *, x: Any = None,
   ax.tick_params(labelsize=8)
   ax.grid(True, color="0.9", lw=0.6)
   ax.set_axisbelow(True)
-  if title:
-    ax.set_title(title, fontsize=10)
+  if title:  # from the axes' left edge: a long title runs over the legend's side, not off the figure
+    ax.set_title(title, fontsize=10, loc="left")
   # Outside the axes: a legend inside would hide the curves it names.
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
             title="mean, band: ±1 s.e.", title_fontsize=7)
