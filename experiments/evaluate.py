@@ -9,7 +9,18 @@ stored method chunk by chunk, and writes::
 
     results.csv       method, metric, better (higher / lower is better), mean, std, n, note
     results.md        the same as a markdown table
+    results.json      the rows, and per curve metric its x axis and per method the
+                      curve's mean, std, standard error per step and n
     scores/<method>__<metric>.npy   per-example scores
+    <metric>.png      per curve metric with an x axis (deletion, insertion,
+                      pixel_flipping, area_between_curves, road, sensitivity_n):
+                      score vs fraction removed / inserted, one line per method,
+                      mean and a band of +-1 standard error, the score in the legend
+    metrics_table.png methods x metrics: mean +- s.e., colored by rank within the
+                      column (green = best by the metric's direction)
+
+The figures are drawn by `saljax.plots` (`curves`, `metrics_table`), which
+notebooks can call on ``results.json`` the same way.
 
 Arguments a metric needs (its registry entry's ``needs``) are passed: ``mask`` (the
 ground-truth region stored with the inputs: BlockMNIST's signal block, the
@@ -23,7 +34,9 @@ bilinearly to the image size first.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
+import json
 import os
 from typing import Any
 
@@ -34,8 +47,9 @@ from absl import logging
 
 from experiments import _common as C
 from experiments import explain as E
-from saljax import explainers, metrics
+from saljax import explainers, metrics, plots
 from saljax import logging as slog
+from saljax.metrics import faithfulness
 
 
 # Needs evaluate cannot supply, and where to go instead.
@@ -43,6 +57,53 @@ _ELSEWHERE = {
     "params": "needs the model as a function of its parameters: run experiments.sanity",
     "random_model": "needs a model trained on permuted labels: run experiments.sanity",
 }
+
+
+# Curve metrics whose x axis is known: the x label and what the legend calls
+# the metric's score. (The contrastive curves run over classes and are kept in
+# results.json without a figure.)
+_CURVES = {
+    "deletion": ("fraction of features removed, most relevant first", "AUC"),
+    "insertion": ("fraction of features inserted, most relevant first", "AUC"),
+    "pixel_flipping": ("fraction of features flipped, {order}", "AUC"),
+    "area_between_curves": ("fraction of features removed", "ABC"),
+    "road": ("fraction of pixels imputed, {order}", "mean"),
+    "sensitivity_n": ("subset size n (features set to the baseline)", "mean"),
+}
+_ORDER_WORDS = {"morf": "most relevant first", "lerf": "least relevant first"}
+
+
+def _option(name: str, opts: dict, option: str):
+  """`opts[option]`, else the metric's default for it (None when it has none)."""
+  if option in opts:
+    return opts[option]
+  p = inspect.signature(metrics.get(name)).parameters.get(option)
+  return None if p is None or p.default is inspect.Parameter.empty else p.default
+
+
+def _curve_axis(name: str, opts: dict, k: int, image_shape) -> dict[str, Any] | None:
+  """The x positions and labels of `name`'s K-point curve, or None when unknown."""
+  if name not in _CURVES:
+    return None
+  xlabel, score_label = _CURVES[name]
+  xlabel = xlabel.format(order=_ORDER_WORDS.get(_option(name, opts, "order"), ""))
+  if name == "road":
+    x = [float(v) for v in _option(name, opts, "percentages")]
+  elif name == "sensitivity_n":
+    n_values = _option(name, opts, "n_values")
+    if n_values is None:
+      n_values = faithfulness._default_n_values(np.zeros((1, *image_shape)))
+    x = [float(v) for v in np.atleast_1d(n_values)]
+  else:  # step i has changed i/steps of the features (faithfulness._perturbation_curve)
+    x = np.linspace(0.0, 1.0, k).tolist()
+  if len(x) != k:
+    return None
+  score = _option(name, opts, "score")
+  ylabel = {"sensitivity_n": "corr(attribution sum, output drop)",
+            "area_between_curves": f"LeRF - MoRF {score or 'score'}"}.get(
+                name, f"target {score}" if score else "score")
+  return {"x": x, "xlabel": xlabel, "ylabel": ylabel, "score_label": score_label,
+          "log_x": name == "sensitivity_n"}
 
 
 def _note(entry, options: dict, has_mask: bool, dataset: str) -> str:
@@ -68,6 +129,15 @@ def check_metrics(names) -> list[str]:
   return names
 
 
+def curve_of(out: Any) -> np.ndarray | None:
+  """Per-example curves ``[B, K]`` from a curve metric's ``{"score", "curve"}``
+  (None for other return values)."""
+  if not isinstance(out, dict) or "curve" not in out:
+    return None
+  c = np.asarray(jax.device_get(out["curve"]), np.float64)
+  return c if c.ndim == 2 else None
+
+
 def score_of(out: Any) -> np.ndarray:
   """Per-example scores from a metric's return value: an array ``[B]``, a dict
   with ``"score"``, or a tuple whose first item is the score."""
@@ -91,7 +161,10 @@ def run(config, workdir: str) -> dict[str, Any]:
   config = C.check_config(config)
   workdir = C.check_workdir(workdir)
   names = check_metrics(config.evaluate.metrics)
-  with C.writer_of(workdir, "evaluate", [os.path.join(workdir, "scores")], ("results.",)):
+  # The figures' temporaries, removed by the next run after a kill.
+  figures = ("metrics_table.", *(f"{n}." for n in names if n in _CURVES))
+  with C.writer_of(workdir, "evaluate", [os.path.join(workdir, "scores")],
+                   ("results.", *figures)):
     return _run(config, workdir, names)
 
 
@@ -123,6 +196,8 @@ def _run(config, workdir: str, names) -> dict[str, Any]:
                            every_seconds=config.train.progress_every_s)
   os.makedirs(os.path.join(workdir, "scores"), exist_ok=True)
   rows: dict[tuple[str, str], dict[str, Any]] = {}
+  curves: dict[str, dict[str, Any]] = {}  # metric -> axis and per-method curve statistics
+  directions: dict[str, str | None] = {}
   done = 0
   for method in manifest["methods"]:
     maps = _to_pixels(E.load_maps(maps_dir, method, manifest)["attribution"], image_shape)
@@ -137,11 +212,12 @@ def _run(config, workdir: str, names) -> dict[str, Any]:
         better = entry.better(**opts)
       except TypeError:  # an unknown option: the call below reports it
         better = None
+      directions[name] = better
       if note:
         rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
                                 "n": 0, "note": note, "better": None}
         continue
-      scores = []
+      scores, curve_chunks = [], []
       for c in range(-(-n // chunk)):
         sl = slice(c * chunk, min((c + 1) * chunk, n))
         # Pad the last chunk by repetition so every call has one shape.
@@ -169,6 +245,9 @@ def _run(config, workdir: str, names) -> dict[str, Any]:
           logging.warning("metric %s on %s: %s", name, method, note)
           break
         scores.append(score_of(out)[: sl.stop - sl.start])
+        cv = curve_of(out)
+        if cv is not None:
+          curve_chunks.append(cv[: sl.stop - sl.start])
       if note:
         rows[(method, name)] = {"method": method, "metric": name, "mean": None, "std": None,
                                 "n": 0, "note": note, "better": None}
@@ -178,18 +257,29 @@ def _run(config, workdir: str, names) -> dict[str, Any]:
       rows[(method, name)] = {"method": method, "metric": name, "mean": float(np.mean(s)),
                               "std": float(np.std(s)), "n": int(len(s)), "note": "",
                               "better": better}
+      if curve_chunks and len({cv.shape[1] for cv in curve_chunks}) == 1:
+        cv = np.concatenate(curve_chunks)
+        entry_curves = curves.setdefault(name, {
+            "axis": _curve_axis(name, opts, cv.shape[1], image_shape), "methods": {}})
+        entry_curves["methods"][method] = {
+            "mean": cv.mean(0).tolist(), "std": cv.std(0).tolist(),
+            "sem": plots.standard_error(cv, 0).tolist(), "n": int(len(cv))}
       writer.write(0, {f"{method}/{name}": float(np.mean(s))})
       progress.update(done)
-  _write_tables(workdir, list(rows.values()))
+  _write_tables(workdir, list(rows.values()), curves, directions, manifest)
   progress.close()
   writer.close()
   return rows
 
 
-def _write_tables(workdir: str, rows: list[dict[str, Any]]) -> None:
+def _write_tables(workdir: str, rows: list[dict[str, Any]], curves: dict[str, Any],
+                  directions: dict[str, str | None], manifest: dict[str, Any]) -> None:
   fields = ["method", "metric", "better", "mean", "std", "n", "note"]
   if not slog.is_writer():
     return
+  C.atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(
+      {"rows": rows, "curves": curves}, indent=1))
+  _figures(workdir, rows, curves, directions, manifest)
   fmt = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
   lines = ["| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
   lines += ["| " + " | ".join(fmt(r[k]) for k in fields) + " |" for r in rows]
@@ -200,6 +290,36 @@ def _write_tables(workdir: str, rows: list[dict[str, Any]]) -> None:
   w.writerows(rows)
   # Last: results.csv is the "done" output.
   C.atomic_write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
+
+
+def _figures(workdir: str, rows: list[dict[str, Any]], curves: dict[str, Any],
+             directions: dict[str, str | None], manifest: dict[str, Any]) -> None:
+  """One `saljax.plots.curves` PNG per curve metric with a known x axis, and
+  the `saljax.plots.metrics_table` heat table."""
+  where = f"{manifest['dataset']} {manifest['split']}, {manifest['model']}"
+  by_key = {(r["method"], r["metric"]): r for r in rows}
+  for name, got in curves.items():
+    axis = got["axis"]
+    if axis is None:
+      continue
+    methods = got["methods"]
+    n = max(c["n"] for c in methods.values())
+    plots.curves(methods, os.path.join(workdir, f"{name}.png"), x=axis["x"],
+                 scores={m: by_key[(m, name)]["mean"] for m in methods},
+                 score_label=axis["score_label"], xlabel=axis["xlabel"], ylabel=axis["ylabel"],
+                 log_x=axis["log_x"], title=f"{name} ({where}, {n} examples)")
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  names = list(dict.fromkeys(r["metric"] for r in rows))
+  nan = float("nan")
+  mean = [[nan if by_key[(m, k)]["mean"] is None else by_key[(m, k)]["mean"] for k in names]
+          for m in methods]
+  # The standard error from the table's std (ddof=0): std / sqrt(n - 1).
+  sem = [[nan if by_key[(m, k)]["mean"] is None or by_key[(m, k)]["n"] < 2
+          else by_key[(m, k)]["std"] / np.sqrt(by_key[(m, k)]["n"] - 1) for k in names]
+         for m in methods]
+  plots.metrics_table(mean, os.path.join(workdir, "metrics_table.png"), methods=methods,
+                      metrics=names, sem=sem, directions={k: directions.get(k) for k in names},
+                      title=f"metrics ({where})")
 
 
 if __name__ == "__main__":

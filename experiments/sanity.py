@@ -16,7 +16,11 @@ compares the maps with the trained model's: Spearman of ``sum_c |e|``
 the data and the figures. Writes::
 
     sanity.csv              method, similarity, stage, layer, mean, std
-    sanity.json             the same curves
+    sanity.json             the same curves (means, and their standard errors under "sem")
+    sanity_curves.png       Adebayo et al.'s Fig. 2: one panel per similarity, x = the
+                            layers randomized ("original", then from the logits down),
+                            one line per method with a band of +-1 standard error
+                            (`saljax.plots.sanity_curves`)
     sanity_<method>.png     similarity vs randomized depth, one line per similarity
     sanity_maps.png         the first example's trained map next to its input
 
@@ -51,7 +55,7 @@ from absl import logging
 
 from experiments import _common as C
 from experiments import explain as E
-from saljax import explainers, metrics
+from saljax import explainers, metrics, plots
 from saljax import model as M
 from saljax import logging as slog
 
@@ -122,6 +126,7 @@ def _model_randomization(config, workdir, methods, sims):
       k, -2.0, 2.0, leaf.shape, jnp.float32).astype(leaf.dtype)
   key = jax.random.key(config.seed)
   results: dict[str, dict[str, list]] = {}
+  sems: dict[str, dict[str, list]] = {}
   rows = []
   writer = slog.MetricWriter(workdir, name="sanity", tensorboard=False, fresh=True)
   writer.write_config(config, "sanity")
@@ -129,7 +134,7 @@ def _model_randomization(config, workdir, methods, sims):
   progress = slog.Progress(len(methods) * len(sims), name="sanity",
                            every_seconds=config.train.progress_every_s)
   for m in methods:
-    results[m] = {}
+    results[m], sems[m] = {}, {}
     opts = dict(config.explain.options.get(m, {}) or {})
     for label, sim, absolute in sims:
       # One unit: a method's curve under one similarity, keyed by all that makes it.
@@ -151,16 +156,20 @@ def _model_randomization(config, workdir, methods, sims):
         curve = got["curve"]
       progress.update(len(store.reused) + len(store.computed))
       results[m][label] = curve.mean(0).tolist()
+      sems[m][label] = plots.standard_error(curve, 0).tolist()
       for s, layer in enumerate(layers):
         rows.append({"method": m, "similarity": label, "stage": s, "layer": layer,
                      "mean": float(curve[:, s].mean()), "std": float(curve[:, s].std())})
       writer.write(step, {f"{m}/{label}_mean": float(curve.mean())})
   if slog.is_writer():
     C.atomic_write_text(os.path.join(workdir, "sanity.csv"), _csv(rows))
+    plots.sanity_curves(results, layers, os.path.join(workdir, "sanity_curves.png"), errors=sems,
+                        mode=scfg.mode, title=f"{scfg.mode} parameter randomization: {name},"
+                        f" {n} examples (Adebayo et al. 2018)")
     _figures(workdir, results, layers, scfg.mode, methods, x, target, model_fn, params, config)
     # Last: sanity.json is the "done" output.
     C.atomic_write_text(os.path.join(workdir, "sanity.json"), json.dumps(
-        {"mode": scfg.mode, "layers": list(layers), "curves": results}, indent=2))
+        {"mode": scfg.mode, "layers": list(layers), "curves": results, "sem": sems}, indent=2))
   progress.close()
   writer.close()
   logging.info("sanity curves: %s", results)

@@ -3,8 +3,8 @@
 Re-exports only: every registered explainer at the top level
 (``saljax.integrated_gradients``, ``saljax.gradcam``, ...), the namespaces
 `explainers`, `metrics`, `model`, `parallel`, and the model adapters.
-Models (`saljax.models`), data (`saljax.data`) and figures (`saljax.viz`) are
-imported on first use, so ``import saljax`` stays light.
+Models (`saljax.models`), data (`saljax.data`) and figures (`saljax.viz`,
+`saljax.plots`) are imported on first use, so ``import saljax`` stays light.
 """
 import importlib as _importlib
 
@@ -24,7 +24,7 @@ from saljax.model import (  # noqa: F401
 
 __version__ = "0.1.0"
 
-# The lazily imported `models`, `data`, `viz` and `attacks` are left out, so a
+# The lazily imported `models`, `data`, `viz`, `plots` and `attacks` are left out, so a
 # star import stays light.
 __all__ = [
     "explainers", "metrics", "model", "ops", "parallel", "combine_maps", "completeness_gap",
@@ -38,7 +38,7 @@ __all__ = [
     "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 
-_LAZY = ("models", "data", "viz", "attacks")
+_LAZY = ("models", "data", "viz", "plots", "attacks")
 
 
 def __getattr__(name):

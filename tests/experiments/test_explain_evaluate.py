@@ -5,10 +5,12 @@ import os
 
 import jax
 import jax.numpy as jnp
+from matplotlib import image as mpimg
 import numpy as np
 import pytest
 
 import saljax
+from saljax import plots
 from experiments import _common as C
 from experiments import evaluate, explain, train
 from experiments.configs import blockmnist_standard
@@ -29,8 +31,9 @@ def tiny():
   c.explain.num_examples = 10
   c.explain.chunk_size = 4
   c.explain.overlays = 1
-  c.evaluate.metrics = ("deletion", "relevance_mass", "sparseness")
+  c.evaluate.metrics = ("deletion", "insertion", "relevance_mass", "sparseness")
   c.evaluate.options["deletion"] = {"steps": 4}
+  c.evaluate.options["insertion"] = {"steps": 4}
   return c
 
 
@@ -96,7 +99,7 @@ def test_same_seed_same_maps_and_resume(explained, tmp_path):
 def test_evaluate_writes_tables(explained):
   wd, _ = explained
   rows = evaluate.run(tiny(), wd)
-  assert len(rows) == 9
+  assert len(rows) == 12
   for (method, metric), r in rows.items():
     assert r["n"] == 10 and np.isfinite(r["mean"]), (method, metric, r)
     s = np.load(os.path.join(wd, "scores", f"{method}__{metric}.npy"))
@@ -107,12 +110,40 @@ def test_evaluate_writes_tables(explained):
         **(tiny().evaluate.options.get(metric, {}) or {})), (metric, r)
   assert rows[next(k for k in rows if k[1] == "deletion")]["better"] == "lower"
   with open(os.path.join(wd, "results.csv")) as fh:
-    assert len(list(csv.DictReader(fh))) == 9
+    assert len(list(csv.DictReader(fh))) == 12
   md = open(os.path.join(wd, "results.md")).read()
   assert md.startswith("| method | metric |") and "relevance_mass" in md
   # Relevance mass is a share of positive relevance inside the signal block.
   rm = np.load(os.path.join(wd, "scores", "gradient__relevance_mass.npy"))
   assert ((rm >= 0) & (rm <= 1)).all()
+  # The curves behind the AUCs: mean per step over the 10 examples, steps + 1 points.
+  res = json.load(open(os.path.join(wd, "results.json")))
+  assert len(res["rows"]) == 12 and set(res["curves"]) == {"deletion", "insertion"}
+  for metric in ("deletion", "insertion"):
+    got = res["curves"][metric]
+    np.testing.assert_allclose(got["axis"]["x"], np.linspace(0, 1, 5))
+    for method in ("gradient", "smoothgrad", "integrated_gradients"):
+      c = got["methods"][method]
+      assert len(c["mean"]) == 5 and c["n"] == 10
+      # Its trapezoid area is the AUC the metric scored (RISE's uniform grid).
+      np.testing.assert_allclose(np.trapezoid(c["mean"], dx=0.25), rows[(method, metric)]["mean"],
+                                 rtol=1e-6)
+  # Deletion ends with every feature removed: the same fill image for every method.
+  ends = [got["methods"][m]["mean"][-1] for m in ("gradient", "smoothgrad")
+          for got in [res["curves"]["deletion"]]]
+  np.testing.assert_allclose(ends[0], ends[1], rtol=1e-6)
+  colors = plots.method_colors(["gradient", "smoothgrad", "integrated_gradients"])
+  for name in ("deletion.png", "insertion.png", "metrics_table.png"):
+    img = mpimg.imread(os.path.join(wd, name))[..., :3]
+    assert img.shape[0] > 200 and img.shape[1] > 300, (name, img.shape)
+    assert img.std() > 0.05, name  # not blank
+    if name != "metrics_table.png":
+      for rgb in colors.values():  # one line per method, in its color
+        assert (np.abs(img - rgb).max(-1) < 0.02).sum() > 30, (name, rgb)
+  # The heat table has a best (green) and a worst (red) cell: three methods ranked.
+  img = mpimg.imread(os.path.join(wd, "metrics_table.png"))[..., :3]
+  for rgb in (plots.BEST_COLOR, plots.WORST_COLOR):
+    assert (np.abs(img - rgb).max(-1) < 0.02).sum() > 500, rgb
 
 
 def test_metric_without_its_data_gets_a_note(explained, tmp_path, monkeypatch):

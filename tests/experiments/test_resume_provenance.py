@@ -172,7 +172,8 @@ def test_sanity_reruns_reuse_stored_curves(sanity_trained, tmp_path, monkeypatch
   calls = _counting(monkeypatch, metrics, "model_parameter_randomization")
   sanity.run(TS.tiny(), wd)
   assert len(calls) == 2  # 1 method x 2 similarities
-  outs = ("sanity.csv", "sanity.json", "sanity_gradient_x_input.png", "sanity_maps.png")
+  outs = ("sanity.csv", "sanity.json", "sanity_gradient_x_input.png", "sanity_maps.png",
+          "sanity_curves.png")
   first = {f: _bytes(wd, f) for f in outs}
   sanity.run(TS.tiny(), wd)
   assert len(calls) == 2  # nothing recomputed

@@ -5,10 +5,12 @@ import os
 
 import numpy as np
 import pytest
+from matplotlib import image as mpimg
 
 from experiments import _common as C
 from experiments import roar, sanity, train
 from experiments.configs import blockmnist_standard
+from saljax import plots
 
 
 def tiny():
@@ -53,7 +55,19 @@ def test_sanity_curves_and_figures(trained):
   assert gxi["spearman"][-1] < 0.5
   with open(os.path.join(trained, "sanity.csv")) as fh:
     assert len(list(csv.DictReader(fh))) == 1 * 2 * 2
-  assert json.load(open(os.path.join(trained, "sanity.json")))["mode"] == "cascading"
+  got = json.load(open(os.path.join(trained, "sanity.json")))
+  assert got["mode"] == "cascading"
+  sem = np.asarray(got["sem"]["gradient_x_input"]["spearman"])
+  assert sem.shape == (2,) and (sem >= 0).all() and (sem < 0.5).all()
+  # All methods in one figure, one panel per similarity, each method in its color.
+  img = mpimg.imread(os.path.join(trained, "sanity_curves.png"))[..., :3]
+  assert img.shape[1] > 1.5 * img.shape[0] and img.std() > 0.05
+  rgb = plots.method_colors(["gradient_x_input"])["gradient_x_input"]
+  hits = np.abs(img - rgb).max(-1) < 0.02
+  assert hits.sum() > 100
+  # Two panels: the line's pixels lie in both halves of the figure.
+  cols = np.nonzero(hits.any(0))[0]
+  assert cols.min() < img.shape[1] * 0.4 and cols.max() > img.shape[1] * 0.5
 
 
 def test_sanity_bad_inputs(trained):
