@@ -160,6 +160,9 @@ def _methods(summary: Mapping, metrics: list[dict[str, Any]]) -> list[dict[str, 
         "seconds": _num(rec.get("seconds")), "seconds_text": _fmt(rec.get("seconds"), 1),
         "evaluations": _num(rec.get("evaluations")), "evaluations_text": _fmt_int(rec.get("evaluations")),
         "photos": list(rec.get("photos") or []),
+        # Per-photo scores (the demo's "per_photo"), as text: "–" where a photo has no value.
+        "per_photo": [(str(p), {m["name"]: _fmt((v or {}).get(m["name"])) for m in metrics})
+                      for p, v in (rec.get("per_photo") or {}).items()],
         "image": _relative_image(rec.get("image"), f"summary['methods'][{name!r}]['image']"),
         "scores": {m["name"]: {"value": _num(scores.get(m["name"])), "text": _fmt(scores.get(m["name"])),
                                "best": False} for m in metrics},

@@ -275,7 +275,9 @@ def _overlay(image, attribution, alpha, d: Display):
   img = _as_display_image(image)
   m = _resize_to(to_heatmap(attribution, d.aggregation), img.shape[:2])
   rgba, info = heatmap_rgba(m, sign=d.sign, percentile=d.percentile, cmap=d.cmap)
-  gray = img.mean(-1, keepdims=True) * np.ones(3)
+  # The photo in gray at half brightness: the colors of sparse pixel maps
+  # (gradients) stand out on it, and the photo still reads.
+  gray = 0.5 * img.mean(-1, keepdims=True) * np.ones(3)
   return _blend(gray, rgba[..., :3], info["strength"], alpha), info
 
 

@@ -64,8 +64,8 @@ def test_methods_are_judged_against_the_boxes(result):
   assert m["rise"]["photos"] == ["coffee"] and m["rise"]["evaluations"] == 65
   assert list(m["rise"]["per_photo"]) == ["coffee"]
   # The one-screen table lists every method with its status.
-  table = [line for line in lines if line.startswith(("gradcam ", "gradient_x_input "))]
-  assert len(table) == 2 and "failed" in table[1] and "1.000" in table[0]
+  table = {line.split()[0]: line for line in lines if line.startswith(("gradcam ", "gradient_x_input "))}
+  assert len(table) == 2 and "failed" in table["gradient_x_input"] and "1.000" in table["gradcam"]
 
 
 def test_maps_rows_and_grid_are_written(result):

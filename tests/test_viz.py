@@ -9,7 +9,9 @@ import pytest
 
 from saljax import explainers, viz
 
-GRAY = 128 / 255  # the base photo of the pixel tests: uniform mid-gray
+# The base photo of the pixel tests is uniform mid-gray (128); overlays show it
+# in gray at half brightness (viz._overlay), so a zero map shows 64 / 255.
+GRAY = 0.5 * 128 / 255
 
 
 def test_signed_map_is_diverging_and_centred_on_zero():
@@ -66,7 +68,7 @@ def test_signed_overlay_shows_the_photo_where_the_map_is_zero():
   m = np.zeros((4, 4))
   m[0, 0], m[3, 3] = 1.0, -1.0
   out = viz.overlay(img, m, percentile=100)
-  np.testing.assert_allclose(out[1, 1], 100 / 255)  # zero attribution: the gray photo
+  np.testing.assert_allclose(out[1, 1], 0.5 * 100 / 255)  # zero attribution: the dimmed photo
   assert out[0, 0, 0] > out[0, 0, 2] and out[3, 3, 2] > out[3, 3, 0]  # red positive, blue negative
 
 
