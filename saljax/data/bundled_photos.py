@@ -57,14 +57,17 @@ def photos(names=None) -> dict[str, np.ndarray]:
     names: a subset of `NAMES` to return, in that order (default: all six).
   """
   all_photos = _load()
-  if names is None:
-    names = NAMES
-  if isinstance(names, str):
-    names = (names,)
-  unknown = [n for n in names if n not in all_photos]
-  if unknown:
-    raise ValueError(f"names: unknown photo(s) {unknown}; the bundled photos are {list(NAMES)}")
+  names = _check_names(names, all_photos, "unknown photo(s)")
   return {n: all_photos[n] for n in names}
+
+
+def _check_names(names, known, problem: str) -> tuple[str, ...]:
+  """`names` as a tuple (default: all of `NAMES`); unknown ones raise."""
+  names = NAMES if names is None else ((names,) if isinstance(names, str) else tuple(names))
+  unknown = [n for n in names if n not in known]
+  if unknown:
+    raise ValueError(f"names: {problem} {unknown}; the bundled photos are {list(NAMES)}")
+  return names
 
 
 BOXES_FILE = pathlib.Path(__file__).with_name("bundled_boxes.json")
@@ -95,13 +98,7 @@ def boxes(names=None, *, image_size: int = 224, resize_size: int | None = None) 
     of `saljax.metrics.pointing_game`).
   """
   table = _load_boxes()["photos"]
-  if names is None:
-    names = NAMES
-  if isinstance(names, str):
-    names = (names,)
-  unknown = [n for n in names if n not in table]
-  if unknown:
-    raise ValueError(f"names: no ground truth for {unknown}; the bundled photos are {list(NAMES)}")
+  names = _check_names(names, table, "no ground truth for")
   resize_size = image_size if resize_size is None else resize_size
   if resize_size < image_size:
     raise ValueError(f"resize_size: expected >= image_size ({image_size}), got {resize_size}")
