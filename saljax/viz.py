@@ -155,6 +155,19 @@ def _limit(values: np.ndarray, percentile: float) -> float:
   return lim or float(values.max(initial=0.0)) or 1.0
 
 
+def _signed_part(m: np.ndarray, sign: str) -> tuple[np.ndarray, float]:
+  """``(values, offset)``: what sign mode `sign` shows of a 2-D map, in map
+  units minus `offset` (the signed map for ``"all"``; a non-negative part
+  otherwise, ``"range"`` measured from the map's minimum, its offset)."""
+  if sign == "all":
+    return m, 0.0
+  if sign == "range":
+    lo = float(m.min()) if m.size else 0.0
+    return m - lo, lo
+  return {"positive": np.maximum(m, 0.0), "negative": np.maximum(-m, 0.0),
+          "absolute_value": np.abs(m)}[sign], 0.0
+
+
 def _normalize(m: np.ndarray, sign: str, percentile: float):
   """``(t, strength, vmin, vmax)``: colormap coordinates in [0, 1], the
   opacity weight in [0, 1] per pixel, and the limits in map units."""
@@ -162,17 +175,10 @@ def _normalize(m: np.ndarray, sign: str, percentile: float):
     lim = _limit(np.abs(m), percentile)
     s = np.clip(m / lim, -1.0, 1.0)
     return (s + 1) / 2, np.abs(s), -lim, lim
-  if sign == "range":
-    lo = float(m.min()) if m.size else 0.0
-    v = m - lo
-    lim = _limit(v, percentile)
-    s = np.clip(v / lim, 0.0, 1.0)
-    return s, s, lo, lo + lim
-  v = {"positive": np.maximum(m, 0.0), "negative": np.maximum(-m, 0.0),
-       "absolute_value": np.abs(m)}[sign]
+  v, lo = _signed_part(m, sign)
   lim = _limit(v, percentile)
   s = np.clip(v / lim, 0.0, 1.0)
-  return s, s, 0.0, lim
+  return s, s, lo, lo + lim
 
 
 def shown_values(attribution: Any, method: str | None = None, *, shape: tuple[int, int] | None = None,
@@ -197,21 +203,13 @@ def shown_values(attribution: Any, method: str | None = None, *, shape: tuple[in
   if a.ndim not in (3, 4):
     raise ValueError(f"attribution: expected a batch [B, H, W] or [B, H, W, C], got shape {a.shape}")
   d = display_for(method, a[0], display=display, **overrides)
-  out = []
-  for m in a:
-    m = to_heatmap(m, d.aggregation)
-    if shape is not None:
-      m = _resize_to(m, tuple(shape))
-    if d.sign == "positive":
-      m = np.maximum(m, 0.0)
-    elif d.sign == "negative":
-      m = np.maximum(-m, 0.0)
-    elif d.sign == "absolute_value":
-      m = np.abs(m)
-    elif d.sign == "range":
-      m = m - m.min()
-    out.append(m)
-  return np.stack(out)
+  return np.stack([_signed_part(_folded(m, d, shape), d.sign)[0] for m in a])
+
+
+def _folded(attribution: Any, d: Display, shape: tuple[int, int] | None) -> np.ndarray:
+  """One map's channels folded by the display's aggregation, resized to `shape`."""
+  m = to_heatmap(attribution, d.aggregation)
+  return m if shape is None else _resize_to(m, tuple(shape))
 
 
 def heatmap_rgba(m: Any, *, signed: bool | None = None, percentile: float = 99.0,
@@ -273,7 +271,7 @@ def _overlay(image, attribution, alpha, d: Display):
   if not 0 <= alpha <= 1:
     raise ValueError(f"alpha: expected a number in [0, 1], got {alpha!r}")
   img = _as_display_image(image)
-  m = _resize_to(to_heatmap(attribution, d.aggregation), img.shape[:2])
+  m = _folded(attribution, d, img.shape[:2])
   rgba, info = heatmap_rgba(m, sign=d.sign, percentile=d.percentile, cmap=d.cmap)
   # The photo in gray at half brightness: the colors of sparse pixel maps
   # (gradients) stand out on it, and the photo still reads.
