@@ -50,6 +50,7 @@ import jax
 import numpy as np
 
 from experiments import _common as C
+from experiments import report
 
 # Settings at which the maps have converged on this model (checked by eye and
 # by their scores against more steps/samples; see docs/demo.md). The library's
@@ -89,18 +90,6 @@ ON_SUBSET = {"rise": 2, "hsic": 2, "sobol": 2, "kernel_shap": 2, "lime": 2, "sha
              "xrai": 2, "lima": 2, "scorecam": 1, "extremal_perturbation": 1}
 # Deletion / insertion steps (RISE uses one image row per step, 224 steps).
 JUDGE_STEPS = 8
-# Metric name -> (direction, title, what it measures), for the table and the page.
-JUDGES = {
-    "pointing_game": ("higher", "Pointing game",
-                      "share of photos whose map maximum lies within 15 px of the object's box"),
-    "energy_pointing_game": ("higher", "Energy pointing game",
-                             "share of the map's (positive) mass inside the box"),
-    "deletion": ("lower", "Deletion AUC",
-                 "area under the class probability as the most relevant pixels are zeroed"),
-    "insertion": ("higher", "Insertion AUC",
-                  "area under the class probability as the most relevant pixels are put back"
-                  " into a blurred photo"),
-}
 # Methods whose references are the demo's photos (input space).
 NEEDS_REFERENCES = ("expected_gradients", "gradient_shap")
 # ViT-only methods: the pretrained model is a CNN.
@@ -420,7 +409,7 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
       "subset": list(subset),
       "ground_truth": {"file": "saljax/data/bundled_boxes.json",
                        "how": photo_lib._load_boxes()["about"], "boxes": gt_record},
-      "metrics": {k: {"direction": d, "title": t, "about": a} for k, (d, t, a) in JUDGES.items()},
+      "metrics": {k: {**v, "direction": report.direction_of(k)} for k, v in report.DEFAULT_METRICS.items()},
       "judge": {"steps": JUDGE_STEPS, "maps": "saljax.viz.shown_values (the grid's display)",
                 "seconds": judge_s},
       "images": {"grid": "grid.png"},
@@ -431,7 +420,6 @@ def run(workdir: str, *, photos: Sequence[str] | None = None, methods: Sequence[
   summary["total_seconds"] = round(time.perf_counter() - t_start, 1)
   C.atomic_write(out / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=1)))
   if page:
-    from experiments import report
     report.write(out, summary)
   for line in table_lines(summary):
     log(line)

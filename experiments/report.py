@@ -26,24 +26,34 @@ TEMPLATE = "report.html.j2"
 
 # The demo's four metrics, their column order and defaults for a summary that
 # omits their descriptions; summary["metrics"] overrides any of these fields.
+# Which direction is better comes from the metrics registry (`direction_of`).
 DEFAULT_METRICS: dict[str, dict[str, str]] = {
     "pointing_game": {
-        "direction": "higher", "title": "Pointing game",
-        "about": "Fraction of photos whose map's maximum falls inside a ground-truth box of the"
-                 " explained class (Zhang et al. 2016)."},
+        "title": "Pointing game",
+        "about": "Fraction of photos whose map's maximum lies within 15 px of a ground-truth box of"
+                 " the explained class (Zhang et al. 2016; TorchRay's tolerance)."},
     "energy_pointing_game": {
-        "direction": "higher", "title": "Energy pointing game",
+        "title": "Energy pointing game",
         "about": "Share of the map's positive mass inside the ground-truth boxes (Wang et al. 2020,"
                  " Score-CAM)."},
     "deletion": {
-        "direction": "lower", "title": "Deletion AUC",
-        "about": "Area under the class probability while the most salient pixels are removed first;"
+        "title": "Deletion AUC",
+        "about": "Area under the class probability while the most salient pixels are zeroed first;"
                  " a faithful map makes it fall fast (Petsiuk et al. 2018, RISE)."},
     "insertion": {
-        "direction": "higher", "title": "Insertion AUC",
-        "about": "Area under the class probability while the most salient pixels are inserted into a"
+        "title": "Insertion AUC",
+        "about": "Area under the class probability while the most salient pixels are put back into a"
                  " blurred photo first; a faithful map makes it rise fast (Petsiuk et al. 2018)."},
 }
+
+
+def direction_of(name: str) -> str:
+  """"higher" or "lower": which way metric `name` is better, from the metrics
+  registry ("higher" for a name it does not know)."""
+  from saljax import metrics
+  return (metrics.entry(name).better() if name in metrics.names() else None) or "higher"
+
+
 DIRECTIONS = ("higher", "lower")
 # How the status column sorts and which badge color each status gets.
 STATUS_RANK = {"ok": 0, "skipped": 1, "failed": 2, "not applicable": 3}
@@ -115,7 +125,7 @@ def _metrics(summary: Mapping) -> list[dict[str, Any]]:
   out = []
   for n in names:
     info = {**DEFAULT_METRICS.get(n, {}), **(given.get(n) or {})}
-    direction = info.get("direction", "higher")
+    direction = info.get("direction") or direction_of(n)
     if direction not in DIRECTIONS:
       raise ValueError(f"summary['metrics'][{n!r}]['direction']: expected one of {DIRECTIONS},"
                        f" got {direction!r}")
