@@ -34,7 +34,6 @@ bilinearly to the image size first.
 from __future__ import annotations
 
 import csv
-import inspect
 import io
 import json
 import os
@@ -73,24 +72,17 @@ _CURVES = {
 _ORDER_WORDS = {"morf": "most relevant first", "lerf": "least relevant first"}
 
 
-def _option(name: str, opts: dict, option: str):
-  """`opts[option]`, else the metric's default for it (None when it has none)."""
-  if option in opts:
-    return opts[option]
-  p = inspect.signature(metrics.get(name)).parameters.get(option)
-  return None if p is None or p.default is inspect.Parameter.empty else p.default
-
-
 def _curve_axis(name: str, opts: dict, k: int, image_shape) -> dict[str, Any] | None:
   """The x positions and labels of `name`'s K-point curve, or None when unknown."""
   if name not in _CURVES:
     return None
   xlabel, score_label = _CURVES[name]
-  xlabel = xlabel.format(order=_ORDER_WORDS.get(_option(name, opts, "order"), ""))
+  o = metrics.entry(name).options(**opts)  # the options with the metric's defaults filled in
+  xlabel = xlabel.format(order=_ORDER_WORDS.get(o.get("order"), ""))
   if name == "road":
-    x = [float(v) for v in _option(name, opts, "percentages")]
+    x = [float(v) for v in o["percentages"]]
   elif name == "sensitivity_n":
-    n_values = _option(name, opts, "n_values")
+    n_values = o["n_values"]
     if n_values is None:
       n_values = faithfulness._default_n_values(np.zeros((1, *image_shape)))
     x = [float(v) for v in np.atleast_1d(n_values)]
@@ -98,7 +90,7 @@ def _curve_axis(name: str, opts: dict, k: int, image_shape) -> dict[str, Any] | 
     x = np.linspace(0.0, 1.0, k).tolist()
   if len(x) != k:
     return None
-  score = _option(name, opts, "score")
+  score = o.get("score")
   ylabel = {"sensitivity_n": "corr(attribution sum, output drop)",
             "area_between_curves": f"LeRF - MoRF {score or 'score'}"}.get(
                 name, f"target {score}" if score else "score")
