@@ -134,11 +134,6 @@ def _metrics(summary: Mapping) -> list[dict[str, Any]]:
   return out
 
 
-def _family_order() -> tuple[tuple[str, ...], Mapping[str, str]]:
-  from saljax import viz
-  return tuple(viz.FAMILY_ORDER), dict(viz.FAMILY_TITLES)
-
-
 def _registry_fallback(name: str) -> dict[str, Any]:
   """Family and year from the explainer registry, for a summary without them."""
   from saljax import explainers
@@ -189,14 +184,14 @@ def _methods(summary: Mapping, metrics: list[dict[str, Any]]) -> list[dict[str, 
 
 
 def _families(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Rows grouped as `saljax.viz.grid` groups them: families in FAMILY_ORDER
-  (unknown ones after, "other" last), by paper year then name within one."""
-  order, titles = _family_order()
+  """Rows grouped by their family in `saljax.viz.family_order` (as the grid),
+  by paper year then name within one."""
+  from saljax import viz
+  titles = viz.FAMILY_TITLES
   fams: dict[str, list[dict[str, Any]]] = {}
   for r in rows:
     fams.setdefault(r["family"], []).append(r)
-  names = [f for f in order if f in fams] + sorted(set(fams) - set(order) - {"other"})
-  names += ["other"] if "other" in fams else []
+  names = viz.family_order(fams)
   return [{"name": f, "title": titles.get(f, f.replace("_", " ").capitalize()),
            "methods": sorted(fams[f], key=lambda r: (r["year"] or 0, r["name"]))} for f in names]
 

@@ -380,9 +380,16 @@ def _groups(names: Sequence[str], by_family: bool) -> list[tuple[str | None, lis
   fams: dict[str, list[str]] = {}
   for n in names:
     fams.setdefault(explainers.entry(n).family if n in registered else "other", []).append(n)
-  order = [f for f in FAMILY_ORDER if f in fams] + sorted(set(fams) - set(FAMILY_ORDER) - {"other"})
-  out = [(f, sorted(fams[f], key=lambda n: (explainers.entry(n).year or 0, n))) for f in order]
-  return out + ([("other", fams["other"])] if "other" in fams else [])
+  return [(f, fams[f] if f == "other" else sorted(fams[f], key=lambda n: (explainers.entry(n).year or 0, n)))
+          for f in family_order(fams)]
+
+
+def family_order(families) -> list[str]:
+  """`families` in the order figures and pages show them: those of
+  `FAMILY_ORDER` in its order, any others alphabetically, "other" last."""
+  fams = set(families)
+  rest = sorted(fams - set(FAMILY_ORDER) - {"other"})
+  return [f for f in FAMILY_ORDER if f in fams] + rest + (["other"] if "other" in fams else [])
 
 
 def _label(name: str) -> str:
