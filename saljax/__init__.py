@@ -8,7 +8,7 @@ Models (`saljax.models`), data (`saljax.data`) and figures (`saljax.viz`,
 """
 import importlib as _importlib
 
-from saljax import explainers, metrics, model, ops, parallel  # noqa: F401
+from saljax import explainers, metrics, model, ops, parallel, targets  # noqa: F401
 # One function per registered explainer (tests/test_public_api.py checks the
 # list against the registry).
 from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, class_token_attention,

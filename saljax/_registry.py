@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saljax import _adapt
 from saljax import _validation as V
 
 # What a method can need besides (f, x, target):
@@ -381,6 +382,7 @@ class Registry:
       if unsupported:
         fn = _guarded(fn, name, unsupported, note)
       fn = _checked(fn, name, model_output, needs)
+      fn = _adapt.adapt(fn, name, self._what, needs, returns)
       if name in self._entries and inspect.unwrap(self._entries[name].fn) is not raw:
         raise ValueError(f"{self._what} {name!r} is registered twice")
       self._entries[name] = Entry(

@@ -128,6 +128,10 @@ def check_input(x: Any, *, name: str = "x", min_rank: int = 2) -> jax.Array:
 
 def check_target(target: Any, batch: int, num_classes: int | None) -> jax.Array:
   """Returns `target` as an int32 array `[B]` with values in `[0, C)`."""
+  if callable(target):
+    raise TypeError(
+        "target: this function takes class indices [B]; callable targets are accepted by the"
+        " registered explainers and metrics (saljax.<name>, saljax.explainers.get(name))")
   if isinstance(target, (int, np.integer)):
     target = jnp.full((batch,), int(target), jnp.int32)
   if not hasattr(target, "shape"):

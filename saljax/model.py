@@ -648,8 +648,12 @@ def output_shape(f: Any, x: Array) -> tuple[int, int]:
   shape = getattr(out, "shape", None)
   if shape is None or len(shape) != 2 or shape[0] != x.shape[0]:
     raise ValueError(
-        f"the model must return logits [B, C] = [{x.shape[0]}, C]; for an input of"
-        f" shape {tuple(x.shape)} it returned {shape if shape is not None else type(out).__name__}")
+        f"the model must return logits [B, C] = [{x.shape[0]}, C] for class-index targets;"
+        f" for an input of shape {tuple(x.shape)} it returned"
+        f" {shape if shape is not None else type(out).__name__}. For other outputs"
+        " (segmentation, regression, embeddings, detection) pass a callable target that"
+        " scores them, e.g. target=saljax.targets.segmentation(k) or"
+        " target=lambda out: out[:, 0]")
   return int(shape[0]), int(shape[1])
 
 
@@ -724,11 +728,26 @@ def check_score(score: Any, allowed: Sequence[str] = SCORES) -> str:
   return _validation.check_choice(score, "score", tuple(allowed))
 
 
+def probabilities(logits: Array) -> Array:
+  """Softmax over classes in float32, refusing a single score per example.
+
+  The softmax of one score is 1 whatever the input, so every map or metric
+  built on it would be constant: that is the case of a callable target
+  (saljax.targets), whose model has one output, and of a one-logit model.
+  """
+  if logits.shape[-1] == 1:
+    raise ValueError(
+        "score='probability' needs class logits [B, C] with C >= 2, got one score per"
+        " example (a callable target, or a one-logit model); use score='logit', with"
+        " target=saljax.targets.class_probability(c) for a class probability")
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def class_scores(f: Callable, x: Array, score: str) -> Array:
   """Logits, or softmax probabilities (computed in float32), ``[B, C]``."""
   logits = f(x)
   if score == "probability":
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return probabilities(logits)
   return logits
 
 

@@ -202,12 +202,24 @@ def sharded_call(explainer: Callable, f: Callable, x, target, *, mesh: Mesh | No
   """Runs an explainer or metric with `x` and `target` sharded along the batch.
 
   Pads a ragged batch to the mesh size and slices the result back, so any
-  batch size works on any number of devices.
+  batch size works on any number of devices. `x` may be a pytree of arrays;
+  `target` class indices (``[B]`` or ``[B, T]``), a string (``"predicted"``,
+  ``"all"``), or a callable; a `saljax.targets.Target`'s per-example data is
+  padded and sharded with the rows it belongs to.
   """
+  from saljax import targets as T
   mesh = make_mesh() if mesh is None else mesh
-  (xs, ts), n = shard_batch((jnp.asarray(x), jnp.asarray(target)), mesh)
+  x = jax.tree_util.tree_map(jnp.asarray, x)
+  if isinstance(target, T.Target) and target.has_rows:
+    (xs, rows), n = shard_batch((x, target.per_example), mesh)
+    ts = T.Target(target.fn, target.shared, rows, target.name)
+  elif isinstance(target, str) or T.is_callable_target(target):
+    xs, n = shard_batch(x, mesh)
+    ts = target
+  else:
+    (xs, ts), n = shard_batch((x, jnp.asarray(target)), mesh)
   out = explainer(f, xs, ts, **options)
-  return jax.tree_util.tree_map(lambda a: a[:n], out)
+  return jax.tree_util.tree_map(lambda a: a[:n] if getattr(a, "ndim", 0) else a, out)
 
 
 # ----------------------------------------------------------------------------

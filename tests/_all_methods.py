@@ -88,12 +88,17 @@ def metric_options(name):
 
 
 def call_explainer(name, cnn, vit, x, target, key=jax.random.key(0)):
+  return call_explainer_with(name, cnn, vit, x, target, key=key)
+
+
+def call_explainer_with(name, cnn, vit, x, target, key=jax.random.key(0), **overrides):
+  """`call_explainer` with options overriding the smoke options."""
   model, opts = explainer_options(name)
   entry = saljax.explainers.entry(name)
   tapped = cnn if model == "cnn" else vit
   f = tapped if entry.kind == "layer" else tapped.logits
   extra = {"key": key} if entry.stochastic else {}
-  return entry.fn(f, x, target, **extra, **opts)
+  return entry.fn(f, x, target, **extra, **{**opts, **overrides})
 
 
 @functools.lru_cache(maxsize=None)
@@ -115,13 +120,14 @@ def _random_label_model(cnn):
   return lambda x: (cnn(x), model_fn(other, x))[1]
 
 
-def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0)):
+def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0), **overrides):
   entry = saljax.metrics.entry(name)
   extra = {"key": key} if entry.stochastic else {}
+  extra.update(overrides)
   if name == "model_parameter_randomization":  # takes the model as a function of its params
     _, params = cnn_as_function_of_params()
-    return entry.fn(_params_model(cnn), x, attribution, target, params=params, **extra,
-                    **metric_options(name))
+    return entry.fn(_params_model(cnn), x, attribution, target, params=params,
+                    **{**metric_options(name), **extra})
   if name == "data_randomization":
     extra["random_model"] = _random_label_model(cnn)
-  return entry.fn(cnn.logits, x, attribution, target, **extra, **metric_options(name))
+  return entry.fn(cnn.logits, x, attribution, target, **{**metric_options(name), **extra})

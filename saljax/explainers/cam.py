@@ -447,7 +447,7 @@ eigencam.__doc__ = """Eigen-CAM (Muhammad and Yeasin 2020, "Eigen-CAM: Class Act
 # ----------------------------------------------------------------------------
 # Score-CAM: one forward per chunk of channels.
 
-SCORECAM_SCORES = ("probability", "logit_softmax")
+SCORECAM_SCORES = ("probability", "logit_softmax", "logit")
 
 
 @M.jit(static_argnames=("layer", "grid", "score", "batch_size", "relu"))
@@ -463,7 +463,7 @@ def _scorecam(f, x, target, baseline, layer, grid, score, batch_size, relu):
     mask = minmax_normalize(upsample(a_k.astype(x.dtype), big))
     out = logits_of(x * mask[..., None])
     if score == "probability":
-      out = jax.nn.softmax(out, axis=-1)
+      out = M.probabilities(out)
     return jnp.take_along_axis(out, t, axis=1)[:, 0]
 
   scores = parallel.chunked_map(channel_score, jnp.moveaxis(a, -1, 0), batch_size=batch_size)
@@ -472,8 +472,9 @@ def _scorecam(f, x, target, baseline, layer, grid, score, batch_size, relu):
   else:
     weights = scores
     if baseline is not None:
-      weights = weights - jnp.take_along_axis(
-          jax.nn.softmax(logits_of(baseline), -1), t, axis=1)[:, 0][None]
+      base = logits_of(baseline)
+      base = M.probabilities(base) if score == "probability" else base
+      weights = weights - jnp.take_along_axis(base, t, axis=1)[:, 0][None]
   m = jnp.einsum("bhwc,cb->bhw", a, weights.astype(a.dtype))
   return jax.nn.relu(m) if relu else m
 
@@ -495,8 +496,10 @@ def scorecam(f, x, target, *, key=None, layer=None, score: str = "probability",
     score: ``"probability"`` (default, the paper and the authors' code): s_k is
       the softmax probability of the target for ``x * M_k``; ``"logit_softmax"``
       (pytorch-grad-cam): s_k is the masked target logit, softmax-normalized
-      over channels.
-    baseline: only with ``score="probability"``: an input ``x_b`` (shaped like
+      over channels; ``"logit"``: s_k is the masked target's score as it is
+      (for a callable target, `saljax.targets`, whose one score has no
+      softmax: ``target=class_probability(c), score="logit"`` is the default).
+    baseline: with ``score="probability"`` or ``"logit"``: an input ``x_b`` (shaped like
       x or x[0], model input space) whose target probability is subtracted,
       ``s_k = p(x * M_k) - p(x_b)``, the "increase of confidence" of eq. 2 of
       the paper. Default None: no subtraction, as the authors' code.
@@ -509,8 +512,8 @@ def scorecam(f, x, target, *, key=None, layer=None, score: str = "probability",
     raise ValueError(f"layer: Score-CAM takes one layer name, got {list(names)}")
   V.check_choice(score, "score", SCORECAM_SCORES)
   if baseline is not None:
-    if score != "probability":
-      raise ValueError("baseline: only used with score='probability'")
+    if score == "logit_softmax":
+      raise ValueError("baseline: only used with score='probability' or 'logit'")
     baseline = V.check_same_shape(baseline, x, name="baseline")
   if x.ndim != 4:
     raise ValueError(f"x: Score-CAM masks NHWC images [B, H, W, C], got shape {tuple(x.shape)}")

@@ -272,7 +272,7 @@ def _subset_scores(f, x, fill, labels, target, valid, z, weights, batch_size):
     xs = MK.apply_coalition(x, fill, labels, zs)
     xc = MK.apply_coalition(x, fill, labels, valid * (1 - zs))
     logits = f(jnp.concatenate([xs, xc], 0)).astype(jnp.float32)
-    p = jax.nn.softmax(logits, -1)
+    p = M.probabilities(logits)
     ps, pc = jnp.split(p, 2, 0)
     py_s = jnp.take_along_axis(ps, target[:, None], 1)[:, 0]
     py_c = jnp.take_along_axis(pc, target[:, None], 1)[:, 0]
@@ -350,7 +350,7 @@ def _region_curves(f, x, target, fill, labels, counts, order, m, batch_size):
     z = (pos < t).astype(jnp.float32) * valid
     ins = MK.apply_coalition(x, fill, labels, z)
     dele = MK.apply_coalition(x, fill, labels, valid * (1 - z))
-    p = jax.nn.softmax(f(jnp.concatenate([ins, dele], 0)).astype(jnp.float32), -1)
+    p = M.probabilities(f(jnp.concatenate([ins, dele], 0)))
     py = jnp.take_along_axis(p, jnp.concatenate([target, target])[:, None], 1)[:, 0]
     return jnp.stack(jnp.split(py, 2))  # [2, B]
 
