@@ -28,13 +28,20 @@ def _close(a, b, rtol=1e-4, atol=1e-5):
 
 
 @pytest.mark.parametrize("name", EXPLAINERS)
-def test_callable_target_equals_class_index(name):
+def test_callable_and_several_targets_equal_class_indices(name):
+  """One compile each for class indices, a callable and two targets at once
+  (a test per method would compile the class-index call twice)."""
   e = saljax.explainers.entry(name)
+  want = A.call_explainer(name, CNN, VIT, X, TARGET)
+  other = (TARGET + 2) % 5
+  got = A.call_explainer(name, CNN, VIT, X, jnp.stack([TARGET, other], axis=1))
+  _close(jax.tree_util.tree_map(lambda a: a[:, 0] if a.ndim >= 2 else a, got), want)
+  _close(jax.tree_util.tree_map(lambda a: a[:, 1] if a.ndim >= 2 else a, got),
+         A.call_explainer(name, CNN, VIT, X, other))
   if name in _adapt.CLASS_METHODS:
     with pytest.raises(ValueError, match="has no classes"):
       A.call_explainer(name, CNN, VIT, X, T.class_logit(TARGET))
     return
-  want = A.call_explainer(name, CNN, VIT, X, TARGET)
   if _probability_default(e):
     # The class's probability as the target's one score, scored as it is.
     want = A.call_explainer_with(name, CNN, VIT, X, TARGET, score="probability")
@@ -73,15 +80,6 @@ def test_metric_callable_target_equals_class_index(name):
     want = A.call_metric(name, CNN, X, att, TARGET, **same)
     got = A.call_metric(name, CNN, X, att, T.class_logit(TARGET), **same)
   _close(got, want)
-
-
-@pytest.mark.parametrize("name", EXPLAINERS)
-def test_several_targets_equal_one_call_each(name):
-  targets = jnp.stack([TARGET, (TARGET + 2) % 5], axis=1)
-  got = A.call_explainer(name, CNN, VIT, X, targets)
-  for t in range(2):
-    want = A.call_explainer(name, CNN, VIT, X, targets[:, t])
-    _close(jax.tree_util.tree_map(lambda a: a[:, t] if a.ndim >= 2 else a, got), want)
 
 
 def test_all_classes_and_callable_with_several_scores():
