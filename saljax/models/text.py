@@ -10,8 +10,8 @@ Input: int32 token ids ``[B, T]`` (``T`` up to `max_len`); output ``[B, C]``.
 Pixel explainers take floating inputs, so token attributions are computed at
 the ``embeddings`` layer through the tapped forward: the gradient with
 respect to a zero tap there is the gradient with respect to each token's
-embedding (`token_attribution` gives gradient x embedding per token, Denil,
-Demiraj, de Freitas 2014, arXiv:1412.6815).
+embedding (`token_attribution`: integrated gradients or gradient x embedding
+per token).
 
 Tappable layers: ``embeddings`` (token embeddings ``[B, T, D]``, before the
 position embedding is added), ``blocks_<i>`` (token activations),
@@ -19,8 +19,7 @@ position embedding is added), ``blocks_<i>`` (token activations),
 ``blocks_<i>/attn``, ``blocks_<i>/mlp``, ``norm``, ``head``. Default layer:
 ``embeddings``, where an attribution is one number per token. CAM methods read
 ``[B, T, D]`` activations as a ViT patch grid (cam.token_grid), which has no
-meaning for a sentence: use `token_attribution` or a gradient at the
-``embeddings`` layer instead.
+meaning for a sentence: use `token_attribution` instead.
 """
 from __future__ import annotations
 
@@ -86,16 +85,39 @@ def text_classifier(num_classes: int = 2, vocab_size: int = 64, max_len: int = 6
                         dim=dim, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim)
 
 
-def token_attribution(tapped, tokens: jax.Array, target: jax.Array,
-                      layer: str = "embeddings") -> jax.Array:
-  """Gradient x embedding per token, ``[B, T]``, for the target class's logit.
+TOKEN_METHODS = ("integrated_gradients", "gradient_x_embedding")
 
-  The gradient with respect to a zero tap on `layer` (the token embeddings by
-  default) times that layer's activation, summed over the embedding width
-  (Denil et al. 2014). Takes the tapped forward (``classifier.tapped``), int
-  token ids ``[B, T]`` and class indices ``[B]``; a `Classifier` is read
-  through its ``tapped``.
+
+def token_attribution(tapped, tokens: jax.Array, target, *,
+                      method: str = "integrated_gradients", steps: int = 32,
+                      layer: str = "embeddings") -> jax.Array:
+  """One attribution per token, ``[B, T]``, for the target class's logit.
+
+  Computed at `layer` (the token embeddings by default) through the tapped
+  forward, summed over the embedding width:
+
+  - ``"integrated_gradients"`` (default; Sundararajan, Taly, Yan 2017,
+    arXiv:1703.01365, at the embedding layer as Captum's
+    ``LayerIntegratedGradients``): ``e * mean_k grad(alpha_k e)`` over
+    `steps` midpoints ``alpha_k = (k + 1/2) / steps`` of the path from zero
+    embeddings (the position embedding stays) to the embeddings ``e``; the
+    attributions of a row sum to about ``logit(e) - logit(0)``.
+  - ``"gradient_x_embedding"``: ``e * grad(e)`` (Denil, Demiraj, de Freitas
+    2014, arXiv:1412.6815), one backward pass. On the trained trigger model
+    of `saljax.models.quick.train_text` it saturates: its top token is a
+    trigger in about 0.6 of the positive test sequences, against 1.0 for
+    integrated gradients, which is why that is the default.
+
+  Args:
+    tapped: the tapped forward (``classifier.tapped``); a `Classifier` is
+      read through its ``tapped``.
+    tokens: int token ids ``[B, T]``.
+    target: class indices ``[B]`` or one int.
+    method: one of `TOKEN_METHODS`.
+    steps: path points of integrated gradients (default 32).
+    layer: the tapped layer (default ``"embeddings"``).
   """
+  from saljax import _validation as V
   from saljax import model as M
   if not isinstance(tapped, M.Tapped):
     if not isinstance(getattr(tapped, "tapped", None), M.Tapped):
@@ -106,19 +128,26 @@ def token_attribution(tapped, tokens: jax.Array, target: jax.Array,
   if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
     raise ValueError(f"tokens: expected integer token ids [B, T], got shape"
                      f" {tuple(tokens.shape)} and dtype {tokens.dtype}")
-  if layer not in tapped.layer_names:
-    raise ValueError(f"layer: unknown layer {layer!r}; the model has {list(tapped.layer_names)}")
+  V.check_choice(method, "method", TOKEN_METHODS)
+  steps = V.check_positive_int(steps, "steps")
+  M.check_layers(tapped, [layer])
   target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), tokens.shape[:1])
   zero = tapped.zero_taps(tokens, [layer])[layer]
-  return _gradient_x_embedding(tapped, tokens, target, zero, layer=layer)
+  return _token_attribution(tapped, tokens, target, zero, layer=layer, method=method, steps=steps)
 
 
-@functools.partial(jax.jit, static_argnames=("layer",))
-def _gradient_x_embedding(tapped, tokens, target, zero, *, layer):
+@functools.partial(jax.jit, static_argnames=("layer", "method", "steps"))
+def _token_attribution(tapped, tokens, target, zero, *, layer, method, steps):
   # The tapped model is a pytree argument: another checkpoint reuses the program.
-  def score(tap):
-    logits, acts = tapped(tokens, {layer: tap})
-    return jnp.take_along_axis(logits, target[:, None], axis=1).sum(), acts[layer]
+  def grad_at(tap):
+    def score(t):
+      logits, acts = tapped(tokens, {layer: t})
+      return jnp.take_along_axis(logits, target[:, None], axis=1).sum(), acts[layer]
+    return jax.grad(score, has_aux=True)(tap)
 
-  g, act = jax.grad(score, has_aux=True)(zero)
-  return (g * act).sum(-1)
+  g, e = grad_at(zero)  # e: the layer's activation (the tap is zero)
+  if method == "integrated_gradients":
+    # A tap of (alpha - 1) e scales the activation to alpha e.
+    alphas = (jnp.arange(steps, dtype=e.dtype) + 0.5) / steps
+    g = jax.lax.map(lambda a: grad_at((a - 1) * e)[0], alphas).mean(0)
+  return (g * e).sum(-1)

@@ -94,7 +94,7 @@ def pooled(clf):
   if not isinstance(getattr(clf, "module", None), UNet):
     raise TypeError(f"pooled: expected a Classifier of a UNet, got {type(clf).__name__}"
                     f" of {type(getattr(clf, 'module', None)).__name__}")
-  return Classifier(clf.module.replace(pooled=True), clf.params, input_shape=clf.input_shape,
+  return Classifier(clf.module.clone(pooled=True), clf.params, input_shape=clf.input_shape,
                     default_layer=clf.default_layer, class_names=clf.class_names,
                     name=f"{clf.name}_pooled", layer_names=clf.layer_names,
                     input_dtype=clf.input_dtype)
