@@ -12,7 +12,7 @@ few seconds on one CPU core.
   about 0.99 by default);
 - `train_text`: `text_classifier` on the trigger-token task (about 1.0);
 - `train_tabular`: `mlp` on scikit-learn's breast cancer (or wine) data,
-  standardized (about 0.97).
+  standardized (about 0.98).
 """
 from __future__ import annotations
 
@@ -175,9 +175,9 @@ def train_tabular(name: str = "breast_cancer", *, seed: int = 0,
 
   Defaults: breast cancer (30 features, 2 classes; 75/25 stratified split),
   one hidden layer of 32 ReLUs, 200 Adam steps of 64 rows at 3e-3: about a
-  second, test accuracy about 0.97 to 0.99 (seeds 0 to 2). The model takes *standardized* features;
-  ``result.info`` holds ``mean``, ``std``, ``feature_names`` and
-  ``class_names`` (raw = x * std + mean).
+  second, test accuracy 0.97 to 0.99 (seeds 0 to 2). The model takes
+  *standardized* features; ``result.info`` holds ``mean``, ``std``,
+  ``feature_names`` and ``class_names`` (raw = x * std + mean).
   """
   from saljax.models import wrap
   data = synthetic.tabular(name, seed=seed)
