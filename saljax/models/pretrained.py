@@ -320,7 +320,8 @@ class Classifier:
   images of any sizes) into that batch; ``model.tapped`` is the tapped forward
   (`saljax.model.Tapped`), ``model.layer_names`` its layers,
   ``model.default_layer`` the documented CAM layer, ``model.class_names`` the
-  class names (or None), ``model.params`` the Flax variables.
+  class names (or None), ``model.params`` the Flax variables,
+  ``model.input_dtype`` the dtype the module takes (float32, or int32 tokens).
 
   A pytree: `params` are its leaves, everything else is static and compared
   by value, so classifiers of one architecture with other variables (other

@@ -25,10 +25,13 @@ sees); ``dec_0`` gives full-resolution maps.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+
+if TYPE_CHECKING:
+  from saljax.models.pretrained import Classifier
 
 
 class ConvBlock(nn.Module):
@@ -86,7 +89,7 @@ def unet(num_classes: int = 3, features: Sequence[int] = (8, 16, 32), pooled: bo
   return UNet(num_classes=num_classes, features=tuple(features), pooled=pooled)
 
 
-def pooled(clf):
+def pooled(clf: "Classifier") -> "Classifier":
   """The `Classifier` `clf` of a `UNet` with its logits averaged over pixels,
   ``[B, K]``, sharing its variables and layer names (so classifier explainers
   and layer methods apply; see the module docstring)."""

@@ -174,6 +174,8 @@ def test_tabular_trains_to_high_accuracy(tab):
   assert tab.accuracy >= 0.9
   assert tab.model.input_shape == (30,) and tab.model.class_names == ("malignant", "benign")
   np.testing.assert_allclose(tab.info["std"], synthetic.tabular()["std"])
+  with pytest.raises(ValueError, match="steps"):
+    quick.train_tabular(steps=0)
 
 
 @pytest.mark.parametrize("train,kw", [
