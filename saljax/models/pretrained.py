@@ -313,12 +313,15 @@ def load_variables(name: str, *, verbose: bool = False):
 class Classifier:
   """A Flax classifier ready for explainers.
 
-  ``model(x)`` gives logits for a preprocessed NHWC float batch;
+  ``model(x)`` gives logits for a preprocessed NHWC float batch (or, for a
+  model whose ``input_dtype`` is an integer type such as the text classifier,
+  a batch of token ids ``[B, T]``);
   ``model.preprocess(images)`` turns uint8 HWC/NHWC images (or a list of HWC
   images of any sizes) into that batch; ``model.tapped`` is the tapped forward
   (`saljax.model.Tapped`), ``model.layer_names`` its layers,
   ``model.default_layer`` the documented CAM layer, ``model.class_names`` the
-  class names (or None), ``model.params`` the Flax variables.
+  class names (or None), ``model.params`` the Flax variables,
+  ``model.input_dtype`` the dtype the module takes (float32, or int32 tokens).
 
   A pytree: `params` are its leaves, everything else is static and compared
   by value, so classifiers of one architecture with other variables (other
@@ -331,17 +334,21 @@ class Classifier:
   def __init__(self, module, variables, *, input_shape: Sequence[int], default_layer: str,
                class_names: Sequence[str] | None = None, name: str | None = None,
                preprocess: Callable[[Any], jax.Array] | None = None,
-               layer_names: Sequence[str] | None = None):
+               layer_names: Sequence[str] | None = None, input_dtype: Any = jnp.float32):
     self.module = module
     self.params = variables
     self.name = name or type(module).__name__
     self.input_shape = tuple(input_shape)
+    # The dtype the module takes: float32 for images and features; int32 token
+    # ids for the text classifier (an embedding lookup refuses floats), so
+    # listing the layers traces the module with the dtype it will see.
+    self.input_dtype = jnp.dtype(input_dtype)
     self.class_names = tuple(class_names) if class_names is not None else None
     self._preprocess = preprocess
     if layer_names is None:
       layer_names = M.from_linen(
           module, variables,
-          example=jax.ShapeDtypeStruct((1,) + self.input_shape, jnp.float32)).layer_names
+          example=jax.ShapeDtypeStruct((1,) + self.input_shape, self.input_dtype)).layer_names
     self.layer_names = tuple(layer_names)
     if default_layer not in self.layer_names:
       raise ValueError(f"default_layer {default_layer!r} is not one of {list(self.layer_names)}")
@@ -349,7 +356,7 @@ class Classifier:
 
   def _static(self):
     return (self.module, self.input_shape, self.default_layer, self.class_names, self.name,
-            self._preprocess, self.layer_names)
+            self._preprocess, self.layer_names, self.input_dtype)
 
   def tree_flatten(self):
     return (self.params,), self._static()
@@ -358,7 +365,7 @@ class Classifier:
   def tree_unflatten(cls, aux, children):
     obj = object.__new__(cls)
     (obj.module, obj.input_shape, obj.default_layer, obj.class_names, obj.name,
-     obj._preprocess, obj.layer_names) = aux
+     obj._preprocess, obj.layer_names, obj.input_dtype) = aux
     obj.params = children[0]
     return obj
 
@@ -387,7 +394,7 @@ class Classifier:
     return Classifier(self.module, variables, input_shape=self.input_shape,
                       default_layer=self.default_layer, class_names=self.class_names,
                       name=self.name, preprocess=self._preprocess,
-                      layer_names=self.layer_names)
+                      layer_names=self.layer_names, input_dtype=self.input_dtype)
 
   def top_k(self, x: jax.Array, k: int = 5):
     """``(indices [B, k], probabilities [B, k], names)`` of the top-`k` classes."""
