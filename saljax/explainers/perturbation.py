@@ -192,10 +192,11 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   if segments is not None and (window is not None or stride is not None):
     raise ValueError("occlusion: give segments or window/stride, not both")
   batch_size = V.check_batch_size(batch_size)
+  if segments is None:  # windows are checked before any fill is computed
+    starts, win = _occlusion_starts(x.shape, window, stride)
   groups, fillv = MK.groups_or_default(x, segments, fill, "occlusion", blur_sigma=blur_sigma)
   if groups is not None:
     return _group_occlusion(f, x, target, fillv, groups.labels, groups.m, score, batch_size)
-  starts, win = _occlusion_starts(x.shape, window, stride)
   return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score, batch_size)
 
 

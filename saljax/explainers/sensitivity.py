@@ -29,6 +29,7 @@ from saljax.explainers._registry import REGISTRY, prepare, require_key
 Array = jax.Array
 DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() evaluations
 HSIC_MAX_SAMPLES = 2 ** 14  # a 2^14 x 2^14 float32 output kernel is 1 GiB
+SOBOL_MAX_DIMS = 21201  # scipy.stats.qmc.Sobol.MAXDIM: the design has 2 d dimensions
 
 
 def _upsample(mask_flat, grid, size, dtype):
@@ -156,6 +157,11 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, segments:
   if designs & (designs - 1):
     raise ValueError(f"designs: expected a power of two (Sobol sequence balance), got {designs}")
   MK.check_evaluations(designs * (d + 2), "designs", designs, "sobol")
+  if 2 * d > SOBOL_MAX_DIMS:
+    raise ValueError(
+        f"sobol: {d} feature groups need a Sobol sequence of dimension {2 * d}, more than scipy's"
+        f" {SOBOL_MAX_DIMS}; use fewer, larger segments (e.g. one label per time step, not"
+        " segments='elements')")
   pts = sobol_design(grid, designs, dims=d)
   return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), labels,
                 grid if labels is None else None, designs, score, V.check_batch_size(batch_size))

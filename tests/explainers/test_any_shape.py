@@ -137,6 +137,17 @@ def test_occlusion_with_a_feature_mask_matches_captum_feature_ablation(xt):
   np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
 
+def test_occlusion_segments_on_images_equal_non_overlapping_windows():
+  # 4 x 4 blocks as labels [H, W] occlude exactly what window=4, stride=4 does.
+  x = jax.random.normal(jax.random.key(5), (B, 8, 8, 3))
+  w = jax.random.normal(jax.random.key(6), (8 * 8 * 3, 2))
+  f = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w)
+  blocks = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 4, 0), 4, 1).astype(np.int32)
+  t = jnp.array([0, 1])
+  np.testing.assert_allclose(P.occlusion(f, x, t, segments=blocks),
+                             P.occlusion(f, x, t, window=4, stride=4), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------
 # Time series [B, T, C].
 
@@ -225,6 +236,9 @@ def test_blur_ig_is_image_only_and_points_to_integrated_gradients():
 def test_segments_with_a_window_is_an_error(xt):
   with pytest.raises(ValueError, match="segments or window/stride, not both"):
     P.occlusion(_linear, xt, 0, window=2, segments="elements")
+  # Sobol's design has two dimensions per group, and scipy's sequence stops at 21201.
+  with pytest.raises(ValueError, match="sobol: 10800 feature groups .* fewer, larger segments"):
+    S.sobol(lambda x: x[:, :2], jnp.ones((1, 10800)), 0, designs=2, segments="elements")
 
 
 # ----------------------------------------------------------------------------
