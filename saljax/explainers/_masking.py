@@ -9,7 +9,7 @@ after it (masking, model calls, regressions) is compiled.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,22 @@ Array = jax.Array
 SEGMENTATIONS = ("slic", "quickshift", "felzenszwalb", "grid", "elements")
 
 
-def check_images(x: Array, method: str) -> Array:
+# How a perturbation method whose default masks are an image grid is run on
+# other inputs: named in the error a non-image input gets (`groups_or_default`).
+SEGMENTS_FIX = (
+    "for other inputs ([B, D] tables, [B, T, C] series, ...) pass segments=: segments='elements'"
+    " (every scalar of x its own feature) or an int label array shaped like x or x[0] (e.g. for"
+    " [B, T, C], np.repeat(np.arange(T)[:, None], C, 1) makes each time step one feature)")
+
+
+def check_images(x: Array, method: str, *, needed_by: str = "", fix: str = "") -> Array:
+  """`x` if it is NHWC images ``[B, H, W, C]``; else a ValueError naming the
+  shape that came, what needs images (`needed_by`) and the way out (`fix`)."""
   if x.ndim != 4:
-    raise ValueError(f"{method}: expected NHWC images [B, H, W, C], got shape {tuple(x.shape)}")
+    why = f" ({needed_by} needs them)" if needed_by else ""
+    hint = f"; {fix}" if fix else ""
+    raise ValueError(
+        f"{method}: expected NHWC images [B, H, W, C]{why}, got shape {tuple(x.shape)}{hint}")
   return x
 
 
@@ -217,6 +230,40 @@ def feature_groups(x: Array, segments: Any, options: dict | None = None):
   if isinstance(segments, str) and segments in ("slic", "quickshift", "felzenszwalb"):
     m = -(-m // 8) * 8
   return jnp.asarray(relabeled.reshape(x.shape), jnp.int32), counts, m
+
+
+class Groups(NamedTuple):
+  """Feature groups as `feature_groups` makes them, counts as a device array."""
+  labels: Array  # int32, shaped like x, labels 0..counts[b]-1
+  counts: Array  # int32 [B]
+  m: int  # columns: the most groups of any example
+
+
+def groups_or_default(x: Array, segments: Any, fill: Any, method: str, *,
+                      image_default: str | None = None,
+                      blur_sigma: float = 10.0) -> tuple[Groups | None, Array]:
+  """The feature groups a perturbation method masks, and its fill values.
+
+  ``segments=None`` keeps the method's own masks (occlusion's windows, RISE's
+  and the sensitivity methods' grid): groups ``None``. Where that default is an
+  image grid (`image_default` names it), a non-image `x` is refused with the
+  ``segments=`` fix (`SEGMENTS_FIX`) rather than read as if it had H and W.
+  Otherwise `segments` is anything `feature_groups` takes (``"elements"``, a
+  label array like `x` or ``x[0]``, a segmentation name for images), and the
+  fill may then also be ``"mean"`` (each group's mean).
+  """
+  if segments is None:
+    if image_default is not None:
+      check_images(x, method, needed_by=image_default, fix=SEGMENTS_FIX)
+    return None, fill_values(x, fill, blur_sigma=blur_sigma)
+  labels, counts, m = feature_groups(x, segments)
+  fillv = fill_values(x, fill, labels=labels, num_labels=m, blur_sigma=blur_sigma)
+  return Groups(labels, jnp.asarray(counts, jnp.int32), m), fillv
+
+
+def paint(values: Array, labels: Array, dtype) -> Array:
+  """One value per group ``[M]`` (shared by the batch) painted onto `labels`: shaped like `labels`."""
+  return values.astype(dtype)[labels]
 
 
 def expand_map(values: Array, labels: Array) -> Array:

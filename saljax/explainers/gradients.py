@@ -27,6 +27,7 @@ from saljax import _validation as V
 from saljax import model as M
 from saljax import ops
 from saljax import parallel
+from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
 
 Array = jax.Array
@@ -594,11 +595,13 @@ def blur_ig(f, x, target, *, key=None, max_sigma: float = 50.0, steps: int = 100
   with the sigma-derivative taken by a forward difference of `grad_step`.
   Defaults follow PAIR saliency's `BlurIG`: ``max_sigma=50, steps=100,
   grad_step=0.01, sqrt=False``, zero-padded Gaussian blur with scipy's kernel
-  (truncate 4.0). Needs NHWC images.
+  (truncate 4.0). Needs NHWC images: the path blurs over height and width,
+  which other inputs do not have (use `integrated_gradients` for them).
   """
   f, x, target = prepare(f, x, target)
-  if x.ndim != 4:
-    raise ValueError(f"blur_ig: expected NHWC images [B, H, W, C], got shape {tuple(x.shape)}")
+  MK.check_images(x, "blur_ig", needed_by="its path blurs over height and width, so it",
+                  fix="for other inputs ([B, D], [B, T, C], ...) use integrated_gradients,"
+                  " whose straight-line path works on any shape")
   steps = parallel.check_count(steps, "steps")
   if not max_sigma > 0 or not grad_step > 0:
     raise ValueError(

@@ -35,7 +35,9 @@ DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() 
 
 
 def _occlusion_evaluations(o, f, x) -> int:
-  """The clean forward pass and one per window."""
+  """The clean forward pass and one per window (or per feature group)."""
+  if o["segments"] is not None:
+    return 1 + MK.feature_groups(x, o["segments"])[2]
   return 1 + len(_occlusion_starts(x.shape, o["window"], o["stride"])[0])
 
 
@@ -51,18 +53,26 @@ def _shapley_evaluations(o, f, x) -> int:
   return o["samples"] * (m + 1)
 
 
-def _pair(v: Any, name: str) -> tuple[int, int]:
+def _window_sizes(shape) -> tuple[int, ...]:
+  """The axes a window slides over: all but the batch and the trailing channel
+  axis (H, W of NHWC images; T of ``[B, T, C]``), or the features of ``[B, D]``."""
+  return tuple(shape[1:-1]) if len(shape) >= 3 else tuple(shape[1:])
+
+
+def _per_axis(v: Any, name: str, n: int) -> tuple[int, ...]:
+  """An int (the same on every window axis) or one int per window axis."""
   if isinstance(v, (tuple, list)):
-    if len(v) != 2:
-      raise ValueError(f"{name}: expected an int or a pair (h, w), got {v!r}")
-    return (V.check_positive_int(v[0], name), V.check_positive_int(v[1], name))
-  v = V.check_positive_int(v, name)
-  return v, v
+    if len(v) != n:
+      want = "a pair (h, w)" if n == 2 else f"{n} values, one per window axis"
+      raise ValueError(f"{name}: expected an int or {want}, got {v!r}")
+    return tuple(V.check_positive_int(a, name) for a in v)
+  return (V.check_positive_int(v, name),) * n
 
 
 def _to_x(m: Array, x: Array) -> Array:
-  """A spatial map ``[B, H, W]`` broadcast to the shape of NHWC `x`."""
-  return jnp.broadcast_to(m[..., None], x.shape).astype(x.dtype)
+  """A map over the window axes (`_window_sizes`) broadcast over the channels of `x`."""
+  m = m[..., None] if x.ndim >= 3 else m
+  return jnp.broadcast_to(m, x.shape).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------
@@ -71,18 +81,21 @@ def _to_x(m: Array, x: Array) -> Array:
 
 @M.jit(static_argnames=("window", "score", "batch_size"))
 def _occlusion(f, x, target, fill, starts, window, score, batch_size):
-  h, w = x.shape[1:3]
-  wh, ww = window
+  sizes = _window_sizes(x.shape)
+  k = len(sizes)
   base = M.target_score(f, x, target, score)
-  rows = jnp.arange(h)[:, None]
-  cols = jnp.arange(w)[None, :]
+  # One index vector per window axis, shaped to broadcast over the others.
+  coords = [jnp.arange(n).reshape([n if i == j else 1 for i in range(k)])
+            for j, n in enumerate(sizes)]
 
   def one(p):
-    m = (rows >= p[0]) & (rows < p[0] + wh) & (cols >= p[1]) & (cols < p[1] + ww)
-    xo = jnp.where(m[None, :, :, None], fill, x)
+    m = jnp.ones(sizes, bool)
+    for j, (c, w) in enumerate(zip(coords, window)):
+      m = m & (c >= p[j]) & (c < p[j] + w)
+    xo = jnp.where((m[..., None] if x.ndim >= 3 else m)[None], fill, x)
     d = base - M.target_score(f, xo, target, score)
     mf = m.astype(x.dtype)
-    return d[:, None, None] * mf, mf[None]  # leading 1: one model batch per item
+    return d.reshape((-1,) + (1,) * k) * mf, mf[None]  # leading 1: one model batch per item
 
   total, count = parallel.chunked_sum(one, starts, batch_size=batch_size)
   # The last window per axis reaches the border, so with stride <= window every
@@ -97,54 +110,94 @@ def window_starts(size: int, window: int, stride: int) -> np.ndarray:
   return np.arange(-(-(size - window) // stride) + 1) * stride
 
 
-def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, int]]:
-  """Top-left corners ``[N, 2]`` of the occluding windows, and the window size."""
-  h, w = shape[1:3]
-  win = _pair(window, "window") if window is not None else (max(1, h // 8), max(1, w // 8))
-  if win[0] > h or win[1] > w:
-    raise ValueError(f"window: expected at most the image size ({h}, {w}), got {win}")
-  st = _pair(stride, "stride") if stride is not None else (max(1, win[0] // 2), max(1, win[1] // 2))
-  ri, ci = window_starts(h, win[0], st[0]), window_starts(w, win[1], st[1])
-  return np.stack(np.meshgrid(ri, ci, indexing="ij"), -1).reshape(-1, 2).astype(np.int32), win
+def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, ...]]:
+  """First corners ``[N, k]`` of the occluding windows over the k window axes
+  (`_window_sizes`), and the window size. Default window: 1/8 of each image
+  side for NHWC images, 1 (each position on its own) for other inputs."""
+  sizes = _window_sizes(shape)
+  k = len(sizes)
+  if window is not None:
+    win = _per_axis(window, "window", k)
+  elif len(shape) == 4:
+    win = tuple(max(1, n // 8) for n in sizes)
+  else:
+    win = (1,) * k
+  if any(w > n for w, n in zip(win, sizes)):
+    what = "image" if len(shape) == 4 else "input"
+    raise ValueError(f"window: expected at most the {what} size {sizes}, got {win}")
+  st = _per_axis(stride, "stride", k) if stride is not None else tuple(max(1, w // 2) for w in win)
+  axes = [window_starts(n, w, s) for n, w, s in zip(sizes, win, st)]
+  return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, k).astype(np.int32), win
+
+
+@M.jit(static_argnames=("m", "score", "batch_size"))
+def _group_occlusion(f, x, target, fill, labels, m, score, batch_size):
+  """``f(x)[t] - f(x with group g replaced by fill)[t]`` painted on group g."""
+  base = M.target_score(f, x, target, score)
+
+  def one(g):
+    # An example with fewer than g + 1 groups is left as it is: its gain is 0.
+    return base - M.target_score(f, jnp.where(labels == g, fill, x), target, score)
+
+  gains = parallel.chunked_map(one, jnp.arange(m), batch_size=batch_size)  # [M, B]
+  return MK.expand_map(gains.T, labels).astype(x.dtype)
 
 
 @REGISTRY.register("occlusion", family="perturbation", returns="input",
     evaluations=_occlusion_evaluations, backward=False, smoke={"window": 4, "stride": 4})
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
-              fill: Any = 0.0, blur_sigma: float = 10.0, score: str = "logit",
-              batch_size: int | None = DEFAULT_BATCH) -> Array:
+              segments: Any = None, fill: Any = 0.0, blur_sigma: float = 10.0,
+              score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Occlusion (Zeiler and Fergus 2014, "Visualizing and Understanding
-  Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics.
+  Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics,
+  on any input ``[B, ...]``.
 
-  A window of ``window = (h, w)`` pixels (all channels) slides with `stride`;
-  each pixel's attribution is the mean, over the windows covering it, of
+  A window slides with `stride` over the input's window axes: H and W of NHWC
+  images, T of a series ``[B, T, C]`` (every axis but the batch and the
+  trailing channels), the features of ``[B, D]``; it covers all channels.
+  Each element's attribution is the mean, over the windows covering it, of
   ``f(x)[t] - f(x with the window replaced by fill)[t]``. As Captum, each axis
-  has ``ceil((H - h) / s) + 1`` windows starting at ``0, s, 2s, ...``; when
-  the stride does not tile the image the last window passes the border and is
-  cropped to it, so every pixel is covered by at least one window (a stride
+  has ``ceil((n - w) / s) + 1`` windows starting at ``0, s, 2s, ...``; when
+  the stride does not tile the axis the last window passes the border and is
+  cropped to it, so every element is covered by at least one window (a stride
   larger than the window, which Captum refuses, leaves gaps that get 0).
 
+  With `segments`, whole feature groups are occluded one at a time instead
+  (Captum's `FeatureAblation` with a ``feature_mask``): each element gets
+  ``f(x)[t] - f(x with its group replaced by fill)[t]``, ``1 + M`` evaluations.
+
   Args:
-    window: an int or ``(h, w)``; default None = 1/8 of each image side
-      (at least 1 pixel). A window larger than the image is an error.
-    stride: an int or ``(sh, sw)``; default None = half the window (at least 1).
+    window: an int (every window axis) or one int per window axis (``(h, w)``
+      for images); default None = 1/8 of each image side (at least 1 pixel)
+      for NHWC images, 1 for other inputs (each position on its own). A window
+      larger than the input is an error.
+    stride: an int or one per window axis; default None = half the window (at least 1).
+    segments: None (default: windows), ``"elements"`` (every scalar on its
+      own), an int label array shaped like `x` or ``x[0]`` (or ``[H, W]`` /
+      ``[B, H, W]`` for images), or a segmentation name for images (see
+      `_masking.feature_groups`). Not together with `window` or `stride`.
     fill: a float (default 0.0, Captum's baseline, in the model's input space),
-      an array shaped like `x`, or ``"blur"`` (the input blurred with
-      `blur_sigma` pixels).
+      an array shaped like `x`, ``"blur"`` (images blurred with `blur_sigma`
+      pixels) or, with `segments`, ``"mean"`` (each group's mean).
     score: ``"logit"`` (default, as Captum) or ``"probability"``.
-    batch_size: windows evaluated per model call (default None: automatic, at most
-      `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+    batch_size: windows (groups) evaluated per model call (default None:
+      automatic, at most `saljax.parallel.max_evals_per_chunk()` model
+      evaluations per call).
 
   Returns:
-    attributions shaped like `x` (equal across channels).
+    attributions shaped like `x` (equal across channels for windows).
   """
   f, x, target = prepare(f, x, target)
-  MK.check_images(x, "occlusion")
   M.check_score(score)
-  starts, win = _occlusion_starts(x.shape, window, stride)
-  fillv = MK.fill_values(x, fill, blur_sigma=blur_sigma)
-  return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score,
-                    V.check_batch_size(batch_size))
+  if segments is not None and (window is not None or stride is not None):
+    raise ValueError("occlusion: give segments or window/stride, not both")
+  batch_size = V.check_batch_size(batch_size)
+  if segments is None:  # windows are checked before any fill is computed
+    starts, win = _occlusion_starts(x.shape, window, stride)
+  groups, fillv = MK.groups_or_default(x, segments, fill, "occlusion", blur_sigma=blur_sigma)
+  if groups is not None:
+    return _group_occlusion(f, x, target, fillv, groups.labels, groups.m, score, batch_size)
+  return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score, batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -175,26 +228,31 @@ def _rise_mask(k, size, cells, p, dtype):
   return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
 
 
-@M.jit(static_argnames=("masks", "cells", "score", "batch_size"))
-def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size):
+@M.jit(static_argnames=("masks", "cells", "m", "score", "batch_size"))
+def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size, labels=None, m=None):
   size = x.shape[1:3]
 
   def one(i):
     # Each mask's key comes from its index inside the chunk, so no [masks] key
     # array is ever built: memory follows batch_size whatever the mask count.
-    m = _rise_mask(jax.random.fold_in(key, i), size, cells, p, x.dtype)
-    xm = x * m[None, :, :, None] + fill * (1 - m[None, :, :, None])
-    s = M.target_score(f, xm, target, score)
-    return s[:, None, None] * m[None]
+    k = jax.random.fold_in(key, i)
+    if labels is None:
+      mask = _rise_mask(k, size, cells, p, x.dtype)
+      up = mask[None, :, :, None]
+    else:  # Bernoulli(p) per feature group, the same draw for every example
+      mask = (jax.random.uniform(k, (m,)) < p).astype(x.dtype)
+      up = MK.paint(mask, labels, x.dtype)
+    s = M.target_score(f, x * up + fill * (1 - up), target, score)
+    return s.reshape((-1,) + (1,) * mask.ndim) * mask[None]
 
-  total = parallel.chunked_sum(one, jnp.arange(masks), batch_size=batch_size)
-  return _to_x(total / (masks * p), x)
+  total = parallel.chunked_sum(one, jnp.arange(masks), batch_size=batch_size) / (masks * p)
+  return _to_x(total, x) if labels is None else MK.expand_map(total, labels).astype(x.dtype)
 
 
 @REGISTRY.register("rise", family="perturbation", returns="input", needs=("key",),
     evaluations=lambda o, f, x: o["masks"], backward=False, smoke={"masks": 16, "cells": 4})
 def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float = 0.5,
-         fill: Any = 0.0, score: str = "probability",
+         segments: Any = None, fill: Any = 0.0, score: str = "probability",
          batch_size: int | None = DEFAULT_BATCH) -> Array:
   """RISE (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
@@ -213,25 +271,32 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
     masks: N, default 4000 (the paper's value for ResNet-50); at most
       `saljax.parallel.max_count()` (10**6), one model evaluation each.
     cells: grid size s, default 7; p: keep probability, default 0.5 (paper).
+    segments: None (default: the paper's upsampled grid, NHWC images only),
+      or feature groups for any input ``[B, ...]``: ``"elements"`` or an int
+      label array shaped like `x` or ``x[0]`` (`_masking.feature_groups`).
+      Each mask then keeps every group with probability `p` (binary, no
+      upsampling), the same draw for every example, and each element gets its
+      group's saliency.
     fill: what masked pixels become, default 0.0 (the paper multiplies the
-      normalized image by the mask).
+      normalized image by the mask); with `segments` also ``"mean"``.
     score: ``"probability"`` (default: the paper's softmax score) or ``"logit"``.
     batch_size: masks per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call). Any N works.
 
   Returns:
-    saliency shaped like `x` (equal across channels).
+    saliency shaped like `x` (equal across channels, or over each group).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "rise")
-  MK.check_images(x, "rise")
   M.check_score(score)
   masks = parallel.check_count(masks, "masks")
   cells = V.check_positive_int(cells, "cells")
   p = MK.check_probability(p, "p", open_high=False)
-  fillv = MK.fill_values(x, fill)
+  groups, fillv = MK.groups_or_default(x, segments, fill, "rise",
+                                       image_default=f"its default {cells} x {cells} mask grid")
+  labels, m = (None, None) if groups is None else (groups.labels, groups.m)
   return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
-               V.check_batch_size(batch_size))
+               V.check_batch_size(batch_size), labels=labels, m=m)
 
 
 # ----------------------------------------------------------------------------

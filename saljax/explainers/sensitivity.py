@@ -6,7 +6,10 @@ Sobol total-order indices (Fel et al. 2021) and HSIC dependence (Novello et al.
 Both perturb the input with grid masks ``M`` upsampled to the image
 (nearest neighbour) as ``x * M + fill * (1 - M)`` ("inpainting" with fill 0 in
 Xplique), evaluate every masked copy through the compiled model in chunks, and
-resize the ``grid x grid`` scores to the image bicubically.
+resize the ``grid x grid`` scores to the image bicubically. With ``segments=``
+(any input ``[B, ...]``) the design runs over the M feature groups instead of
+the ``grid^2`` cells, each group takes its mask value, and each element gets
+its group's score (no resize).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from saljax.explainers._registry import REGISTRY, prepare, require_key
 Array = jax.Array
 DEFAULT_BATCH = None  # automatic: chunks within parallel.max_evals_per_chunk() evaluations
 HSIC_MAX_SAMPLES = 2 ** 14  # a 2^14 x 2^14 float32 output kernel is 1 GiB
+SOBOL_MAX_DIMS = 21201  # scipy.stats.qmc.Sobol.MAXDIM: the design has 2 d dimensions
 
 
 def _upsample(mask_flat, grid, size, dtype):
@@ -39,6 +43,38 @@ def _to_image(scores, x):
   return jnp.broadcast_to(up[..., None], x.shape).astype(x.dtype)
 
 
+def _paint(mask, x, labels, grid):
+  """One design row ``[d]`` as a mask that broadcasts against `x`: grid cells
+  upsampled to the image (nearest), or each feature group's value."""
+  if labels is None:
+    return _upsample(mask, grid, x.shape[1:3], x.dtype)[None, :, :, None]
+  return MK.paint(mask, labels, x.dtype)
+
+
+def _to_map(scores, x, labels, grid):
+  """``[B, d]`` scores as a map like `x`: bicubic from the grid, or painted on the groups."""
+  if labels is None:
+    return _to_image(scores.reshape(-1, grid, grid), x)
+  return MK.expand_map(scores, labels).astype(x.dtype)
+
+
+def _groups(x, segments, fill, method, grid):
+  """(labels or None, d, fill values): the grid's ``grid^2`` cells (images
+  only) or the M feature groups of `segments`."""
+  groups, fillv = MK.groups_or_default(x, segments, fill, method,
+                                       image_default=f"its default {grid} x {grid} grid of patches")
+  if groups is None:
+    return None, _check_grid(grid, x) ** 2, fillv
+  return groups.labels, groups.m, fillv
+
+
+def _design_dims(o, x) -> int:
+  """d: the ``grid^2`` cells, or the M feature groups of `segments`."""
+  if o["segments"] is None:
+    return o["grid"] ** 2
+  return MK.feature_groups(x, o["segments"])[2]
+
+
 def _check_grid(grid, x):
   grid = V.check_positive_int(grid, "grid")
   if grid > min(x.shape[1:3]):
@@ -50,17 +86,18 @@ def _check_grid(grid, x):
 # Sobol.
 
 
-def sobol_design(grid: int, designs: int) -> np.ndarray:
-  """``[designs, 2 grid^2]`` points of scipy's unscrambled Sobol sequence."""
+def sobol_design(grid: int, designs: int, *, dims: int | None = None) -> np.ndarray:
+  """``[designs, 2 d]`` points of scipy's unscrambled Sobol sequence, with
+  ``d = grid^2`` cells (or `dims` feature groups)."""
   from scipy.stats import qmc
 
-  return qmc.Sobol(d=2 * grid * grid, scramble=False).random(designs).astype(np.float32)
+  d = grid * grid if dims is None else dims
+  return qmc.Sobol(d=2 * d, scramble=False).random(designs).astype(np.float32)
 
 
 @M.jit(static_argnames=("grid", "designs", "score", "batch_size"))
-def _sobol(f, x, target, fill, a, bm, grid, designs, score, batch_size):
-  d = grid * grid
-  size = x.shape[1:3]
+def _sobol(f, x, target, fill, a, bm, labels, grid, designs, score, batch_size):
+  d = a.shape[1]
 
   def one(q):
     block, n = q // designs, q % designs
@@ -68,7 +105,7 @@ def _sobol(f, x, target, fill, a, bm, grid, designs, score, batch_size):
     col = jnp.arange(d)
     mix = jnp.where(col == i, bm[n], a[n])  # C^i: A with column i from B
     m = jnp.where(block == 0, a[n], jnp.where(block == 1, bm[n], mix))
-    up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
+    up = _paint(m, x, labels, grid)
     return M.target_score(f, x * up + fill * (1 - up), target, score)
 
   y = parallel.chunked_map(one, jnp.arange(designs * (d + 2)), batch_size=batch_size)  # [N(d+2), B]
@@ -78,14 +115,15 @@ def _sobol(f, x, target, fill, a, bm, grid, designs, score, batch_size):
   st = ((f_a[None] - f_c) ** 2).sum(1) / (2 * designs)  # [d, B]
   # A model constant under the masks has no variance to explain: 0, not 0/0.
   st = jnp.where(var > 0, st / jnp.where(var > 0, var, 1.0), 0.0)
-  return _to_image(st.T.reshape(-1, grid, grid), x)
+  return _to_map(st.T, x, labels, grid)
 
 
 @REGISTRY.register("sobol", family="sensitivity", returns="input",
-    evaluations=lambda o, f, x: o["designs"] * (o["grid"] ** 2 + 2), backward=False,
+    evaluations=lambda o, f, x: o["designs"] * (_design_dims(o, x) + 2), backward=False,
     smoke={"grid": 4, "designs": 4})
-def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any = 0.0,
-          score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, segments: Any = None,
+          fill: Any = 0.0, score: str = "logit",
+          batch_size: int | None = DEFAULT_BATCH) -> Array:
   """Sobol attribution (Fel, Cadene, Chalvidal, Cord, Vigouroux, Serre 2021,
   "Look at the Variance! Efficient Black-box Explanations with Sobol-based
   Sensitivity Analysis", arXiv:2111.04138).
@@ -99,26 +137,34 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, fill: Any
   designs=32`` (a power of 2), inpainting with fill 0, target logit.
 
   Args:
-    grid: patches per side; designs: N, a power of two (``designs * (grid^2 + 2)``
-      evaluations, at most `_masking.max_evaluations()`, 10**7, per example).
-    fill: what a masked-out fraction blends to (default 0.0, input space).
+    grid: patches per side; designs: N, a power of two (``designs * (d + 2)``
+      evaluations with ``d = grid^2``, at most `_masking.max_evaluations()`,
+      10**7, per example).
+    segments: None (default: the ``grid x grid`` patches, NHWC images only),
+      or feature groups for any input ``[B, ...]``: ``"elements"`` or an int
+      label array shaped like `x` or ``x[0]`` (`_masking.feature_groups`);
+      then ``d = M`` groups, and `grid` is unused.
+    fill: what a masked-out fraction blends to (default 0.0, input space; with
+      `segments` also ``"mean"``).
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
-  MK.check_images(x, "sobol")
   M.check_score(score)
-  grid = _check_grid(grid, x)
+  labels, d, fillv = _groups(x, segments, fill, "sobol", grid)
   designs = parallel.check_count(designs, "designs", minimum=2)
   if designs & (designs - 1):
     raise ValueError(f"designs: expected a power of two (Sobol sequence balance), got {designs}")
-  MK.check_evaluations(designs * (grid * grid + 2), "designs", designs, "sobol")
-  pts = sobol_design(grid, designs)
-  d = grid * grid
-  fillv = MK.fill_values(x, fill)
-  return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), grid,
-                designs, score, V.check_batch_size(batch_size))
+  MK.check_evaluations(designs * (d + 2), "designs", designs, "sobol")
+  if 2 * d > SOBOL_MAX_DIMS:
+    raise ValueError(
+        f"sobol: {d} feature groups need a Sobol sequence of dimension {2 * d}, more than scipy's"
+        f" {SOBOL_MAX_DIMS}; use fewer, larger segments (e.g. one label per time step, not"
+        " segments='elements')")
+  pts = sobol_design(grid, designs, dims=d)
+  return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), labels,
+                grid if labels is None else None, designs, score, V.check_batch_size(batch_size))
 
 
 # ----------------------------------------------------------------------------
@@ -156,27 +202,26 @@ def hsic_scores(masks: Array, y: Array) -> Array:
   return (on + off) / (p - 1) ** 2
 
 
-@M.jit(static_argnames=("grid", "samples", "score", "batch_size"))
-def _hsic(f, x, target, key, fill, grid, samples, score, batch_size):
-  d = grid * grid
-  size = x.shape[1:3]
+@M.jit(static_argnames=("grid", "d", "samples", "score", "batch_size"))
+def _hsic(f, x, target, key, fill, labels, grid, d, samples, score, batch_size):
   masks = latin_hypercube(key, samples, d) >= 0.5  # rounded LHS
 
   def one(m):
-    up = _upsample(m, grid, size, x.dtype)[None, :, :, None]
+    up = _paint(m, x, labels, grid)
     return M.target_score(f, x * up + fill * (1 - up), target, score)
 
   y = parallel.chunked_map(one, masks, batch_size=batch_size)  # [p, B]
   # One example at a time: each holds a [samples, samples] output kernel.
   scores = jax.lax.map(lambda yb: hsic_scores(masks, yb), y.astype(jnp.float32).T)  # [B, d]
-  return _to_image(scores.reshape(-1, grid, grid), x)
+  return _to_map(scores, x, labels, grid)
 
 
 @REGISTRY.register("hsic",
     differentiable=False, note="its derivative disagrees with finite differences (bandwidths from medians of distances); use a gradient method under jax.grad", family="sensitivity", returns="input", needs=("key",),
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"grid": 4, "samples": 16})
-def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: Any = 0.0,
-         score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, segments: Any = None,
+         fill: Any = 0.0, score: str = "logit",
+         batch_size: int | None = DEFAULT_BATCH) -> Array:
   """HSIC attribution (Novello, Fel, Vigouroux 2022, "Making Sense of
   Dependence: Efficient Black-box Explanations Using Dependence Measure",
   arXiv:2206.06219).
@@ -192,20 +237,24 @@ def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, fill: An
       by every example of the batch (so maps do not depend on the batch size).
     samples: p, default 1536, at most `HSIC_MAX_SAMPLES` (16384): the scores
       hold a ``p x p`` kernel per example.
+    segments: None (default: the ``grid x grid`` patches, NHWC images only),
+      or feature groups for any input ``[B, ...]``: ``"elements"`` or an int
+      label array shaped like `x` or ``x[0]`` (`_masking.feature_groups`);
+      the hypercube then has one dimension per group, and `grid` is unused.
+    fill: what masked-out patches become (default 0.0; with `segments` also ``"mean"``).
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
   """
   f, x, target = prepare(f, x, target)
   key = require_key(key, "hsic")
-  MK.check_images(x, "hsic")
   M.check_score(score)
-  grid = _check_grid(grid, x)
+  labels, d, fillv = _groups(x, segments, fill, "hsic", grid)
   samples = parallel.check_count(samples, "samples", minimum=2)
   if samples > HSIC_MAX_SAMPLES:
     raise ValueError(
         f"hsic: samples={samples} is more than the limit of {HSIC_MAX_SAMPLES}: HSIC compares every"
         f" pair of samples (a {samples} x {samples} kernel per example, and the Latin hypercube"
         " is drawn over all samples at once), so it would not fit in memory; lower samples")
-  fillv = MK.fill_values(x, fill)
-  return _hsic(f, x, target, key, fillv, grid, samples, score, V.check_batch_size(batch_size))
+  return _hsic(f, x, target, key, fillv, labels, grid if labels is None else None, d, samples,
+               score, V.check_batch_size(batch_size))

@@ -95,7 +95,9 @@ def _unit_ranks(fmap: Array, key, patch_size: int, descending: bool) -> tuple[Ar
 def _check_patch(patch_size: Any, x: Array) -> int:
   p = V.check_positive_int(patch_size, "patch_size")
   if p > 1 and x.ndim != 4:
-    raise ValueError(f"patch_size > 1 needs NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
+    raise ValueError(f"patch_size > 1 needs NHWC images [B, H, W, C], got x of shape"
+                     f" {tuple(x.shape)}; for other inputs group features with segments= (an int"
+                     " label array shaped like x or x[0])")
   if x.ndim == 4 and p > min(x.shape[1:3]):
     raise ValueError(f"patch_size: expected at most min(H, W) = {min(x.shape[1:3])}, got {p}")
   return p
@@ -161,24 +163,31 @@ def _perturbation_curve(f, x, fmap, fill, target, key, segments, steps, patch_si
 
 
 def _check_segments(segments, x, patch_size):
-  """Relabels `segments` ``[B, H, W]`` to ``0..S_b-1`` per example; returns (labels, max S)."""
+  """Relabels `segments` to ``0..S_b-1`` per example; returns (labels, max S).
+
+  `segments` label the features (`_common.feature_shape`): ``[B, H, W]`` pixels
+  of NHWC images, or shaped like `x` for any other input (``[B, D]``,
+  ``[B, T, C]``, ...); without the batch axis, one map serves every example.
+  """
   if segments is None:
     return None, 0
-  if x.ndim != 4:
-    raise ValueError(f"segments need NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
   if patch_size != 1:
     raise ValueError("give segments or patch_size, not both")
   seg = np.asarray(segments)
-  if seg.shape != tuple(x.shape[:3]) or not np.issubdtype(seg.dtype, np.integer):
-    raise ValueError(f"segments: expected integer labels of shape {tuple(x.shape[:3])}, got"
+  want = C.feature_shape(x)
+  if seg.shape not in (want, want[1:]) or not np.issubdtype(seg.dtype, np.integer):
+    raise ValueError(f"segments: expected integer labels of shape {want} or {want[1:]}"
+                     f" (one per {'pixel' if x.ndim == 4 else 'element of x'}), got"
                      f" {seg.dtype} {seg.shape}")
+  seg = np.broadcast_to(seg, want)
   # One np.unique over (example, label) pairs relabels every example at once.
   seg = seg.astype(np.int64) - seg.min()
   span = int(seg.max()) + 1
-  offset = np.arange(seg.shape[0])[:, None, None] * span
+  per_example = (-1,) + (1,) * (seg.ndim - 1)
+  offset = (np.arange(seg.shape[0]) * span).reshape(per_example)
   uniq, inv = np.unique(seg + offset, return_inverse=True)
   first = np.searchsorted(uniq, np.arange(seg.shape[0]) * span)
-  out = inv.reshape(seg.shape) - first[:, None, None]
+  out = inv.reshape(seg.shape) - first.reshape(per_example)
   most = int(np.diff(np.append(first, len(uniq))).max())
   return jnp.asarray(out, jnp.int32), most
 
@@ -230,9 +239,11 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
       at 224x224), ``min(N, 100)`` for non-image inputs.
     fill: ``"zeros"`` (default, RISE: zeros in the normalized input space),
       ``"mean"``, ``"blur"``, a float or a baseline array (`_common.make_fill`).
-    patch_size: remove square patches of this side instead of pixels.
-    segments: remove regions instead: integer labels ``[B, H, W]`` (e.g.
-      SLIC superpixels), ranked by their mean relevance; `steps` then counts
+    patch_size: remove square patches of this side instead of pixels (images).
+    segments: remove regions instead: integer labels ``[B, H, W]`` for
+      images (e.g. SLIC superpixels), shaped like `x` for other inputs (e.g.
+      one label per time step of ``[B, T, C]``), or either without the batch
+      axis; ranked by their mean relevance; `steps` then counts
       segments (default: one segment per step) and examples with fewer
       segments sweep theirs in the same number of steps.
     score: ``"probability"`` (default, softmax as RISE) or ``"logit"``.
@@ -288,8 +299,8 @@ def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
     evaluations=lambda o, f, x: 2 * _curve_evaluations(o, f, x), backward=False, smoke={"steps": 8},
     direction="higher")
 def area_between_curves(f, x, attribution, target, *, key=None, steps: int | None = None,
-                        fill: Any = "zeros", patch_size: int = 1, score: str = "probability",
-                        batch_size: int | None = None):
+                        fill: Any = "zeros", patch_size: int = 1, segments=None,
+                        score: str = "probability", batch_size: int | None = None):
   """Area between the LeRF and MoRF perturbation curves (ABPC; Samek et al.
   2017, arXiv:1509.06321): ``AUC(LeRF) - AUC(MoRF)``, higher is better.
 
@@ -297,7 +308,7 @@ def area_between_curves(f, x, attribution, target, *, key=None, steps: int | Non
   ``LeRF - MoRF`` per step. Arguments as in `deletion`.
   """
   kw = dict(steps=steps, fill=fill, patch_size=patch_size, score=score, batch_size=batch_size,
-            insert=False)
+            insert=False, segments=segments)
   morf = _curve_metric("area_between_curves", f, x, attribution, target, key, order="morf", **kw)
   lerf = _curve_metric("area_between_curves", f, x, attribution, target, key, order="lerf", **kw)
   return {"score": lerf["score"] - morf["score"], "curve": lerf["curve"] - morf["curve"]}

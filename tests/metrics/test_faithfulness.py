@@ -308,3 +308,31 @@ def test_segment_steps_closed_form(linear):
     F.deletion(f, x, a, t, segments=seg[:, :3])
   with pytest.raises(ValueError, match="steps"):
     F.deletion(f, x, a, t, segments=seg, steps=5)
+
+
+def test_segments_on_a_time_series_remove_whole_steps():
+  # [B, T, C] series, one segment per time step (labels like x[0]): each curve
+  # step removes the next time step by mean relevance, all channels at once.
+  b, n_t, c = 2, 5, 3
+  x = jax.random.normal(jax.random.key(8), (b, n_t, c))
+  w = jax.random.normal(jax.random.key(9), (n_t * c, 2))
+  f = lambda x: x.reshape(x.shape[0], -1) @ w
+  t = jnp.array([0, 1])
+  a = jax.random.normal(jax.random.key(10), x.shape)
+  steps = np.repeat(np.arange(n_t)[:, None], c, 1)
+  contrib = np.asarray(x * w[:, t].T.reshape(x.shape)).sum(-1)  # [B, T]
+  order = np.argsort(-np.asarray(a).mean(-1), axis=1, kind="stable")  # by mean relevance
+  for name in ("deletion", "area_between_curves"):
+    out = getattr(F, name)(f, x, a, t, segments=steps, score="logit", fill="zeros")
+    assert out["curve"].shape == (b, n_t + 1)
+  out = F.deletion(f, x, a, t, segments=steps, score="logit")
+  for i in range(n_t + 1):
+    kept = np.ones((b, n_t), bool)
+    np.put_along_axis(kept, order[:, :i], False, 1)
+    np.testing.assert_allclose(out["curve"][:, i], (contrib * kept).sum(1), rtol=1e-4, atol=1e-4)
+  # Per-example labels [B, T, C] give the same curve; a wrong shape names the ones expected.
+  same = F.deletion(f, x, a, t, segments=np.broadcast_to(steps, x.shape), score="logit")
+  np.testing.assert_allclose(same["curve"], out["curve"], rtol=1e-6)
+  with pytest.raises(ValueError, match=r"segments: expected integer labels of shape \(2, 5, 3\)"
+                                       r" or \(5, 3\)"):
+    F.deletion(f, x, a, t, segments=np.arange(n_t))
