@@ -377,7 +377,11 @@ def _call_targets(fn, name, what, needs, pos, args, kwargs, defaults):
           f"score={score!r} reads every class of a classifier; a callable target has one"
           " score: use score='logit' (with target=saljax.targets.class_probability(c) for a"
           " class probability)")
-  xa = V.check_input(x)
+  # Integer token inputs are valid for layer methods: only the batch is read here,
+  # the method checks its input itself.
+  xa = x if hasattr(x, "shape") and hasattr(x, "dtype") and getattr(x, "ndim", 0) >= 1 \
+      else V.check_input(x)
+  xa = jnp.asarray(xa) if not isinstance(xa, jax.Array) else xa
   batch = int(xa.shape[0])
   if T.is_callable_target(target):
     shape = score_shape(f, xa, target)

@@ -221,3 +221,20 @@ def test_bad_targets_are_clear():
     saljax.gradient(f, X, 1)
   with pytest.raises(TypeError, match="integer tokens"):
     saljax.gradient(lambda d: d["t"].astype(jnp.float32), {"t": jnp.ones((2, 3), jnp.int32)}, 0)
+
+
+def test_kernel_shap_on_a_tabular_linear_model_is_the_exact_shapley_values():
+  """Features of a table [B, D]: each is its own player, and a linear model's
+  Shapley values against a baseline are ``w_d (x_d - b_d)``."""
+  w = jax.random.normal(jax.random.key(13), (6, 3))
+  f = jax.tree_util.Partial(lambda w, x: x @ w, w)
+  x = jax.random.normal(jax.random.key(14), (4, 6))
+  t = jnp.array([0, 1, 2, 1])
+  phi = saljax.kernel_shap(f, x, t, key=jax.random.key(0), segments="elements", exact=True)
+  _close(phi, x * w[:, t].T, rtol=1e-5, atol=1e-5)
+  # A callable target on the same table: the probability of class t.
+  phi_p = saljax.kernel_shap(f, x, T.class_probability(t), key=jax.random.key(0),
+                             segments="elements", exact=True)
+  p = lambda z: jnp.take_along_axis(jax.nn.softmax(z @ w), t[:, None], 1)[:, 0]
+  # Efficiency: the values sum to f(x) - f(baseline).
+  _close(phi_p.sum(1), p(x) - p(jnp.zeros_like(x)), rtol=1e-4, atol=1e-5)
