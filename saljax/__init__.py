@@ -14,8 +14,9 @@ from saljax import explainers, metrics, model, ops, parallel, targets  # noqa: F
 from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, class_token_attention,
     deconvnet, deeplift, eigencam, expected_gradients, extremal_perturbation, gradcam,
     gradcam_plus_plus, gradient, gradient_shap, gradient_x_input, guided_backprop, guided_ig,
-    hirescam, hsic, integrated_gradients, kernel_shap, layercam, lima, lime, lrp, normgrad,
-    normgrad_combined, occlusion, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad,
+    hirescam, hsic, integrated_gradients, internal_influence, kernel_shap, layer_conductance,
+    layer_gradient_x_activation, layer_integrated_gradients, layercam, lima, lime, lrp,
+    neuron_gradient, neuron_integrated_gradients, normgrad, normgrad_combined, occlusion, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad,
     vargrad, vit_gradcam, xgradcam, xrai)
 from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample
 from saljax.model import (  # noqa: F401
@@ -33,8 +34,9 @@ __all__ = [
     "attention_rollout", "blur_ig", "class_token_attention", "deconvnet", "deeplift",
     "eigencam", "expected_gradients", "extremal_perturbation", "gradcam", "gradcam_plus_plus",
     "gradient", "gradient_shap", "gradient_x_input", "guided_backprop", "guided_ig", "hirescam",
-    "hsic", "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp",
-    "normgrad", "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling",
+    "hsic", "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
+    "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
+    "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad", "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling",
     "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 

@@ -42,6 +42,7 @@ NEEDS = frozenset({
 RETURNS = {
     "input": "a map shaped like x: [B, H, W, C]",
     "layer": "a map at the layer's resolution: [B, h, w]",
+    "activation": "attributions shaped like the layer's activation: [B, h, w, C], [B, T, D], ...",
     "image": "a map at the input's resolution, one value per pixel: [B, H, W]",
     "scores": "per-example scores: [B]",
     "curve": "a dict {'score': [B], 'curve': [B, T]} (plus method-specific keys)",

@@ -7,7 +7,8 @@ explainer is also an attribute of this module (and of `saljax`), so
 """
 from saljax.explainers._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its explainers.
-from saljax.explainers import attention, cam, gradients, perturbation, propagation, regions  # noqa: F401
+from saljax.explainers import (attention, cam, gradients, layer, perturbation,  # noqa: F401
+    propagation, regions)
 from saljax.explainers.cam import combine_maps, upsample  # noqa: F401
 from saljax.explainers.gradients import completeness_gap, make_baseline, path_nodes  # noqa: F401
 
@@ -36,6 +37,9 @@ from saljax.explainers.cam import (eigencam, gradcam, gradcam_plus_plus, hiresca
 from saljax.explainers.gradients import (absolute_gradient, blur_ig, expected_gradients, gradient,
     gradient_shap, gradient_x_input, guided_ig, integrated_gradients, smoothgrad, squaregrad,
     vargrad)
+from saljax.explainers.layer import (internal_influence, layer_conductance,
+    layer_gradient_x_activation, layer_integrated_gradients, neuron_gradient,
+    neuron_integrated_gradients)
 from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, rise, shapley_sampling)
 from saljax.explainers.propagation import (deconvnet, deeplift, guided_backprop, lrp)
 from saljax.explainers.regions import (lima, xrai)
@@ -47,7 +51,9 @@ __all__ = [
     "class_token_attention", "deconvnet", "deeplift", "eigencam", "expected_gradients",
     "extremal_perturbation", "gradcam", "gradcam_plus_plus", "gradient", "gradient_shap",
     "gradient_x_input", "guided_backprop", "guided_ig", "hirescam", "hsic",
-    "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp", "normgrad",
+    "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
+    "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
+    "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad",
     "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling", "smoothgrad",
     "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]

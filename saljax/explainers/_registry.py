@@ -29,9 +29,11 @@ YEAR = {
     "expected_gradients": 2021, "extremal_perturbation": 2019, "gradcam": 2017,
     "gradcam_plus_plus": 2018, "gradient": 2014, "gradient_shap": 2017, "gradient_x_input": 2016,
     "guided_backprop": 2015, "guided_ig": 2021, "hirescam": 2020, "hsic": 2022,
-    "integrated_gradients": 2017, "kernel_shap": 2017, "layercam": 2021, "lima": 2025,
-    "lime": 2016, "lrp": 2015, "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014,
-    "rise": 2018, "scorecam": 2020, "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
+    "integrated_gradients": 2017, "internal_influence": 2018, "kernel_shap": 2017,
+    "layer_conductance": 2018, "layer_gradient_x_activation": 2016,
+    "layer_integrated_gradients": 2017, "layercam": 2021, "lima": 2025,
+    "lime": 2016, "lrp": 2015, "neuron_gradient": 2014, "neuron_integrated_gradients": 2017,
+    "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014, "rise": 2018, "scorecam": 2020, "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
     "squaregrad": 2019, "vargrad": 2018, "vit_gradcam": 2017, "xgradcam": 2020, "xrai": 2019,
 }
 
@@ -51,6 +53,8 @@ _RANGE = _registry.Display(aggregation="sum", sign="range", percentile=99.0)
 DISPLAY = {
     "rise": _RANGE, "hsic": _RANGE, "sobol": _RANGE, "extremal_perturbation": _RANGE,
     "xrai": _RANGE, "lima": _RANGE,
+    # Input gradients of a neuron: the pixel gradient maps' convention.
+    "neuron_gradient": _MAGNITUDE, "neuron_integrated_gradients": _MAGNITUDE,
 }
 
 
