@@ -70,6 +70,10 @@ def test_returns(name):
     assert out.shape == X.shape
   elif e.returns == "image":
     assert out.shape == X.shape[:3]
+  elif e.returns == "activation":
+    which, opts = A.explainer_options(name)
+    layer = (CNN if which == "cnn" else VIT).activation_shapes(X)[opts["layer"]]
+    assert out.shape == layer.shape
   else:
     assert out.ndim == 3 and out.shape[0] == X.shape[0] and out.shape[1:] != X.shape[1:3]
 
@@ -89,7 +93,12 @@ def _count(rows):
 
 def _counting(tapped):
   def forward(x, taps=None):
-    jax.debug.callback(_count, x.reshape(x.shape[0], -1)[:, 0])
+    rows = x.reshape(x.shape[0], -1)[:, 0]
+    # A path that moves only a tap (layer integrated gradients) evaluates the
+    # model once per tap value: the tap makes the counted rows vary too.
+    for t in (taps or {}).values():
+      rows = rows + (0 * t.reshape(t.shape[0], -1)[:, 0]).astype(rows.dtype)
+    jax.debug.callback(_count, rows)
     return tapped(x, taps)
   return saljax.Tapped(forward, tapped.layer_names)
 

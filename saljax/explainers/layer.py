@@ -580,7 +580,7 @@ neuron_integrated_gradients.__doc__ = """Neuron integrated gradients:
   respect to the input, as Captum's `NeuronIntegratedGradients`:
   ``(x - baseline) * sum_k w_k grad n(baseline + alpha_k (x - baseline))``.
   Returns a map shaped like x; its sum approximates ``n(x) - n(baseline)``.
-""" + _NEURON_ARGS + """    baseline: the baseline input, as in `integrated_gradients` (default zeros).
+""" + _NEURON_ARGS + """    baseline: the baseline input, as `integrated_gradients` (default zeros).
     steps: path points, default 50 (Captum's ``n_steps``).
     rule: "gauss_legendre" (default, as Captum) or another of `path_nodes`.
     batch_size: path points evaluated together per example (None: automatic).
