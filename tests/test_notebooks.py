@@ -22,7 +22,7 @@ def _run(path, tmp_path):
 
 def test_there_are_notebooks():
   assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_your_own_model.ipynb",
-                                         "03_attribution_prior.ipynb"]
+                                         "03_attribution_prior.ipynb", "04_beyond_images.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -39,6 +39,17 @@ def test_notebook_runs(path, tmp_path):
     acc0, acc1 = num("without prior: accuracy"), num("with prior: accuracy")
     assert tv1 < tv0 / 2, text
     assert acc0 > 0.9 and acc1 > acc0 - 0.03, text
+  elif path.stem == "04_beyond_images":
+    line = lambda prefix: next(l for l in text.splitlines() if l.startswith(prefix))
+    # Segmentation: IG of a region's score sits in the region, and is complete.
+    inside = float(line("segmentation: IG mass inside").split()[6])
+    assert inside > 0.6, text
+    assert float(line("segmentation: max |completeness gap|").split()[-1]) < 0.01, text
+    # Text: layer IG at the embeddings finds the trigger tokens.
+    assert float(line("text: the top token is a trigger").split()[-4]) >= 0.95, text
+    # Table: KernelSHAP's values sum to f(x) - f(0) for both classes, and agree with IG.
+    assert float(line("tabular: KernelSHAP efficiency gap").split()[-1]) < 1e-4, text
+    assert float(line("tabular: KernelSHAP vs integrated gradients").split()[-1]) > 0.9, text
   else:
     line = next(l for l in text.splitlines() if l.startswith("max |IG - x*w|"))
     assert float(line.split("=")[1]) < 1e-5, line

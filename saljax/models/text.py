@@ -23,7 +23,6 @@ meaning for a sentence: use `token_attribution` instead.
 """
 from __future__ import annotations
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -119,6 +118,7 @@ def token_attribution(tapped, tokens: jax.Array, target, *,
   """
   from saljax import _validation as V
   from saljax import model as M
+  from saljax.explainers import layer as L
   if not isinstance(tapped, M.Tapped):
     if not isinstance(getattr(tapped, "tapped", None), M.Tapped):
       raise TypeError(f"token_attribution: expected a tapped model (classifier.tapped) or a"
@@ -131,23 +131,11 @@ def token_attribution(tapped, tokens: jax.Array, target, *,
   V.check_choice(method, "method", TOKEN_METHODS)
   steps = V.check_positive_int(steps, "steps")
   M.check_layers(tapped, [layer])
-  target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), tokens.shape[:1])
-  zero = tapped.zero_taps(tokens, [layer])[layer]
-  return _token_attribution(tapped, tokens, target, zero, layer=layer, method=method, steps=steps)
-
-
-@functools.partial(jax.jit, static_argnames=("layer", "method", "steps"))
-def _token_attribution(tapped, tokens, target, zero, *, layer, method, steps):
-  # The tapped model is a pytree argument: another checkpoint reuses the program.
-  def grad_at(tap):
-    def score(t):
-      logits, acts = tapped(tokens, {layer: t})
-      return jnp.take_along_axis(logits, target[:, None], axis=1).sum(), acts[layer]
-    return jax.grad(score, has_aux=True)(tap)
-
-  g, e = grad_at(zero)  # e: the layer's activation (the tap is zero)
+  # The registered layer methods do the work; this only fixes the baseline
+  # (zero embeddings, the position embedding stays) and sums over the width.
   if method == "integrated_gradients":
-    # A tap of (alpha - 1) e scales the activation to alpha e.
-    alphas = (jnp.arange(steps, dtype=e.dtype) + 0.5) / steps
-    g = jax.lax.map(lambda a: grad_at((a - 1) * e)[0], alphas).mean(0)
-  return (g * e).sum(-1)
+    attr = L.layer_integrated_gradients(tapped, tokens, target, layer=layer,
+                                        layer_baseline=0.0, steps=steps, rule="middle")
+  else:
+    attr = L.layer_gradient_x_activation(tapped, tokens, target, layer=layer)
+  return attr.sum(-1)
