@@ -8,6 +8,8 @@ Models (`saljax.models`), data (`saljax.data`) and figures (`saljax.viz`,
 """
 import importlib as _importlib
 
+# First: XLA reads its flags when the first backend starts (see _xla_guard).
+from saljax import _xla_guard  # noqa: F401  isort: skip
 from saljax import explainers, metrics, model, ops, parallel, targets  # noqa: F401
 # One function per registered explainer (tests/test_public_api.py checks the
 # list against the registry).

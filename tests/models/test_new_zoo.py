@@ -267,3 +267,25 @@ def test_tabular_model_works_with_pixel_explainers(tab):
   logits = tab.model(x)
   gap = np.abs(np.asarray(logits - tab.model(jnp.zeros_like(x)))).max()
   assert np.abs(np.asarray(delta)).max() < 0.05 * gap
+
+
+def test_layer_integrated_gradients_on_the_text_model_is_complete(text):
+  """Layer IG at the embeddings of the trained text model, from the reference
+  token 0: per row the attributions sum to F(x) - F(reference tokens) (Gauss-
+  Legendre, 64 nodes), and a callable target (the class-1 probability) too."""
+  from saljax import targets as T
+  clf = text.model
+  tok = jnp.asarray(text.test["tokens"][:16])
+  attr, gap = saljax.layer_integrated_gradients(clf.tapped, tok, 1, layer="embeddings",
+                                                baseline=0, steps=64, return_delta=True)
+  change = clf(tok)[:, 1] - clf(jnp.zeros_like(tok))[:, 1]
+  np.testing.assert_allclose(np.asarray(attr.sum((1, 2))), np.asarray(change), rtol=2e-2,
+                             atol=2e-2)
+  assert float(jnp.abs(gap).max()) < 2e-2 * max(1.0, float(jnp.abs(change).max()))
+  p = T.class_probability(1)
+  # The probability saturates along the path: more nodes for the same error.
+  attr_p = saljax.layer_integrated_gradients(clf.tapped, tok, p, layer="embeddings",
+                                             baseline=0, steps=256)
+  prob = lambda t: jax.nn.softmax(clf(t))[:, 1]
+  np.testing.assert_allclose(np.asarray(attr_p.sum((1, 2))),
+                             np.asarray(prob(tok) - prob(jnp.zeros_like(tok))), atol=1e-2)
