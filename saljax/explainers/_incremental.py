@@ -189,9 +189,23 @@ class _Interp:
   def __init__(self):
     self.steps: list[_Step] = []
     self._keys = itertools.count()
+    self._regions: dict = {}
 
   def new(self, clean, lo, sz) -> _Patch:
     return _Patch(next(self._keys), clean, np.asarray(lo, np.int64), tuple(int(s) for s in sz))
+
+  def region(self, p: _Patch, lo: np.ndarray, sz: tuple) -> _Patch:
+    """`p`'s values on another box, as a patched value of its own (one step,
+    shared by every equation that asks for the same box)."""
+    if _same(p.lo, p.sz, lo, sz):
+      return p
+    memo = (p.key, lo.tobytes(), tuple(sz))
+    if memo not in self._regions:
+      r = self.new(p.clean, lo, sz)
+      rebox = _reboxer(p.clean, p.lo, p.sz, r.lo, r.sz)
+      self.steps.append(_Step([p.key], [r.key], lambda pv, i: [rebox(pv[0], i)]))
+      self._regions[memo] = r
+    return self._regions[memo]
 
   def run(self, jaxpr, consts, args) -> list:
     env: dict = {}
@@ -219,7 +233,10 @@ class _Interp:
       n_c = len(ins) - len(jaxpr.invars)
       return self.run(jaxpr, consts, ins[n_c:] if n_c > 0 else ins)
     clean_outs = _bind(eqn, [a.clean if p else a for a, p in zip(ins, patched)])
-    boxes, fn = self.rule(eqn, ins, patched, clean_outs)
+    boxes, fn, *read = self.rule(eqn, ins, patched, clean_outs)
+    if read:  # the rule reads other patched values (a shared region of its input)
+      ins = read[0]
+      patched = [isinstance(a, _Patch) for a in ins]
     outs = [self.new(c, lo, sz) for c, (lo, sz) in zip(clean_outs, boxes)]
     self.steps.append(_Step([a.key if p else None for a, p in zip(ins, patched)],
                             [o.key for o in outs], fn))
@@ -235,6 +252,8 @@ class _Interp:
       return [(np.zeros((n, c.ndim), np.int64), c.shape) for c in clean_outs], whole
     if name in _POINTWISE:
       return _pointwise(eqn, ins, patched, clean_outs)
+    if name == "slice":
+      return _slice_rule(self, eqn, ins, patched, clean_outs)
     handler = _RULES.get(name)
     if handler is None and name in _REDUCE_DENSE:
       handler = _dense_rule
@@ -398,9 +417,10 @@ def _reduce_sum_rule(eqn, ins, patched, clean_outs):
   cut_out = _clean_slicer(clean_outs[0], lo, sz)
 
   def fn(pv, i):
-    old = _bind(eqn, [cut_in(i)])[0]
-    new = _bind(eqn, [pv[0].astype(x.clean.dtype)])[0]
-    return [cut_out(i) - old + new]
+    # The change summed first (zero where the patch equals the clean values),
+    # then added once: one rounding of the clean sum, as plain occlusion has.
+    delta = _bind(eqn, [pv[0].astype(x.clean.dtype) - cut_in(i)])[0]
+    return [cut_out(i) + delta]
 
   return [(lo, sz)], fn
 
@@ -491,7 +511,14 @@ def _pad_rule(eqn, ins, patched, clean_outs):
   return [(lo, sz)], lambda pv, i: _bind(sub, [pv[0], value])
 
 
-def _slice_rule(eqn, ins, patched, clean_outs):
+# A slice whose start can move by at most this much inside its input (a
+# convolution tap, as in the "shifts" depthwise convolution) gets a box that
+# does not depend on its start: all taps of one padded input then share one
+# box (their sum needs no re-boxing) and one region read from the patch.
+TAP_SLACK = 16
+
+
+def _slice_rule(interp, eqn, ins, patched, clean_outs):
   x = ins[0]
   prm = eqn.params
   strides = prm["strides"] or (1,) * x.clean.ndim
@@ -505,16 +532,24 @@ def _slice_rule(eqn, ins, patched, clean_outs):
   for a in range(x.clean.ndim):
     if x.sz[a] == x.clean.shape[a]:
       continue  # the whole axis is sliced as before
-    st, s0 = strides[a], prm["start_indices"][a]
-    need_lo = -(-(x.lo[:, a] - s0) // st)
-    need_hi = (x.lo[:, a] + x.sz[a] - 1 - s0) // st + 1
-    lo[:, a], sz[a] = _fit(need_lo, need_hi, out_shape[a])
-    rlo[:, a], rsz[a] = s0 + lo[:, a] * st, (sz[a] - 1) * st + 1
-    starts[a], limits[a] = 0, rsz[a]
-  sz, rsz = tuple(sz), tuple(rsz)
-  rebox = _reboxer(x.clean, x.lo, x.sz, rlo, rsz)
+    st, s0, o = strides[a], prm["start_indices"][a], out_shape[a]
+    slack = x.clean.shape[a] - ((o - 1) * st + 1)
+    if slack <= TAP_SLACK:  # any start in [0, slack]: the outputs a tap may change
+      need_lo = -(-(x.lo[:, a] - slack) // st)
+      need_hi = (x.lo[:, a] + x.sz[a] - 1) // st + 1
+      lo[:, a], sz[a] = _fit(need_lo, need_hi, o)
+      rlo[:, a], rsz[a] = lo[:, a] * st, (sz[a] - 1) * st + 1 + slack
+      starts[a] = s0
+    else:
+      need_lo = -(-(x.lo[:, a] - s0) // st)
+      need_hi = (x.lo[:, a] + x.sz[a] - 1 - s0) // st + 1
+      lo[:, a], sz[a] = _fit(need_lo, need_hi, o)
+      rlo[:, a], rsz[a] = s0 + lo[:, a] * st, (sz[a] - 1) * st + 1
+      starts[a] = 0
+    limits[a] = starts[a] + (sz[a] - 1) * st + 1
+  region = interp.region(x, rlo, tuple(rsz))
   sub = eqn.replace(params={**prm, "start_indices": tuple(starts), "limit_indices": tuple(limits)})
-  return [(lo, sz)], lambda pv, i: _bind(sub, [rebox(pv[0], i)])
+  return [(lo, tuple(sz))], lambda pv, i: _bind(sub, [pv[0]]), [region]
 
 
 def _dot_general_rule(eqn, ins, patched, clean_outs):
@@ -562,7 +597,6 @@ _RULES = {
     "squeeze": _squeeze_rule,
     "transpose": _transpose_rule,
     "pad": _pad_rule,
-    "slice": _slice_rule,
     "dot_general": _dot_general_rule,
     **{k: _reduce_window_rule for k in _REDUCE_WINDOW},
 }
@@ -630,19 +664,38 @@ def _incremental(f, x, target, fill, starts, window, score, batch_size):
   return jnp.broadcast_to(out_map[..., None], x.shape).astype(x.dtype)
 
 
-def occlusion_incremental(f, x: Array, target: Array, fill: Array, starts: np.ndarray,
-                          window: tuple[int, int], score: str, batch_size: int | None) -> Array:
+MODES = (False, True, "auto")
+
+
+def check_mode(mode: Any) -> bool:
+  """Whether `mode` (occlusion's `incremental`: False, True or "auto") asks
+  for the incremental route; anything else is a ValueError."""
+  if not any(mode is m or (isinstance(mode, str) and mode == m) for m in MODES):
+    raise ValueError(f"incremental: expected False, True or 'auto', got {mode!r}")
+  return mode is not False
+
+
+def occlusion(f, x: Array, target: Array, fill: Array, starts: np.ndarray,
+              window: tuple[int, int], score: str, batch_size: int | None, *,
+              mode: bool | str = True, plain: Callable | None = None) -> Array:
   """Occlusion maps equal to `saljax.explainers.occlusion`'s (up to float
   rounding), each window recomputing only the activations it changes.
 
   `f`, `x`, `target` come prepared (``_registry.prepare``), `fill` is shaped
   like `x` (or broadcasts to it), `starts` the ``[N, 2]`` window corners.
-  Raises `IncrementalUnsupported` (a ValueError) naming the first operation
-  that mixes the positions of a partly changed activation (a ViT's token
-  reshape or attention, a dense layer on a flattened map).
+  With ``mode=True`` a model with an operation that mixes the positions of a
+  partly changed activation (a ViT's token reshape or attention, a dense
+  layer on a flattened map) raises `IncrementalUnsupported` (a ValueError)
+  naming it; with ``mode="auto"`` the plain kernel `plain` (perturbation's
+  ``_occlusion``) runs instead.
   """
-  starts = tuple(map(tuple, np.asarray(starts, np.int64).tolist()))
-  return _incremental(f, x, target, fill, starts, tuple(window), score, batch_size)
+  starts_t = tuple(map(tuple, np.asarray(starts, np.int64).tolist()))
+  if mode == "auto":
+    try:
+      check_incremental(f, x, starts, window)
+    except IncrementalUnsupported:
+      return plain(f, x, target, fill, jnp.asarray(starts), tuple(window), score, batch_size)
+  return _incremental(f, x, target, fill, starts_t, tuple(window), score, batch_size)
 
 
 def check_incremental(f, x: Array, starts: np.ndarray, window: tuple[int, int]) -> None:

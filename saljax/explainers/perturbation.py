@@ -27,6 +27,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax.explainers import _incremental
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
 
@@ -112,7 +113,7 @@ def _occlusion_starts(shape, window, stride) -> tuple[np.ndarray, tuple[int, int
     evaluations=_occlusion_evaluations, backward=False, smoke={"window": 4, "stride": 4})
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
               fill: Any = 0.0, blur_sigma: float = 10.0, score: str = "logit",
-              batch_size: int | None = DEFAULT_BATCH) -> Array:
+              batch_size: int | None = DEFAULT_BATCH, incremental: bool | str = False) -> Array:
   """Occlusion (Zeiler and Fergus 2014, "Visualizing and Understanding
   Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics.
 
@@ -134,6 +135,10 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
     score: ``"logit"`` (default, as Captum) or ``"probability"``.
     batch_size: windows evaluated per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+    incremental: False (default), True or ``"auto"``: recompute per window only
+      the activations it changes (`saljax.explainers._incremental`; same maps
+      up to float rounding). True raises a ValueError for a model that mixes
+      positions (a ViT); ``"auto"`` then runs plain occlusion.
 
   Returns:
     attributions shaped like `x` (equal across channels).
@@ -143,6 +148,9 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   M.check_score(score)
   starts, win = _occlusion_starts(x.shape, window, stride)
   fillv = MK.fill_values(x, fill, blur_sigma=blur_sigma)
+  if _incremental.check_mode(incremental):
+    return _incremental.occlusion(f, x, target, fillv, starts, win, score,
+                                  V.check_batch_size(batch_size), mode=incremental, plain=_occlusion)
   return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score,
                     V.check_batch_size(batch_size))
 
