@@ -81,9 +81,9 @@ class IncrementalUnsupported(ValueError):
 
 def _unsupported(eqn, why: str) -> IncrementalUnsupported:
   return IncrementalUnsupported(
-      f"incremental occlusion: `{eqn.primitive.name}` {why}; it mixes all positions of an "
-      "activation the window changes only in part, so only plain occlusion "
-      "(incremental=False) is exact for this model")
+      f"incremental occlusion: `{eqn.primitive.name}` {why}, so it cannot be restricted to "
+      "the activations a window changes; only plain occlusion (incremental=False, or "
+      "incremental='auto', which falls back to it) is exact for this model")
 
 
 # ----------------------------------------------------------------------------
@@ -470,8 +470,8 @@ def _reshape_rule(eqn, ins, patched, clean_outs):
     # the same number of elements before it (no merging or splitting).
     match = [j for j in range(len(new)) if new[j] == d and before_new[j] == before_old[a]]
     if not match:
-      raise _unsupported(eqn, f"merges or splits axis {a} of {old} (into {new}), which the "
-                              "window changes only in part")
+      raise _unsupported(eqn, f"merges or splits axis {a} of {old} into {new}, mixing "
+                              "positions the window changes only in part (a token sequence)")
     lo[:, match[0]], sz[match[0]] = x.lo[:, a], x.sz[a]
   sz = tuple(sz)
   sub = eqn.replace(params={**eqn.params, "new_sizes": sz, "sharding": None})
