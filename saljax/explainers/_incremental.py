@@ -29,8 +29,9 @@ Exact (equal to plain occlusion up to float rounding) for:
 * elementwise operations of any arity, with clean operands (biases, inference
   batch norm, broadcast first by ``broadcast_in_dim``) cut to the box, and two
   patched operands (a residual addition) on the union of their boxes;
-* structural operations that keep axes apart: `broadcast_in_dim`, `reshape`
-  (when the patched axes keep their size and place), `squeeze`, `transpose`,
+* structural operations that keep axes apart: `concatenate`,
+  `broadcast_in_dim`, `reshape` (when the patched axes keep their size and
+  place), `squeeze`, `transpose`,
   `pad` (non-negative, no interior), `slice` (with strides: the "shifts"
   depthwise convolution of `saljax.models.layers`), and `dot_general` that
   contracts only axes the window does not split (a per-position dense layer);
@@ -563,7 +564,8 @@ def _dot_general_rule(eqn, ins, patched, clean_outs):
   for a in contract:
     if p.sz[a] != p.clean.shape[a]:
       raise _unsupported(eqn, f"contracts axis {a} of shape {p.clean.shape}, which the window "
-                              "changes only in part (a dense layer on a flattened map, or attention)")
+                              "changes only in part (a dense layer on a flattened map, "
+                              "or attention)")
   n = p.lo.shape[0]
   out_shape = clean_outs[0].shape
   lo = np.zeros((n, len(out_shape)), np.int64)
@@ -589,6 +591,34 @@ def _dot_general_rule(eqn, ins, patched, clean_outs):
   return [(lo, tuple(sz))], fn
 
 
+def _concatenate_rule(eqn, ins, patched, clean_outs):
+  """Concatenation along an axis (channels, say): the union box elsewhere,
+  the whole of the concatenated axis."""
+  d = eqn.params["dimension"]
+  shape = clean_outs[0].shape
+  boxes = []
+  for a, p in zip(ins, patched):
+    if p:
+      lo, sz = a.lo.copy(), list(a.sz)
+      lo[:, d], sz[d] = 0, shape[d]
+      boxes.append((lo, sz))
+  lo, sz = _union(boxes, shape)
+  prep = []
+  for a, p in zip(ins, patched):
+    alo, asz = lo.copy(), list(sz)
+    alo[:, d], asz[d] = 0, (a.clean if p else a).shape[d]
+    if p:
+      prep.append(_reboxer(a.clean, a.lo, a.sz, alo, tuple(asz)))
+    else:
+      cut = _clean_slicer(a, alo, tuple(asz))
+      prep.append(lambda v, i, cut=cut: cut(i))
+
+  def fn(pv, i):
+    return _bind(eqn, [g(v, i) for g, v in zip(prep, pv)])
+
+  return [(lo, sz)], fn
+
+
 _RULES = {
     "conv_general_dilated": _conv_rule,
     "reduce_sum": _reduce_sum_rule,
@@ -598,6 +628,7 @@ _RULES = {
     "transpose": _transpose_rule,
     "pad": _pad_rule,
     "dot_general": _dot_general_rule,
+    "concatenate": _concatenate_rule,
     **{k: _reduce_window_rule for k in _REDUCE_WINDOW},
 }
 

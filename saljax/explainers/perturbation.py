@@ -149,8 +149,8 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   starts, win = _occlusion_starts(x.shape, window, stride)
   fillv = MK.fill_values(x, fill, blur_sigma=blur_sigma)
   if _incremental.check_mode(incremental):
-    return _incremental.occlusion(f, x, target, fillv, starts, win, score,
-                                  V.check_batch_size(batch_size), mode=incremental, plain=_occlusion)
+    return _incremental.occlusion(f, x, target, fillv, starts, win, score, V.check_batch_size(
+        batch_size), mode=incremental, plain=_occlusion)
   return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score,
                     V.check_batch_size(batch_size))
 

@@ -69,12 +69,13 @@ def test_incremental_equals_plain_on_resnet18_imagenet_stem():
 def _hand_model():
   """Every rule at once: strided VALID conv, dilated conv, depthwise conv,
   padded max pool, average pool, a residual addition of two different boxes,
-  a per-position dense layer, a transpose, and global max and mean pooling."""
+  a channel concatenation, a per-position dense layer, a transpose, and
+  global max and mean pooling."""
   ks = jax.random.split(jax.random.key(7), 6)
   w1 = jax.random.normal(ks[0], (3, 3, 3, 6)) / 3
   w2 = jax.random.normal(ks[1], (3, 3, 6, 6)) / 6
   wd = jax.random.normal(ks[2], (5, 5, 1, 6)) / 5
-  wp = jax.random.normal(ks[3], (6, 6)) / 3
+  wp = jax.random.normal(ks[3], (12, 6)) / 3
   wo = jax.random.normal(ks[4], (12, 4))
   dn = ("NHWC", "HWIO", "NHWC")
 
@@ -87,6 +88,7 @@ def _hand_model():
     h = lax.reduce_window(h, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
                           ((0, 0), (1, 1), (1, 1), (0, 0)))      # 11 -> 6
     h = lax.reduce_window(h, 0.0, lax.add, (1, 2, 2, 1), (1, 1, 1, 1), "VALID") / 4  # 6 -> 5
+    h = jnp.concatenate([h, jnp.sin(h)], -1)                      # channels
     h = jnp.transpose(h @ wp, (0, 2, 1, 3))                       # per-position dense
     pooled = jnp.concatenate([h.max(axis=(1, 2)), h.mean(axis=(1, 2))], -1)
     return pooled @ wo
