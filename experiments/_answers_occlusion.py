@@ -9,7 +9,10 @@ one call on a batch of `batch` images, compilation excluded),
 ``plain_compile_s`` and ``incremental_compile_s`` (XLA compile plus tracing of
 the first call, from `jax.monitoring`, as `experiments.benchmark` counts them),
 ``*_images_per_s``, ``speedup`` (plain_s / incremental_s) and
-``max_rel_error`` (max |incremental - plain| over max |plain|). With
+``max_rel_error`` (max |incremental - plain| over max |plain|), and
+``mac_ratio``: convolution and dense multiply-adds per window, plain over
+incremental (`_incremental.mac_ratio`), the speedup exact incremental
+inference can reach where those dominate. With
 ``repeats=0`` the run time is the first call minus its compile and trace time
 (each 224 px plain call takes minutes on a small CPU); with ``repeats >= 1``
 it is the median of that many further calls. Where Captum is importable and
@@ -90,6 +93,7 @@ def incremental_rows(models: Sequence[str] = MODELS, configs: Sequence[tuple[int
   import numpy as np
   from experiments import benchmark as B
   from experiments._common import atomic_write_text
+  from saljax.explainers import _incremental as I
   from saljax.explainers import perturbation as P
 
   rows: list[dict] = []
@@ -102,6 +106,8 @@ def incremental_rows(models: Sequence[str] = MODELS, configs: Sequence[tuple[int
              "windows": len(P._occlusion_starts(x.shape, window, stride)[0]),
              "device": jax.devices()[0].device_kind, "cpu_count": os.cpu_count(),
              "load_avg_1min": os.getloadavg()[0]}
+      starts, win = P._occlusion_starts(x.shape, window, stride)
+      row["mac_ratio"] = round(I.mac_ratio(model, x, starts, win), 3)
       for mode, label in ((False, "plain"), (True, "incremental")):
         run_s, compile_s, res = _timed(
             lambda mode=mode: P.occlusion(model, x, target, window=window, stride=stride,
