@@ -116,7 +116,8 @@ def incremental_rows(models: Sequence[str] = MODELS, configs: Sequence[tuple[int
         row[f"{label}_images_per_s"] = round(batch / run_s, 4) if run_s > 0 else None
         row[f"_{label}"] = np.asarray(res)
       plain, inc = row.pop("_plain"), row.pop("_incremental")
-      row["speedup"] = round(row["plain_s"] / row["incremental_s"], 3)
+      row["speedup"] = (round(row["plain_s"] / row["incremental_s"], 3)
+                        if row["incremental_s"] > 0 else None)
       row["max_rel_error"] = float(np.abs(inc - plain).max() / max(np.abs(plain).max(), 1e-30))
       if captum:
         c = _captum_seconds(name, x, target, window, stride)
