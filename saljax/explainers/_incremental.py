@@ -49,7 +49,6 @@ embedding does) raises `IncrementalUnsupported` (a ValueError) naming it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 from typing import Any, Callable, Sequence
 
@@ -287,7 +286,6 @@ def _operand_box(shape, lo, sz):
 
 def _pointwise(eqn, ins, patched, clean_outs):
   shape = tuple(clean_outs[0].shape)
-  n = next(a for a in ins if isinstance(a, _Patch)).lo.shape[0]
   boxes = []
   for a, p in zip(ins, patched):
     if p:  # an axis the operand broadcasts (size 1) changes the whole output axis
@@ -316,7 +314,6 @@ def _pointwise(eqn, ins, patched, clean_outs):
   def fn(pv, i):
     return _bind(eqn, [g(v, i) for g, v in zip(prep, pv)])
 
-  del n
   return [(lo, sz)] * len(clean_outs), fn
 
 
@@ -332,7 +329,6 @@ def _windowed(eqn, p: _Patch, axes_geom, out_shape, pad_value, pads, bind_params
   out_sz = list(out_shape)
   rlo = np.zeros_like(p.lo)
   rsz = list(p.clean.shape)
-  padded_shape = list(p.clean.shape)
   plo_pad = p.lo.copy()
   for a, g in enumerate(axes_geom):
     if g is None:
@@ -350,7 +346,6 @@ def _windowed(eqn, p: _Patch, axes_geom, out_shape, pad_value, pads, bind_params
     olo, osz, r0, rs = _window_axis(p.lo[:, a], p.sz[a], k, st, dil, pl, out_shape[oax])
     out_lo[:, oax], out_sz[oax] = olo, osz
     rlo[:, a], rsz[a] = r0, rs
-    padded_shape[a] += pl + ph
     plo_pad[:, a] += pl
   padded = lax.pad(p.clean, jnp.asarray(pad_value, p.clean.dtype), pads) if any(
       lo or hi for lo, hi, _ in pads) else p.clean
