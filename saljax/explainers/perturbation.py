@@ -27,6 +27,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax.explainers import _incremental
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
 
@@ -147,7 +148,8 @@ def _group_occlusion(f, x, target, fill, labels, m, score, batch_size):
     evaluations=_occlusion_evaluations, backward=False, smoke={"window": 4, "stride": 4})
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
               segments: Any = None, fill: Any = 0.0, blur_sigma: float = 10.0,
-              score: str = "logit", batch_size: int | None = DEFAULT_BATCH) -> Array:
+              score: str = "logit", batch_size: int | None = DEFAULT_BATCH,
+              incremental: bool | str = False) -> Array:
   """Occlusion (Zeiler and Fergus 2014, "Visualizing and Understanding
   Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics,
   on any input ``[B, ...]``.
@@ -183,6 +185,12 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
     batch_size: windows (groups) evaluated per model call (default None:
       automatic, at most `saljax.parallel.max_evals_per_chunk()` model
       evaluations per call).
+    incremental: False (default), True or ``"auto"``, for windows on NHWC
+      images: recompute per window only the activations it changes
+      (Nakandala et al. 2019; `saljax.explainers._incremental`; same maps up
+      to float rounding). True raises a ValueError for a model that mixes
+      positions (a ViT), for `segments` and for non-image inputs; ``"auto"``
+      then runs plain occlusion.
 
   Returns:
     attributions shaped like `x` (equal across channels for windows).
@@ -192,11 +200,19 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   if segments is not None and (window is not None or stride is not None):
     raise ValueError("occlusion: give segments or window/stride, not both")
   batch_size = V.check_batch_size(batch_size)
+  wanted = _incremental.check_mode(incremental)
+  if incremental is True and (segments is not None or x.ndim != 4):
+    raise ValueError("incremental: recomputes the cone of a window on NHWC images; got"
+                     + (" segments" if segments is not None else f" an input of shape"
+                        f" {tuple(x.shape)}") + " (use incremental=False or 'auto')")
   if segments is None:  # windows are checked before any fill is computed
     starts, win = _occlusion_starts(x.shape, window, stride)
   groups, fillv = MK.groups_or_default(x, segments, fill, "occlusion", blur_sigma=blur_sigma)
   if groups is not None:
     return _group_occlusion(f, x, target, fillv, groups.labels, groups.m, score, batch_size)
+  if wanted and x.ndim == 4:
+    return _incremental.occlusion(f, x, target, fillv, starts, win, score, batch_size,
+                                  mode=incremental, plain=_occlusion)
   return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score, batch_size)
 
 
