@@ -79,6 +79,15 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     # The head (1280 channels), the last conv layer as in the paper: at
     # blocks_15 (320 channels, 7x7) the map marked one corner cell of the cat.
     "scorecam": dict(layer="head", batch_size=128),
+    # Layer attribution at the CAM layer; the path methods at 8 steps (each step
+    # is a full forward and backward pass).
+    "layer_gradient_x_activation": dict(layer="head"),
+    "layer_integrated_gradients": dict(layer="head", steps=8),
+    "layer_conductance": dict(layer="head", steps=8),
+    # Below the head: the head feeds the global average pool directly, so the
+    # gradient there (what internal influence integrates) is the same at every
+    # cell and the map is constant.
+    "internal_influence": dict(layer="blocks_15", steps=8),
 }
 # The photos the costly methods run on: a compact object (the espresso) and a
 # thin one (the rocket), both with boxes that discriminate (the cat fills its
@@ -87,7 +96,8 @@ SUBSET_PHOTOS = ("coffee", "rocket")
 # Method -> how many of `SUBSET_PHOTOS` it runs on: the ones that need
 # thousands of model evaluations (or hundreds of optimizer steps) per photo.
 ON_SUBSET = {"rise": 2, "hsic": 2, "sobol": 2, "kernel_shap": 2, "lime": 2, "shapley_sampling": 2,
-             "xrai": 2, "lima": 2, "scorecam": 1, "extremal_perturbation": 1}
+             "xrai": 2, "lima": 2, "scorecam": 1, "extremal_perturbation": 1,
+             "layer_integrated_gradients": 2, "layer_conductance": 2, "internal_influence": 2}
 # Deletion / insertion steps (RISE uses one image row per step, 224 steps).
 JUDGE_STEPS = 8
 # Methods whose references are the demo's photos (input space).
@@ -97,6 +107,8 @@ NOT_APPLICABLE = {
     "attention_rollout": "needs a ViT's attention maps; the pretrained model is a CNN",
     "class_token_attention": "needs a ViT's class token; the pretrained model is a CNN",
     "vit_gradcam": "needs ViT tokens; the pretrained model is a CNN",
+    "neuron_gradient": "explains one unit's activation (neuron=), not the class",
+    "neuron_integrated_gradients": "explains one unit's activation (neuron=), not the class",
 }
 # Run last: many model evaluations per example, so the cheap methods finish first.
 SLOW_LAST = ("integrated_gradients", "expected_gradients", "occlusion", "rise", "kernel_shap", "lime",
@@ -204,7 +216,8 @@ def _mean(v) -> float | None:
 def table_lines(summary: Mapping[str, Any]) -> list[str]:
   """The one-screen table: method, pointing game, energy, deletion, insertion,
   evaluations per photo, seconds, status."""
-  head = (f"{'method':24s} {'photos':>6s} {'point^':>7s} {'energy^':>7s} {'delet.v':>7s}"
+  w = max([24] + [len(n) for n in summary["methods"]])
+  head = (f"{'method':{w}s} {'photos':>6s} {'point^':>7s} {'energy^':>7s} {'delet.v':>7s}"
           f" {'insert^':>7s} {'evals':>7s} {'secs':>6s}  status")
   lines = [head, "-" * len(head)]
   fmt = lambda v: f"{v:7.3f}" if isinstance(v, (int, float)) else f"{'-':>7s}"
@@ -216,7 +229,7 @@ def table_lines(summary: Mapping[str, Any]) -> list[str]:
     sc = r.get("scores") or {}
     ev = r.get("evaluations")
     lines.append(
-        f"{name:24s} {len(r.get('photos') or []):6d} {fmt(sc.get('pointing_game'))}"
+        f"{name:{w}s} {len(r.get('photos') or []):6d} {fmt(sc.get('pointing_game'))}"
         f" {fmt(sc.get('energy_pointing_game'))} {fmt(sc.get('deletion'))} {fmt(sc.get('insertion'))}"
         f" {ev if ev is not None else '-':>7} {r.get('seconds', '-'):>6}  {r['status']}"
         + (f": {r.get('error', r.get('reason', ''))[:60]}" if r["status"] != "ok" else ""))
