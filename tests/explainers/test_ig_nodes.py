@@ -1,0 +1,128 @@
+"""Integrated gradients' node placement (the adaptive rule) and the
+quasi-Monte Carlo draws of RISE masks and SmoothGrad noise, checked on models
+whose integrals are known."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import saljax
+from saljax.explainers import gradients as G
+
+from _tiny_models import tiny_cnn
+
+# Sigmoid steps along the path: with baseline 0 and x = 1 the path's mean
+# input is alpha, so F(alpha) = sum_i h_i sigmoid(k_i (alpha - c_i)) and the
+# exact integral of dF/dalpha is F(1) - F(0), which the gap is measured against.
+STEPS_K = jnp.array([40.0, 60.0, 20.0])
+STEPS_C = jnp.array([0.6, 0.3, 0.75])
+STEPS_H = jnp.array([1.0, 0.7, -0.5])
+
+
+def _steps_model(x):
+  s = x.reshape(x.shape[0], -1).mean(1)
+  out = (STEPS_H * jax.nn.sigmoid(STEPS_K * (s[:, None] - STEPS_C))).sum(1)
+  return jnp.stack([out, -out], -1)
+
+
+def _gap(rule, steps, x, **kw):
+  _, gap = saljax.integrated_gradients(_steps_model, x, 0, steps=steps, rule=rule,
+                                       return_delta=True, **kw)
+  return np.abs(np.asarray(gap))
+
+
+def test_adaptive_beats_gauss_legendre_at_16_and_shrinks_with_steps():
+  x = jnp.ones((1, 4, 4, 3))
+  gl16 = _gap("gauss_legendre", 16, x).max()
+  ad = {n: _gap("adaptive", n, x).max() for n in (8, 16, 32)}
+  assert gl16 > 1e-2, gl16  # the case is hard for 16 Gauss-Legendre nodes: the test can fail
+  assert ad[16] < 0.5 * gl16, (ad, gl16)
+  assert ad[32] < ad[16] < ad[8], ad
+
+
+def test_every_rule_reports_its_gap_and_the_gap_shrinks():
+  x = jnp.ones((2, 4, 4, 3)) * jnp.array([1.0, 0.8])[:, None, None, None]
+  for rule in G.RULES:
+    coarse, fine = _gap(rule, 8, x).max(), _gap(rule, 64, x).max()
+    assert fine < coarse, (rule, coarse, fine)
+
+
+def test_adaptive_completeness_on_a_tiny_cnn():
+  _, _, f = tiny_cnn((2, 8, 8, 3))
+  x = 3.0 * jax.random.normal(jax.random.key(4), (2, 8, 8, 3))
+  t = jnp.array([1, 3])
+  _, gap = saljax.integrated_gradients(f, x, t, steps=32, rule="adaptive", return_delta=True)
+  delta = G.M.target_logit(G.M.as_model(f), x, t) - G.M.target_logit(G.M.as_model(f), 0 * x, t)
+  assert float(jnp.abs(delta).min()) > 0.05  # a nonzero change to account for
+  np.testing.assert_allclose(gap, 0.0, atol=2e-3 * float(jnp.abs(delta).max()))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 4, 9, 16, 50])
+def test_adaptive_nodes_integrate_polynomials_for_any_guide(steps):
+  values = jax.random.normal(jax.random.key(steps), (3, 9)).cumsum(-1) ** 2
+  a, w = G.path_nodes(steps, "adaptive", values)
+  assert a.shape == w.shape == (3, steps)
+  assert bool((w > 0).all()) and bool(((a > 0) & (a < 1)).all())
+  exact = 2 * min(steps, G.ADAPTIVE_PANEL) - 1
+  for k in range(exact + 1):
+    np.testing.assert_allclose((w * a ** k).sum(-1), 1.0 / (k + 1), rtol=2e-5, atol=1e-6)
+  if steps <= G.ADAPTIVE_PANEL:  # one degree more is not exact: the claim is sharp
+    k = exact + 1
+    assert np.abs((w * a ** k).sum(-1) - 1.0 / (k + 1)).max() > 1e-5
+  # A flat guide gives equal panels, the nodes `path_nodes` returns without values.
+  a0, w0 = G.path_nodes(steps, "adaptive")
+  af, wf = G.path_nodes(steps, "adaptive", jnp.zeros((1, 9)))
+  np.testing.assert_allclose(af[0], a0, atol=1e-6)
+  np.testing.assert_allclose(wf[0], w0, atol=1e-6)
+  with pytest.raises(ValueError, match="only rule='adaptive'"):
+    G.path_nodes(steps, "left", values)
+
+
+def test_adaptive_nodes_follow_the_change_of_the_logit():
+  # All of the change in the third of eight segments: most nodes go there.
+  values = jnp.array([[0.0, 0.0, 0.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+  a, _ = G.path_nodes(16, "adaptive", values)
+  inside = int(((a >= 2 / 8) & (a <= 3 / 8)).sum())
+  assert inside >= 8, np.asarray(a)  # uniform placement would put 2 there
+
+
+def test_per_example_nodes_differ_and_match_per_example_calls():
+  x = jnp.ones((3, 4, 4, 3)) * jnp.array([1.0, 0.7, 1.3])[:, None, None, None]
+  values = G.path_values(_steps_model, x, 0)
+  assert values.shape == (3, G.DEFAULT_GUIDE + 1)
+  a, _ = G.path_nodes(16, "adaptive", values)
+  assert not np.allclose(a[0], a[1], atol=1e-3) and not np.allclose(a[1], a[2], atol=1e-3)
+  together = saljax.integrated_gradients(_steps_model, x, 0, steps=16, rule="adaptive")
+  for i in range(3):
+    alone = saljax.integrated_gradients(_steps_model, x[i:i + 1], 0, steps=16, rule="adaptive")
+    np.testing.assert_allclose(together[i:i + 1], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_adaptive_chunked_equals_unchunked(mlp_model, images):
+  t = jnp.array([1, 2, 0])
+  full = saljax.integrated_gradients(mlp_model, 3 * images, t, steps=12, rule="adaptive",
+                                     batch_size=None)
+  for bs in (1, 5, 12):
+    part = saljax.integrated_gradients(mlp_model, 3 * images, t, steps=12, rule="adaptive",
+                                       batch_size=bs)
+    np.testing.assert_allclose(part, full, rtol=1e-5, atol=1e-6)
+
+
+def test_adaptive_cost_counts_the_guide_and_compiles_once(mlp_model, images):
+  entry = saljax.explainers.entry("integrated_gradients")
+  assert entry.cost(steps=16, rule="adaptive") == 16 + G.DEFAULT_GUIDE + 1
+  assert entry.cost(steps=16, rule="adaptive", guide=4) == 16 + 5
+  assert entry.cost(steps=16, rule="gauss_legendre") == 16
+  traces = []
+
+  def f(x):
+    traces.append(x.shape)
+    return mlp_model(x)
+
+  t = jnp.array([0, 1, 2])
+  saljax.integrated_gradients(f, images, t, steps=8, rule="adaptive")
+  n = len(traces)
+  saljax.integrated_gradients(f, images + 1.0, t, steps=8, rule="adaptive")
+  assert len(traces) == n, "a second call of the same shape retraced the model"
+  with pytest.raises(ValueError, match="guide"):
+    saljax.integrated_gradients(f, images, t, rule="adaptive", guide=0)
