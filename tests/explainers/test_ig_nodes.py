@@ -240,3 +240,21 @@ def test_qmc_smoothgrad_lower_variance_prefix_and_chunking(mlp_model, images):
                                                batch_size=3), full, rtol=1e-5, atol=1e-7)
   with pytest.raises(ValueError, match="sampler"):
     saljax.smoothgrad(mlp_model, images, t, key=key, sampler="sobol")
+
+
+def test_adaptive_evaluations_are_the_rows_the_model_sees(mlp_model, images):
+  rows = [0]
+
+  def count(x):
+    rows[0] += x.shape[0]
+
+  def f(x):
+    jax.debug.callback(count, x[:, 0, 0, 0])
+    return mlp_model(x)
+
+  entry = saljax.explainers.entry("integrated_gradients")
+  for opts in ({"steps": 8, "rule": "adaptive", "guide": 4}, {"steps": 6, "rule": "adaptive"}):
+    rows[0] = 0
+    jax.block_until_ready(saljax.integrated_gradients(f, images, jnp.array([0, 1, 2]), **opts))
+    jax.effects_barrier()
+    assert rows[0] / images.shape[0] == entry.cost(f, images, **opts), (opts, rows[0])
