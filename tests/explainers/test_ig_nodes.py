@@ -144,8 +144,8 @@ def test_sobol_directions_give_scipys_points_and_the_scramble_keeps_the_balance(
   ref = qmc.Sobol(d, scramble=False).random(n)
   assert {tuple(r) for r in np.round(mine, 9)} == {tuple(r) for r in np.round(ref, 9)}
   for seed in range(3):
-    pts = np.stack([np.asarray(QMC.sobol_point(QMC.scrambled_sobol(jax.random.key(seed), d), i))
-                    for i in range(n)])
+    scramble = QMC.scrambled_sobol(jax.random.key(seed), d)
+    pts = np.asarray(jax.vmap(lambda i: QMC.sobol_point(scramble, i))(jnp.arange(n)))
     # Every coordinate puts one point in each of the 64 strata (i.i.d. draws would not).
     assert all(len(np.unique(np.floor(pts[:, j] * n))) == n for j in range(d))
   with pytest.raises(ValueError, match="21201"):
@@ -156,7 +156,7 @@ def test_qmc_rise_masks_keep_the_requested_probability():
   for p in (0.3, 0.5):
     for seed in range(3):
       u = P._rise_uniforms(jax.random.key(seed), 4, "qmc")
-      grid = np.stack([np.asarray(u(i))[:16] < p for i in range(1024)])
+      grid = np.asarray(jax.vmap(u)(jnp.arange(1024)))[:, :16] < p
       # Each cell is kept in p of the 1024 masks up to one mask.
       np.testing.assert_allclose(grid.mean(0), p, atol=1.01 / 1024)
     m = P.rise_masks(jax.random.key(0), 1024, (16, 16), 4, p)
@@ -211,7 +211,7 @@ KEY_Q = jax.random.key(11)
 def test_qmc_smoothgrad_noise_is_stratified_per_element_and_per_example():
   n, shape = 16, (3, 4)
   rule = QMC.lattice(jax.random.key(0), n, shape)
-  u = np.stack([np.asarray(QMC.lattice_point(rule, s, n)) for s in range(n)])
+  u = np.asarray(jax.vmap(lambda s: QMC.lattice_point(rule, s, n))(jnp.arange(n)))
   strata = np.floor(u * n).reshape(n, -1)
   assert all(len(set(strata[:, j])) == n for j in range(strata.shape[1]))
   # exact s z mod n for large n (no uint32 overflow)
