@@ -308,8 +308,9 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
       lattice past Sobol's 21201 dimensions), so the estimate stays unbiased
       and the keep pattern is balanced over the masks; on a linear model and
       a tanh MLP (16x16 inputs, cells 4 and 7, 64 to 1000 masks, 12 keys) it
-      cut the variance of the map over keys 3 to 14 times at equal masks
-      (tests/explainers/test_ig_nodes.py holds a case). ``"mc"``:
+      cut the variance of the map over keys 3 to 14 times at equal masks,
+      and 1.4 times over 40 binary feature groups (64 masks, 8 keys;
+      tests/explainers/test_ig_nodes.py holds both cases). ``"mc"``:
       independent uniforms from ``fold_in(key, i)``, the draws of the
       authors' code and of saljax before the option.
 
