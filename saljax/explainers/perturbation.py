@@ -29,6 +29,7 @@ from saljax import model as M
 from saljax import parallel
 from saljax.explainers import _incremental
 from saljax.explainers import _masking as MK
+from saljax.explainers import _qmc as QMC
 from saljax.explainers._registry import REGISTRY, prepare, require_key
 
 Array = jax.Array
@@ -220,23 +221,40 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
 # RISE.
 
 
-@functools.partial(jax.jit, static_argnames=("count", "size", "cells", "dtype"))
+@functools.partial(jax.jit, static_argnames=("count", "size", "cells", "dtype", "sampler"))
 def rise_masks(key: Array, count: int, size: tuple[int, int], cells: int, p: float,
-               dtype=jnp.float32) -> Array:
+               dtype=jnp.float32, sampler: str = "qmc") -> Array:
   """RISE masks ``[count, H, W]``: a ``cells x cells`` Bernoulli(p) grid,
   upsampled bilinearly to ``(cells + 1) * ceil(H / cells)`` and cropped at a
-  random shift, as in the authors' `generate_masks`. Mask i is drawn from
-  ``fold_in(key, i)``: the masks `rise` uses with the same key."""
-  return jax.vmap(lambda i: _rise_mask(jax.random.fold_in(key, i), size, cells, p, dtype))(
-      jnp.arange(count))
+  random shift, as in the authors' `generate_masks`. With ``sampler="qmc"``
+  (default, as `rise`) mask i is point i of a scrambled Sobol sequence in
+  ``cells^2 + 2`` dimensions (the grid cells and the two shifts) randomized
+  by `key` (`_qmc`); with ``"mc"`` it is drawn from ``fold_in(key, i)``.
+  Either way these are the masks `rise` uses with the same key and sampler."""
+  V.check_choice(sampler, "sampler", QMC.SAMPLERS)
+  uniforms = _rise_uniforms(key, cells * cells + 2, masks=count, sampler=sampler)
+  return jax.vmap(lambda i: _rise_mask(uniforms(i), size, cells, p, dtype))(jnp.arange(count))
 
 
-def _rise_mask(k, size, cells, p, dtype):
-  h, w = size
-  ch, cw = math.ceil(h / cells), math.ceil(w / cells)
+def _rise_uniforms(key, d, masks, sampler):
+  """``i -> [d]`` uniforms of mask i: scrambled Sobol points for ``"qmc"``
+  (a randomly shifted lattice of `masks` points past Sobol's
+  `_qmc.SOBOL_MAX_DIM` dimensions, e.g. ``segments="elements"``), else one
+  draw from ``fold_in(key, i)``."""
+  if sampler == "qmc":
+    if d > QMC.SOBOL_MAX_DIM:
+      rule = QMC.lattice(key, masks, (d,))
+      return lambda i: QMC.lattice_point(rule, i, masks)
+    scramble = QMC.scrambled_sobol(key, d)
+    return lambda i: QMC.sobol_point(scramble, i)
   # One uniform draw per mask (grid cells, then the two shifts): a single
   # random call compiles much faster than split + uniform + randint.
-  u = jax.random.uniform(k, (cells * cells + 2,))
+  return lambda i: jax.random.uniform(jax.random.fold_in(key, i), (d,))
+
+
+def _rise_mask(u, size, cells, p, dtype):
+  h, w = size
+  ch, cw = math.ceil(h / cells), math.ceil(w / cells)
   grid = (u[:cells * cells] < p).reshape(cells, cells).astype(dtype)
   up = jax.image.resize(grid, ((cells + 1) * ch, (cells + 1) * cw), "linear")
   dy = jnp.minimum(jnp.floor(u[-2] * ch).astype(jnp.int32), ch - 1)
@@ -244,19 +262,21 @@ def _rise_mask(k, size, cells, p, dtype):
   return jax.lax.dynamic_slice(up, (dy, dx), (h, w))
 
 
-@M.jit(static_argnames=("masks", "cells", "m", "score", "batch_size"))
-def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size, labels=None, m=None):
+@M.jit(static_argnames=("masks", "cells", "m", "score", "batch_size", "sampler"))
+def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size, labels=None, m=None,
+          sampler="mc"):
   size = x.shape[1:3]
+  uniforms = _rise_uniforms(key, cells * cells + 2 if labels is None else m, masks, sampler)
 
   def one(i):
-    # Each mask's key comes from its index inside the chunk, so no [masks] key
-    # array is ever built: memory follows batch_size whatever the mask count.
-    k = jax.random.fold_in(key, i)
+    # Each mask's uniforms come from its index inside the chunk, so no [masks]
+    # key array is ever built: memory follows batch_size whatever the mask count.
+    u = uniforms(i)
     if labels is None:
-      mask = _rise_mask(k, size, cells, p, x.dtype)
+      mask = _rise_mask(u, size, cells, p, x.dtype)
       up = mask[None, :, :, None]
     else:  # Bernoulli(p) per feature group, the same draw for every example
-      mask = (jax.random.uniform(k, (m,)) < p).astype(x.dtype)
+      mask = (u < p).astype(x.dtype)
       up = MK.paint(mask, labels, x.dtype)
     s = M.target_score(f, x * up + fill * (1 - up), target, score)
     return s.reshape((-1,) + (1,) * mask.ndim) * mask[None]
@@ -269,7 +289,7 @@ def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size, labels=No
     evaluations=lambda o, f, x: o["masks"], backward=False, smoke={"masks": 16, "cells": 4})
 def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float = 0.5,
          segments: Any = None, fill: Any = 0.0, score: str = "probability",
-         batch_size: int | None = DEFAULT_BATCH) -> Array:
+         batch_size: int | None = DEFAULT_BATCH, sampler: str = "qmc") -> Array:
   """RISE (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
 
@@ -279,8 +299,8 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
   random shift (the authors' code upsamples with skimage ``order=1``; here
   `jax.image.resize` "linear", the same half-pixel bilinear interpolation up to
   border handling). The same masks serve every example of the batch; mask i
-  comes from ``fold_in(key, i)`` (`rise_masks`), so maps depend neither on the
-  batch size nor on `batch_size`.
+  comes from its index (`rise_masks`), so maps depend neither on the batch
+  size nor on `batch_size`.
 
   Args:
     key: a `jax.random` key (required); the same key gives bit-identical maps.
@@ -298,6 +318,17 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
     score: ``"probability"`` (default: the paper's softmax score) or ``"logit"``.
     batch_size: masks per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call). Any N works.
+    sampler: ``"qmc"`` (default): the masks' uniforms (``cells^2 + 2``: grid
+      cells, then the shift; or one per feature group) are the points of a
+      scrambled Sobol sequence randomized by `key` (a randomly shifted
+      lattice past Sobol's 21201 dimensions), so the estimate stays unbiased
+      and the keep pattern is balanced over the masks; on a linear model and
+      a tanh MLP (16x16 inputs, cells 4 and 7, 64 to 1000 masks, 12 keys) it
+      cut the variance of the map over keys 3 to 14 times at equal masks,
+      and 1.4 times over 40 binary feature groups (64 masks, 8 keys;
+      tests/explainers/test_ig_nodes.py holds both cases). ``"mc"``:
+      independent uniforms from ``fold_in(key, i)``, the draws of the
+      authors' code and of saljax before the option.
 
   Returns:
     saliency shaped like `x` (equal across channels, or over each group).
@@ -311,8 +342,9 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
   groups, fillv = MK.groups_or_default(x, segments, fill, "rise",
                                        image_default=f"its default {cells} x {cells} mask grid")
   labels, m = (None, None) if groups is None else (groups.labels, groups.m)
+  V.check_choice(sampler, "sampler", QMC.SAMPLERS)
   return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
-               V.check_batch_size(batch_size), labels=labels, m=m)
+               V.check_batch_size(batch_size), labels=labels, m=m, sampler=sampler)
 
 
 # ----------------------------------------------------------------------------
