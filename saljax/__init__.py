@@ -15,8 +15,8 @@ from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, cl
     deconvnet, deeplift, eigencam, expected_gradients, extremal_perturbation, gradcam,
     gradcam_plus_plus, gradient, gradient_shap, gradient_x_input, guided_backprop, guided_ig,
     hirescam, hsic, integrated_gradients, kernel_shap, layercam, lima, lime, lrp, normgrad,
-    normgrad_combined, occlusion, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad,
-    vargrad, vit_gradcam, xgradcam, xrai)
+    normgrad_combined, occlusion, owen_values, rise, scorecam, shapley_sampling, smoothgrad, sobol,
+    squaregrad, vargrad, vit_gradcam, xgradcam, xrai)
 from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample
 from saljax.model import (  # noqa: F401
     PREDICTED, Model, Tapped, as_model, bind, from_features_head, from_linen, from_nnx,
@@ -34,7 +34,7 @@ __all__ = [
     "eigencam", "expected_gradients", "extremal_perturbation", "gradcam", "gradcam_plus_plus",
     "gradient", "gradient_shap", "gradient_x_input", "guided_backprop", "guided_ig", "hirescam",
     "hsic", "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp",
-    "normgrad", "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling",
+    "normgrad", "normgrad_combined", "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling",
     "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 

@@ -36,7 +36,8 @@ from saljax.explainers.cam import (eigencam, gradcam, gradcam_plus_plus, hiresca
 from saljax.explainers.gradients import (absolute_gradient, blur_ig, expected_gradients, gradient,
     gradient_shap, gradient_x_input, guided_ig, integrated_gradients, smoothgrad, squaregrad,
     vargrad)
-from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, rise, shapley_sampling)
+from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, owen_values, rise,
+    shapley_sampling)
 from saljax.explainers.propagation import (deconvnet, deeplift, guided_backprop, lrp)
 from saljax.explainers.regions import (lima, xrai)
 from saljax.explainers.sensitivity import (hsic, sobol)
@@ -48,6 +49,6 @@ __all__ = [
     "extremal_perturbation", "gradcam", "gradcam_plus_plus", "gradient", "gradient_shap",
     "gradient_x_input", "guided_backprop", "guided_ig", "hirescam", "hsic",
     "integrated_gradients", "kernel_shap", "layercam", "lima", "lime", "lrp", "normgrad",
-    "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling", "smoothgrad",
-    "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
+    "normgrad_combined", "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling",
+    "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]

@@ -31,6 +31,7 @@ YEAR = {
     "guided_backprop": 2015, "guided_ig": 2021, "hirescam": 2020, "hsic": 2022,
     "integrated_gradients": 2017, "kernel_shap": 2017, "layercam": 2021, "lima": 2025,
     "lime": 2016, "lrp": 2015, "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014,
+    "owen_values": 1977,
     "rise": 2018, "scorecam": 2020, "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
     "squaregrad": 2019, "vargrad": 2018, "vit_gradcam": 2017, "xgradcam": 2020, "xrai": 2019,
 }
