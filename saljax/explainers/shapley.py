@@ -98,14 +98,31 @@ def paired(z: Array, counts: Array) -> Array:
 # Leverage SHAP sampling.
 
 
+# Columns of the exact binomial table: a stratum of size s is ranked only when
+# C(M, s) <= 2^23 with M >= 2 s, and C(2 s, s) passes that beyond s = 13.
+_RANKED_SIZES = 13
+
+
 def _binomials(m: int) -> np.ndarray:
-  """``C(n, k)`` for ``0 <= n, k <= m`` as float32, exact while below 2^24 and
-  capped at 1e30 (only compared with sample counts there)."""
-  t = np.zeros((m + 1, m + 1))
-  for n in range(m + 1):  # the table's size is static; this is host setup
-    for k in range(n + 1):
-      t[n, k] = min(float(math.comb(n, k)), 1e30)
+  """``C(n, k)`` for ``0 <= n <= m``, ``0 <= k <= min(m, 14)`` as float32 (Pascal's
+  rule in float64, exact below 2^53, capped at 1e30): every binomial a ranked
+  stratum's unranking reads, exactly (`_choose` covers larger k)."""
+  cols = min(m, _RANKED_SIZES + 1) + 1
+  t = np.zeros((m + 1, cols))
+  t[:, 0] = 1.0
+  for n in range(1, m + 1):  # host setup, one row per n
+    t[n, 1:] = np.minimum(t[n - 1, 1:] + t[n - 1, :-1], 1e30)
   return t.astype(np.float32)
+
+
+def _choose(table: Array, n: Array, k: Array) -> Array:
+  """``C(n, k)``: from the exact table while k fits in it, else by lgamma
+  (there ``C(n, k) > 2^22`` whenever ``n >= 2 k``: only compared, never ranked)."""
+  cols = table.shape[1]
+  nf, kf = jnp.asarray(n, jnp.float32), jnp.asarray(k, jnp.float32)
+  big = jnp.exp(jax.lax.lgamma(nf + 1) - jax.lax.lgamma(kf + 1)
+                - jax.lax.lgamma(jnp.maximum(nf - kf, 0) + 1))
+  return jnp.where(k < cols, table[n, jnp.minimum(k, cols - 1)], big)
 
 
 def _allocate(sizes: Array, pairs: int) -> Array:
@@ -135,7 +152,7 @@ def _unrank(r: Array, k: Array, m: int, binom: Array) -> Array:
 
   def step(carry, i):
     r, k = carry
-    c = binom[i, k]
+    c = binom[i, jnp.minimum(k, binom.shape[1] - 1)]  # k fits: ranked strata only
     take = (k > 0) & (r >= c)
     return (jnp.where(take, r - c, r), k - take), take
 
@@ -182,9 +199,9 @@ def leverage_pairs(key: Array, pairs: int, counts: Array, m: int):
     mb = count
     active = 2 * s <= mb
     middle = 2 * s == mb
-    full = binom[mb, s]
-    size = jnp.where(active, jnp.where(middle, binom[jnp.maximum(mb - 1, 0), jnp.maximum(s - 1, 0)],
-                                       full), 0.0)
+    full = _choose(binom, mb, s)
+    half = _choose(binom, jnp.maximum(mb - 1, 0), jnp.maximum(s - 1, 0))  # middle: C(M-1, s-1)
+    size = jnp.where(active, jnp.where(middle, half, full), 0.0)
     n = _allocate(size, pairs)
     ends = jnp.cumsum(n.astype(jnp.int32))
     j = jnp.arange(pairs)
@@ -197,7 +214,8 @@ def leverage_pairs(key: Array, pairs: int, counts: Array, m: int):
     off = u_all[0, jnp.minimum(j - within, pairs - 1)]  # one offset per stratum
     r = jnp.where(whole, within.astype(jnp.float32),
                   jnp.floor((within + off) * size_j / jnp.maximum(n_j, 1)))
-    r = jnp.minimum(r, size_j - 1) + jnp.where(middle[sti], binom[jnp.maximum(mb - 1, 0), s_j], 0.0)
+    r = jnp.minimum(r, size_j - 1) + jnp.where(middle[sti], _choose(binom, jnp.maximum(mb - 1, 0),
+                                                                     s_j), 0.0)
     ranked = jax.vmap(lambda r_, k_: _unrank(r_, k_, m, binom))(r, s_j)
     # Strata too large to rank exactly: uniform subsets of the stratum's size.
     valid = jnp.arange(m) < mb
@@ -368,7 +386,7 @@ def _owen_tables(x, labels, counts, m):
 
 
 def _owen_evaluations(o, f, x) -> int:
-  """One per distinct coalition of the hierarchy (about ``4/3 M^2`` for M groups)."""
+  """One per distinct coalition of the hierarchy (``(2 M^2 + 4) / 3`` for M a power of 2)."""
   labels, counts, m = MK.feature_groups(x, o["segments"], o["segmentation_options"])
   return _owen_tables(x, labels, counts, m)[0].shape[0]
 
@@ -412,8 +430,8 @@ def owen_values(f, x, target, *, key=None, segments: Any = "grid",
   game, and each half's share is split among its own halves the same way,
   with the sibling subtree in or out with probability 1/2 each: group i gets
   the mean, over the ``2^d`` in/out choices of its d ancestors' siblings, of
-  ``v(C + i) - v(C)``. Every coalition is evaluated once (about ``4/3 M^2``
-  evaluations for M groups, all distinct coalitions, chunked through one
+  ``v(C + i) - v(C)``. Every distinct coalition is evaluated once
+  (``(2 M^2 + 4) / 3`` evaluations for M a power of 2, chunked through one
   compiled sum), and the values are exact: efficiency
   ``sum(phi) = f(x) - f(fill)`` holds, and for a model without interactions
   beyond pairs (e.g. linear) Owen values equal Shapley values. Unlike shap,
@@ -422,8 +440,8 @@ def owen_values(f, x, target, *, key=None, segments: Any = "grid",
 
   Args:
     key: unused (the values are exact); accepted for a uniform call.
-    segments: default ``"grid"`` (8 x 8 cells: 64 groups, 5,461 evaluations;
-      ``segmentation_options={"cells": 4}``: 16 groups, 341), or any value
+    segments: default ``"grid"`` (8 x 8 cells: 64 groups, 2,732 evaluations;
+      ``segmentation_options={"cells": 4}``: 16 groups, 172), or any value
       accepted by `lime`.
     fill: default 0.0 (Captum's baseline), or a float/array/"blur"/"mean".
     score: ``"logit"`` (default, as Captum) or ``"probability"``.
@@ -437,7 +455,10 @@ def owen_values(f, x, target, *, key=None, segments: Any = "grid",
   """
   f, x, target = prepare(f, x, target)
   M.check_score(score)
-  labels, counts, m = MK.feature_groups(x, segments, segmentation_options)
+  # The hierarchy is built on the host from the label maps: keep them concrete
+  # under a user's jit (they depend on `segments` only, or on x's host-side segmentation).
+  with jax.ensure_compile_time_eval():
+    labels, counts, m = MK.feature_groups(x, segments, segmentation_options)
   fillv = MK.fill_values(x, fill, labels=labels, num_labels=m, blur_sigma=blur_sigma)
   z, c = _owen_tables(x, labels, counts, m)
   MK.check_evaluations(z.shape[0], "segments", f"<{m} groups>", "owen_values")
