@@ -384,12 +384,11 @@ def _kernel_coalitions(key, samples, counts, m):
   return jax.vmap(one, out_axes=1)(rows, counts).astype(jnp.float32)
 
 
-@M.jit(static_argnames=("samples", "m", "score", "batch_size"))
-def _kernel_shap_exact(f, x, target, fill, labels, counts, samples, m, score, batch_size):
+@M.jit(static_argnames=("m", "score", "batch_size"))
+def _kernel_shap_exact(f, x, target, fill, labels, counts, m, score, batch_size):
   """Exact Shapley values from all ``2^M`` coalitions: ``phi = sum_z c(z) v(z)``
   (`shapley.exact_coefficients`), accumulated chunk by chunk, so memory follows
   `batch_size` and no ``[2^M, M]`` regression is solved."""
-  del samples
 
   def one(k):
     z = ((k >> jnp.arange(m)) & 1).astype(jnp.float32)
@@ -480,7 +479,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       complement (Covert and Lee 2021, "Improving KernelSHAP: Practical Shapley
       Value Estimation via Linear Regression"): the pair's errors cancel to
       first order, so the variance per evaluation is much lower (exact for
-      models without interactions of odd order above 1).
+      models with interactions of order 2 at most).
       ``"leverage"``: Leverage SHAP (Musco and Witter 2025, "Provably Accurate
       Shapley Value Estimation via Leverage Score Sampling"): pairs drawn
       without replacement with equal total probability per coalition size
@@ -517,8 +516,8 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
     m = int(counts.max())  # no padding: 2^M coalitions
     if m > 16:
       raise ValueError(f"exact=True enumerates 2^M coalitions and needs M <= 16 groups, got M = {m}")
-    out = _kernel_shap_exact(f, x, target, fillv, labels, counts,
-                             2 ** m, m, score, V.check_batch_size(batch_size))
+    out = _kernel_shap_exact(f, x, target, fillv, labels, counts, m, score,
+                             V.check_batch_size(batch_size))
     return (out, jnp.zeros_like(out)) if return_stderr else out
   MK.check_design(samples, m, "kernel_shap")
   if sampling == "leverage" and m < 2:

@@ -331,3 +331,17 @@ def test_costs_and_option_errors():
   with pytest.raises(ValueError, match="at least 2 independent pairs"):
     P.shapley_sampling(poly, x, t, key=KEY, samples=2, antithetic=True, segments="elements",
                        return_stderr=True)
+
+
+def test_leverage_with_many_groups_is_exact_on_a_linear_model():
+  """40 groups: the middle strata hold ~10^11 pairs (uniform draws, the
+  lgamma binomials) and the small ones are ranked; an additive model has no
+  residual, so any sample recovers w (x - b) exactly."""
+  m = 40
+  w = jnp.linspace(-1.0, 1.0, m)
+  f = lambda u: jnp.stack([u @ w, jnp.zeros(u.shape[0])], -1)
+  x = jax.random.normal(jax.random.key(5), (2, m))
+  phi, se = P.kernel_shap(f, x, 0, key=KEY, samples=200, sampling="leverage", segments="elements",
+                          fill=0.5, return_stderr=True)
+  np.testing.assert_allclose(np.asarray(phi), np.asarray((x - 0.5) * w), atol=1e-4)
+  assert bool(jnp.isfinite(se).all()) and float(se.max()) < 1e-3
