@@ -46,7 +46,7 @@ import os
 import resource
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from absl import app, flags, logging
 
@@ -64,6 +64,12 @@ flags.DEFINE_enum("compare", "none", ["none", "captum", "quantus"], "baseline li
 flags.DEFINE_integer("repeats", 3, "timed calls per method after the compiling call")
 flags.DEFINE_integer("threads", None, "torch threads (default: what JAX gets, os.cpu_count())")
 flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout only)")
+flags.DEFINE_list("answers", [],
+                  "rows that measure answers instead of throughput, in one run: 'shapley' (error"
+                  " against exact Shapley values per model evaluation, with Captum's KernelShap),"
+                  " 'completeness' (IG's completeness gap per gradient evaluation for every rule),"
+                  " 'incremental' (incremental occlusion against plain and Captum); replaces"
+                  " --methods")
 flags.DEFINE_integer("checkpoints", 0,
                      "parameter sets of the model to explain one call each (0: no checkpoint rows)")
 flags.DEFINE_integer("closures", 3,
@@ -574,9 +580,38 @@ def _emit(row: dict, rows: list, out: str | None) -> None:
       fh.write(line + "\n")
 
 
+ANSWERS = ("shapley", "completeness", "incremental")
+
+
+def answer_rows(kinds: Sequence[str], out: str | None = None) -> list[dict]:
+  """The answer-quality rows (`ANSWERS`), each row tagged with its kind and
+  emitted as it comes; the measuring code lives in ``experiments._answers_*``."""
+  rows: list[dict] = []
+  for kind in kinds:
+    if kind == "shapley":
+      from experiments._answers_shapley import shapley_error_rows
+      got = shapley_error_rows()
+    elif kind == "completeness":
+      from experiments._answers_ig import completeness_rows
+      result = completeness_rows()
+      got = [dict(r) for r in result["rows"]] + [{"verdict": result["target"]}]
+    else:
+      from experiments._answers_occlusion import incremental_rows
+      got = incremental_rows()
+    for row in got:
+      _emit({"answers": kind, **row}, rows, out)
+  return rows
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  bad = [a for a in FLAGS.answers if a not in ANSWERS]
+  if bad:
+    raise app.UsageError(f"--answers: unknown {bad}; known: {list(ANSWERS)}")
+  if FLAGS.answers:
+    answer_rows(FLAGS.answers, FLAGS.out)
+    return
   import saljax
   known = set(saljax.explainers.names()) | set(saljax.metrics.names())
   unknown = [m for m in FLAGS.methods if m not in known]

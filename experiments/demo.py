@@ -72,6 +72,8 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "kernel_shap": dict(samples=256),
     "lime": dict(samples=256),
     "shapley_sampling": dict(samples=4),
+    # A 4 x 4 grid: 172 evaluations (the default 8 x 8 grid costs 2,732).
+    "owen_values": dict(segmentation_options={"cells": 4}),
     "extremal_perturbation": dict(iterations=250),
     # 16 superpixels instead of 50 and a 4-long shortlist: LiMA's greedy search
     # evaluates the model for every candidate region at every step.
@@ -96,7 +98,7 @@ SUBSET_PHOTOS = ("coffee", "rocket")
 # Method -> how many of `SUBSET_PHOTOS` it runs on: the ones that need
 # thousands of model evaluations (or hundreds of optimizer steps) per photo.
 ON_SUBSET = {"rise": 2, "hsic": 2, "sobol": 2, "kernel_shap": 2, "lime": 2, "shapley_sampling": 2,
-             "xrai": 2, "lima": 2, "scorecam": 1, "extremal_perturbation": 1,
+             "owen_values": 2, "xrai": 2, "lima": 2, "scorecam": 1, "extremal_perturbation": 1,
              "layer_integrated_gradients": 2, "layer_conductance": 2, "internal_influence": 2}
 # Deletion / insertion steps (RISE uses one image row per step, 224 steps).
 JUDGE_STEPS = 8
@@ -112,7 +114,7 @@ NOT_APPLICABLE = {
 }
 # Run last: many model evaluations per example, so the cheap methods finish first.
 SLOW_LAST = ("integrated_gradients", "expected_gradients", "occlusion", "rise", "kernel_shap", "lime",
-             "hsic", "sobol", "shapley_sampling", "xrai", "extremal_perturbation", "blur_ig",
+             "hsic", "sobol", "shapley_sampling", "owen_values", "xrai", "extremal_perturbation", "blur_ig",
              "guided_ig", "scorecam", "lima")
 
 

@@ -18,8 +18,9 @@ from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, cl
     gradcam_plus_plus, gradient, gradient_shap, gradient_x_input, guided_backprop, guided_ig,
     hirescam, hsic, integrated_gradients, internal_influence, kernel_shap, layer_conductance,
     layer_gradient_x_activation, layer_integrated_gradients, layercam, lima, lime, lrp,
-    neuron_gradient, neuron_integrated_gradients, normgrad, normgrad_combined, occlusion, rise,
-    scorecam, shapley_sampling, smoothgrad, sobol, squaregrad, vargrad, vit_gradcam, xgradcam, xrai)
+    neuron_gradient, neuron_integrated_gradients, normgrad, normgrad_combined, occlusion,
+    owen_values, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad, vargrad,
+    vit_gradcam, xgradcam, xrai)
 from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample
 from saljax.model import (  # noqa: F401
     PREDICTED, Model, Tapped, as_model, bind, from_features_head, from_linen, from_nnx,
@@ -39,8 +40,8 @@ __all__ = [
     "hsic", "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
     "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
     "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad", "normgrad_combined",
-    "occlusion", "rise", "scorecam", "shapley_sampling", "smoothgrad", "sobol", "squaregrad",
-    "vargrad", "vit_gradcam", "xgradcam", "xrai",
+    "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling", "smoothgrad", "sobol",
+    "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 
 _LAZY = ("models", "data", "viz", "plots", "attacks")

@@ -40,7 +40,8 @@ from saljax.explainers.gradients import (absolute_gradient, blur_ig, expected_gr
 from saljax.explainers.layer import (internal_influence, layer_conductance,
     layer_gradient_x_activation, layer_integrated_gradients, neuron_gradient,
     neuron_integrated_gradients)
-from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, rise, shapley_sampling)
+from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, owen_values, rise,
+    shapley_sampling)
 from saljax.explainers.propagation import (deconvnet, deeplift, guided_backprop, lrp)
 from saljax.explainers.regions import (lima, xrai)
 from saljax.explainers.sensitivity import (hsic, sobol)
@@ -54,6 +55,6 @@ __all__ = [
     "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
     "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
     "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad",
-    "normgrad_combined", "occlusion", "rise", "scorecam", "shapley_sampling", "smoothgrad",
-    "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
+    "normgrad_combined", "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling",
+    "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]

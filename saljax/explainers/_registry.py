@@ -33,8 +33,8 @@ YEAR = {
     "layer_conductance": 2018, "layer_gradient_x_activation": 2016,
     "layer_integrated_gradients": 2017, "layercam": 2021, "lima": 2025,
     "lime": 2016, "lrp": 2015, "neuron_gradient": 2014, "neuron_integrated_gradients": 2017,
-    "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014, "rise": 2018, "scorecam": 2020,
-    "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
+    "normgrad": 2020, "normgrad_combined": 2020, "occlusion": 2014, "owen_values": 1977,
+    "rise": 2018, "scorecam": 2020, "shapley_sampling": 2009, "smoothgrad": 2017, "sobol": 2021,
     "squaregrad": 2019, "vargrad": 2018, "vit_gradcam": 2017, "xgradcam": 2020, "xrai": 2019,
 }
 

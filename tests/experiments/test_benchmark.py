@@ -71,3 +71,28 @@ def test_baseline_rows_on_the_same_weights():
   (row,) = benchmark.run("efficientnet_lite0", ["gradient"], batch=2, steps=1, chunk=None,
                          dtype="float32", compare="captum", repeats=1)
   assert row["baseline"] == "captum" and row["baseline_images_per_s"] > 0, row
+
+
+def test_answer_rows_run_every_kind_in_one_call(tmp_path, monkeypatch):
+  """--answers runs the answer-quality measurements in one call, tagging and
+  appending each row; the measuring functions are replaced by stand-ins here
+  (their own tests run them small), and an unknown kind is refused."""
+  import json
+  from absl import flags
+  from experiments import _answers_ig, _answers_occlusion, _answers_shapley, benchmark
+  monkeypatch.setattr(_answers_shapley, "shapley_error_rows", lambda: [{"estimator": "paired"}])
+  monkeypatch.setattr(_answers_ig, "completeness_rows",
+                      lambda: {"rows": [{"rule": "adaptive"}], "target": {"met": False}})
+  monkeypatch.setattr(_answers_occlusion, "incremental_rows", lambda: [{"model": "resnet18"}])
+  out = tmp_path / "answers.jsonl"
+  rows = benchmark.answer_rows(["shapley", "completeness", "incremental"], str(out))
+  assert [r["answers"] for r in rows] == ["shapley", "completeness", "completeness", "incremental"]
+  assert rows[2] == {"answers": "completeness", "verdict": {"met": False}}
+  assert [json.loads(l) for l in out.read_text().splitlines()] == rows
+  flags.FLAGS(["benchmark", "--answers=shapley,bogus"])
+  try:
+    import pytest
+    with pytest.raises(Exception, match="bogus"):
+      benchmark.main(["benchmark"])
+  finally:
+    flags.FLAGS.unparse_flags()
