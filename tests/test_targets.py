@@ -238,3 +238,14 @@ def test_kernel_shap_on_a_tabular_linear_model_is_the_exact_shapley_values():
   p = lambda z: jnp.take_along_axis(jax.nn.softmax(z @ w), t[:, None], 1)[:, 0]
   # Efficiency: the values sum to f(x) - f(baseline).
   _close(phi_p.sum(1), p(x) - p(jnp.zeros_like(x)), rtol=1e-4, atol=1e-5)
+
+
+def test_multilabel_targets():
+  both = saljax.gradient(CNN.logits, X, T.multilabel([1, 3], num_classes=5))
+  _close(both, saljax.gradient(CNN.logits, X, 1) + saljax.gradient(CNN.logits, X, 3))
+  mask = jnp.zeros((8, 5), bool).at[:, 2].set(True).at[::2, 4].set(True)
+  sig = saljax.gradient(CNN.logits, X, T.multilabel(mask, score="sigmoid"))
+  want = jax.grad(lambda x: (jax.nn.sigmoid(CNN.logits(x)) * mask).sum())(X)
+  _close(sig, want, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="num_classes"):
+    T.multilabel([1, 3])
