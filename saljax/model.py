@@ -729,7 +729,7 @@ def check_score(score: Any, allowed: Sequence[str] = SCORES) -> str:
 
 
 def probabilities(logits: Array) -> Array:
-  """Softmax over classes in float32, refusing a single score per example.
+  """Softmax over classes in at least float32, refusing a single score per example.
 
   The softmax of one score is 1 whatever the input, so every map or metric
   built on it would be constant: that is the case of a callable target
@@ -740,7 +740,8 @@ def probabilities(logits: Array) -> Array:
         "score='probability' needs class logits [B, C] with C >= 2, got one score per"
         " example (a callable target, or a one-logit model); use score='logit', with"
         " target=saljax.targets.class_probability(c) for a class probability")
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  # At least float32 (bf16 logits are promoted), float64 kept under x64.
+  return jax.nn.softmax(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), axis=-1)
 
 
 def class_scores(f: Callable, x: Array, score: str) -> Array:
