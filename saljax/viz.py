@@ -49,11 +49,12 @@ REDUCTIONS = AGGREGATIONS
 
 # Figure grouping: families in the order a reader meets them (the README's),
 # with their headers; unregistered names go last, under "Other".
-FAMILY_ORDER = ("gradients", "propagation", "cam", "attention", "perturbation", "sensitivity",
-                "regions")
+FAMILY_ORDER = ("gradients", "propagation", "cam", "layer", "attention", "perturbation",
+                "sensitivity", "regions")
 FAMILY_TITLES = {
     "gradients": "Gradients", "propagation": "Propagation (modified backward rules)",
-    "cam": "Class activation maps (layer maps, upsampled)", "attention": "Attention (ViT)",
+    "cam": "Class activation maps (layer maps, upsampled)",
+    "layer": "Layer attribution (summed over channels, upsampled)", "attention": "Attention (ViT)",
     "perturbation": "Perturbation", "sensitivity": "Sensitivity analysis",
     "regions": "Regions", "other": "Other",
 }
