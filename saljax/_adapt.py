@@ -136,7 +136,7 @@ def score_shape(f: Any, x: Any, target: Any) -> tuple[int, ...]:
   model = M.as_model(f)
   xs = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), x)
   try:
-    out = jax.eval_shape(lambda m, t, x: m(x), model, None, xs)
+    out = jax.eval_shape(lambda m, x: m(x), model, xs)
   except Exception as e:
     raise ValueError(f"the model could not be evaluated on x: {type(e).__name__}: {e}") from e
   try:
@@ -404,7 +404,6 @@ def _call_targets(fn, name, what, needs, pos, args, kwargs, defaults):
       _, classes = M.output_shape(f, xa)
       columns = V.check_target(jnp.asarray(target).reshape(-1), batch * target.shape[1],
                                classes).reshape(target.shape)
-      count = target.shape[1]
 
     def one(col):
       a, k = list(args), dict(kwargs)
