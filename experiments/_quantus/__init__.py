@@ -1,0 +1,59 @@
+"""Quantus twins: each saljax metric beside its Quantus 0.6 counterpart.
+
+One `QuantusTwin` per metric says how to run saljax's metric on a JAX model
+(NHWC) and Quantus's metric on the same weights as a torch module (NCHW), on
+the same attributions and, where the metric samples, the same random draws.
+The parity tests (tests/metrics/test_quantus_*.py) run every twin on a small
+CNN and compare; `experiments.benchmark --compare=quantus` times both sides on
+the pretrained model. Twins live in one module per metric family
+(`faithfulness`, `robustness`, `localization`, ...), each exporting `TWINS`;
+`twins()` gathers them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+# Modules holding twins (one per family); a missing module is an error, not a
+# silent gap in the parity tests.
+FAMILIES = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantusTwin:
+  """How to run one metric in saljax and in Quantus on the same work.
+
+  Attributes:
+    metric: the saljax registry name.
+    quantus: the Quantus class name (``quantus.<name>``).
+    run_saljax: ``(f, x_nhwc, a_nhwc, y, **ctx) -> [B] numpy scores``.
+    run_quantus: ``(net, x_nchw, a_nchw, y, **ctx) -> [B] numpy scores``
+      (numpy in, numpy out; `net` a torch module in eval mode).
+    context: ``(x_nhwc, y, seed) -> dict`` of extra shared inputs (masks,
+      random draws) passed to both runners as keyword arguments; None: none.
+    differs: empty when the two agree; otherwise why Quantus differs from the
+      paper (naming the line of Quantus 0.6), and the parity test asserts the
+      paper's version on a known answer instead.
+    evaluations: model evaluations per example (for the benchmark's rate).
+  """
+  metric: str
+  quantus: str
+  run_saljax: Callable[..., Any]
+  run_quantus: Callable[..., Any]
+  context: Callable[..., dict] | None = None
+  differs: str = ""
+  evaluations: int = 0
+  atol: float = 1e-4
+
+
+def twins() -> dict[str, QuantusTwin]:
+  """Every twin, by saljax metric name."""
+  out: dict[str, QuantusTwin] = {}
+  for fam in FAMILIES:
+    mod = importlib.import_module(f"experiments._quantus.{fam}")
+    for t in mod.TWINS:
+      if t.metric in out:
+        raise ValueError(f"two Quantus twins for metric {t.metric!r}")
+      out[t.metric] = t
+  return out
