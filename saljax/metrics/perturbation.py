@@ -536,7 +536,7 @@ def sufficiency(f, x, attribution, target=None, *, threshold: float = 0.6, absol
 
   Args:
     attribution: any shape with a leading batch axis, compared flattened.
-    target: validated but not used: the paper compares predicted classes.
+    target: optional, validated but not used: the paper compares predicted classes.
     threshold: neighbour radius on the max-normalised distances, default 0.6
       (Quantus).
     absolute: compare ``|attribution|`` (default True, Quantus ``abs=True``).
@@ -546,8 +546,8 @@ def sufficiency(f, x, attribution, target=None, *, threshold: float = 0.6, absol
   Returns:
     ``[B]`` in [0, 1].
   """
-  f, x, target = C.prepare_model(f, x, target)
+  # The target is checked when given, but only predicted classes are compared.
+  f, x, _ = C.prepare_model(f, x, 0 if target is None else target)
   attribution = C.check_attribution(attribution, x)
   threshold = C.check_fraction(threshold, "threshold")
-  del target
   return _sufficiency(f, x, attribution, jnp.float32(threshold), bool(absolute))
