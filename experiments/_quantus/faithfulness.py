@@ -166,10 +166,13 @@ def _selectivity_quantus(net, x, a, y):
 
 
 def irof_segments(b: int, h: int, w: int) -> np.ndarray:
-  """``[B, H, W]`` labels 0..7: 8 vertical-ish bands, rolled by a row per example
-  (irregular shapes, the same count everywhere)."""
+  """``[B, H, W]`` labels: up to 8 bands shifted by one column per example
+  (irregular shapes, the same count in every example)."""
   base = (np.arange(w)[None, :] * 8 // w + (np.arange(h)[:, None] // max(1, h // 2))) % 8
-  return np.stack([np.roll(base, i, axis=1) for i in range(b)]).astype(np.int32)
+  segs = [np.roll(base, i, axis=1) for i in range(b)]
+  # Labels 0..S-1 without gaps: Quantus loops over range(number of labels).
+  return np.stack([np.unique(s, return_inverse=True)[1].reshape(h, w) for s in segs]).astype(
+      np.int32)
 
 
 def _irof_context(x, y, seed):
@@ -256,7 +259,9 @@ def _pf_quantus(net, x, a, y):
 
 
 def _fc_context(x, y, seed):
-  return {"key": _key(seed), "samples": 12, "subset_size": 8}
+  # Quantus checks subset_size (elements) against H * W (asserts.py via
+  # faithfulness_correlation.py L295): C * 4 pixels fit 4x4 images and up.
+  return {"key": _key(seed), "samples": 12, "subset_size": 4}
 
 
 def _fc_saljax(f, x, a, y, key, samples, subset_size):
