@@ -101,3 +101,27 @@ def test_batch_sufficiency_fails_on_batches(case):
   with pytest.raises(ValueError, match="reshape"):
     m(model=net, x_batch=xc, y_batch=y, a_batch=to_nchw(a), device="cpu", channel_first=True,
       batch_size=len(xc))
+
+
+def test_sufficiency_agrees_on_a_case_with_neighbours(region):
+  """The shared case is degenerate for sufficiency (an untrained CNN predicts one
+  class, random maps are about equidistant); here two pairs of near-equal maps,
+  one pair split across classes, on the one-region model and its torch twin."""
+  import torch
+  f, w, x = region
+  x = x.at[3].set(-x[3])  # row 3 predicted as class 1
+  v, u = (jax.random.normal(jax.random.key(i), (8, 8, 3)) for i in (1, 2))
+  a = jnp.stack([v, v, u, u]) + 1e-3 * jax.random.normal(jax.random.key(3), x.shape)
+  w_t = torch.from_numpy(np.asarray(w).transpose(2, 0, 1).copy())
+
+  class Region(torch.nn.Module):
+    def forward(self, xt):
+      s = (xt * w_t).sum((1, 2, 3))
+      return torch.stack([s, -s], 1)
+
+  twin = TWINS["sufficiency"]
+  y = np.zeros(4, int)
+  s = twin.run_saljax(f, x, a, y)
+  q = twin.run_quantus(Region().eval(), to_nchw(x), to_nchw(a), y)
+  np.testing.assert_allclose(s, [1, 1, 0, 0])
+  np.testing.assert_allclose(q, s, atol=twin.atol)
