@@ -200,7 +200,7 @@ def _numpy_trapz():
 
 def _irof_quantus(net, x, a, y, segments):
   from quantus.helpers import utils
-  segs = iter(np.asarray(segments))
+  segs = iter(np.asarray(segments)) if segments is not None else None
   from quantus.functions.perturb_func import baseline_replacement_by_mask
 
   def perturb(arr, mask, **kw):
@@ -213,8 +213,9 @@ def _irof_quantus(net, x, a, y, segments):
   m = _q().IROF(perturb_func=perturb, **COMMON)
   # Quantus' calculate_auc calls np.trapz (helpers/utils.py L1032), which numpy 2
   # removed; np.trapezoid is the same function under its new name.
-  with _patched(utils, "get_superpixel_segments", lambda img, segmentation_method: next(segs)), \
-      _numpy_trapz():
+  given = (lambda img, segmentation_method: next(segs)) if segments is not None else \
+      utils.get_superpixel_segments  # None: Quantus segments the images itself (SLIC)
+  with _patched(utils, "get_superpixel_segments", given), _numpy_trapz():
     return np.asarray(_call(m, net, x, np.asarray(a, np.float64), y, softmax=True))
 
 

@@ -419,8 +419,28 @@ def selectivity(f, x, attribution, target, *, key=None, patch_size: int = 8, fil
 # IROF.
 
 
+SEGMENTATIONS = ("slic", "felzenszwalb")
+
+
+def _resolve_segments(segments: Any, x: Array):
+  """Integer labels as given, or computed on the host by name with scikit-image
+  (Quantus' ``get_superpixel_segments``: ``slic(img, start_label=0)`` or
+  ``felzenszwalb(img)`` on each HWC image as float64)."""
+  if not isinstance(segments, str):
+    return segments
+  V.check_choice(segments, "segments", SEGMENTATIONS)
+  if not V.is_concrete(x):
+    raise ValueError(f"segments={segments!r} segments the images on the host and needs concrete"
+                     " x; under jax.jit or vmap pass integer labels [B, H, W] computed outside")
+  from skimage import segmentation as S
+  imgs = np.asarray(x, np.float64)
+  if segments == "slic":
+    return np.stack([S.slic(img, start_label=0) for img in imgs]).astype(np.int32)
+  return np.stack([S.felzenszwalb(img) for img in imgs]).astype(np.int32)
+
+
 def _irof_evaluations(o, f, x) -> int:
-  return 1 + F._check_segments(o["segments"], x, 1)[1]
+  return 1 + F._check_segments(_resolve_segments(o["segments"], x), x, 1)[1]
 
 
 @M.jit(static_argnames=("num_segments", "score", "batch_size"))
@@ -458,10 +478,10 @@ def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mea
     attribution: shaped like `x` or ``[B, H, W]``; signed channel sum (Quantus
       ``abs=False``).
     segments: required; integer labels ``[B, H, W]`` (or ``[H, W]`` for all
-      examples), e.g. SLIC superpixels (Quantus computes
-      ``skimage.segmentation.slic`` itself; any segmentation can be passed
-      here). Examples with fewer segments finish early and keep their last
-      value.
+      examples), or ``"slic"`` / ``"felzenszwalb"`` to segment each image on
+      the host with scikit-image's defaults as Quantus does (``"slic"`` is
+      Quantus' default; needs concrete `x`, not under jit). Examples with
+      fewer segments finish early and keep their last value.
     key: optional; ties between segments at random.
     fill: ``"mean"`` (default: each image's per-channel mean, the paper's
       mean value) or any `_common.make_fill` value. Quantus' ``"mean"`` is the
@@ -481,9 +501,9 @@ def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mea
     raise ValueError(f"irof: expected NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
   attribution = C.check_attribution(attribution, x)
   if segments is None:
-    raise ValueError("irof: expected segments= integer labels [B, H, W] (e.g. SLIC superpixels),"
-                     " got None")
-  segments, num_segments = F._check_segments(segments, x, 1)
+    raise ValueError("irof: expected segments= integer labels [B, H, W] (e.g. SLIC superpixels)"
+                     f" or one of {SEGMENTATIONS}, got None")
+  segments, num_segments = F._check_segments(_resolve_segments(segments, x), x, 1)
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, "irof", required=False)

@@ -155,6 +155,10 @@ def test_bad_input_is_refused_before_work(region, linear):
   a = x * w
   with pytest.raises(ValueError, match="segments"):
     P.irof(f, x, a, 0)
+  with pytest.raises(ValueError, match="segments"):
+    P.irof(f, x, a, 0, segments="watershed")
+  with pytest.raises(ValueError, match="concrete"):
+    jax.jit(lambda x: P.irof(f, x, a, 0, segments="slic")["score"])(x)
   with pytest.raises(ValueError, match="features_in_step"):
     P.faithfulness_estimate(f, x, a, 0, features_in_step=65)
   with pytest.raises(ValueError, match="key"):

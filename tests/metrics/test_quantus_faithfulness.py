@@ -125,3 +125,14 @@ def test_sufficiency_agrees_on_a_case_with_neighbours(region):
   q = twin.run_quantus(Region().eval(), to_nchw(x), to_nchw(a), y)
   np.testing.assert_allclose(s, [1, 1, 0, 0])
   np.testing.assert_allclose(q, s, atol=twin.atol)
+
+
+def test_irof_slic_segments_agree_with_quantus(case):
+  """segments="slic" segments each image as Quantus' default IROF does."""
+  f, net, x, xc, y, a = case
+  twin = TWINS["irof"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    s = twin.run_saljax(f, x, a, y, segments="slic")
+    q = twin.run_quantus(net, xc, to_nchw(a), y, segments=None)
+  np.testing.assert_allclose(s, q, atol=twin.atol)
