@@ -392,22 +392,24 @@ MONOTONICITY_DIFFERS = (
     " asserts 1 for the target the region model's evidence supports and 0 for the other"
     " (and Quantus' all-True on the same case).")
 
+# `evaluations`: model evaluations per example on the 4x4 parity case
+# (tests/metrics/test_quantus_faithfulness.py); pixel and patch counts scale with H * W.
 TWINS = [
     QuantusTwin("faithfulness_estimate", "FaithfulnessEstimate", _estimate_saljax,
-                _estimate_quantus, evaluations=65),
+                _estimate_quantus, evaluations=17),
     QuantusTwin("monotonicity", "Monotonicity", _monotonicity_saljax, _monotonicity_quantus,
-                differs=MONOTONICITY_DIFFERS, evaluations=64),
+                differs=MONOTONICITY_DIFFERS, evaluations=16),
     QuantusTwin("monotonicity_correlation", "MonotonicityCorrelation", _monocorr_saljax,
-                _monocorr_quantus, context=_monocorr_context, evaluations=1 + 64 * 3),
+                _monocorr_quantus, context=_monocorr_context, evaluations=1 + 16 * 3),
     QuantusTwin("region_perturbation", "RegionPerturbation", _region_saljax, _region_quantus,
-                evaluations=11),
+                evaluations=5),
     QuantusTwin("selectivity", "Selectivity", _selectivity_saljax, _selectivity_quantus,
-                evaluations=17),
+                evaluations=5),
     QuantusTwin("irof", "IROF", _irof_saljax, _irof_quantus, context=_irof_context,
                 evaluations=9),
     QuantusTwin("sufficiency", "Sufficiency", _sufficiency_saljax, _sufficiency_quantus,
                 evaluations=1),
-    QuantusTwin("pixel_flipping", "PixelFlipping", _pf_saljax, _pf_quantus, evaluations=65),
+    QuantusTwin("pixel_flipping", "PixelFlipping", _pf_saljax, _pf_quantus, evaluations=17),
     QuantusTwin("faithfulness_correlation", "FaithfulnessCorrelation", _fc_saljax, _fc_quantus,
                 context=_fc_context, evaluations=13),
     QuantusTwin("infidelity", "Infidelity", _infid_saljax, _infid_quantus,
