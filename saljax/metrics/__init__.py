@@ -7,7 +7,8 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    contrastive, faithfulness, localization, randomization, removal, robustness, simplicity)
+    contrastive, faithfulness, localization, perturbation, randomization, removal, robustness,
+    simplicity)
 
 
 def names(family=None):
@@ -40,6 +41,8 @@ from saljax.metrics.contrastive import (class_group_contrastivity, contrastive_c
     contrastive_group_score, pointwise_group_score)
 from saljax.metrics.faithfulness import (area_between_curves, deletion, faithfulness_correlation,
     infidelity, insertion, pixel_flipping, road, sensitivity_n)
+from saljax.metrics.perturbation import (faithfulness_estimate, irof, monotonicity,
+    monotonicity_correlation, region_perturbation, selectivity, sufficiency)
 from saljax.metrics.localization import (attribution_localisation, energy_pointing_game,
     pointing_game, relevance_mass, relevance_rank, top_k_intersection)
 from saljax.metrics.randomization import (class_sensitivity, data_randomization,
@@ -58,5 +61,6 @@ __all__ = [
     "local_lipschitz", "max_sensitivity", "model_parameter_randomization", "pixel_flipping",
     "pointing_game", "pointwise_group_score", "random_logit", "relative_input_stability",
     "relevance_mass", "relevance_rank", "road", "roar", "sensitivity_n", "sparseness",
-    "top_k_intersection",
+    "top_k_intersection", "faithfulness_estimate", "irof", "monotonicity",
+    "monotonicity_correlation", "region_perturbation", "selectivity", "sufficiency",
 ]

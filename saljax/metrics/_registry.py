@@ -16,6 +16,8 @@ MODEL_OUTPUT = {
     "faithfulness_correlation": "forward", "insertion": "forward",
     "model_parameter_randomization": "forward", "random_logit": "forward", "road": "forward",
     "roar": "forward", "sensitivity_n": "forward",
+    "faithfulness_estimate": "forward", "monotonicity": "forward",
+    "monotonicity_correlation": "forward", "sufficiency": "forward",
 }
 
 REGISTRY = _registry.Registry("metric", model_output=MODEL_OUTPUT)

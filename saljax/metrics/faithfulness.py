@@ -624,3 +624,10 @@ def infidelity(f, x, attribution, target, *, key=None, noise_scale: float = 0.1,
   attr = C.expand(attribution, x) if attribution.shape != x.shape else attribution
   return _infidelity(f, x, attr, target, key, jnp.asarray(noise_scale, x.dtype), samples,
                      bool(normalize), batch_size)
+
+
+# The perturbation metrics of the same family live in `perturbation` (they
+# reuse the helpers above); the family's module names them too.
+from saljax.metrics.perturbation import (  # noqa: E402,F401
+    faithfulness_estimate, irof, monotonicity, monotonicity_correlation, region_perturbation,
+    selectivity, sufficiency)
