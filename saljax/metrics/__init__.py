@@ -30,7 +30,8 @@ from saljax.metrics.contrastive import (  # noqa: E402,F401
     contrast_weights, contrastive_map, contrastive_model, mask_top)
 from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
 from saljax.metrics.localization import boxes_to_mask, make_mosaics, quadrant_mask  # noqa: E402,F401
-from saljax.metrics.randomization import discrete_entropy, random_parameters  # noqa: E402,F401
+from saljax.metrics.randomization import (  # noqa: E402,F401
+    discrete_entropy, random_other_class, random_parameters)
 from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
 
 # Every registered metric, imported by name (tests/test_public_api.py checks
@@ -52,7 +53,7 @@ from saljax.metrics.simplicity import (complexity, effective_complexity, sparsen
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
     "mask_top", "linear_imputation", "boxes_to_mask", "make_mosaics", "quadrant_mask",
-    "discrete_entropy", "random_parameters", "remove_by_attribution",
+    "discrete_entropy", "random_other_class", "random_parameters", "remove_by_attribution",
     "area_between_curves", "attribution_localisation", "auc", "class_group_contrastivity",
     "class_sensitivity", "complexity", "contrastive_class_score", "contrastive_group_score",
     "data_randomization", "deletion", "diffroar", "effective_complexity", "efficient_mprt",

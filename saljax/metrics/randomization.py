@@ -477,6 +477,14 @@ def _prepare_comparison(name, f, x, target, key, explainer, explainer_options, s
   return model, f, x, target, key, explainer, options
 
 
+def random_other_class(key, target: Array, n: int) -> Array:
+  """The class `random_logit` compares with for `key`: per example, uniform
+  over the ``n - 1`` classes other than `target` (int32 ``[B]``)."""
+  _, k1, _ = jax.random.split(key, 3)
+  shift = jax.random.randint(k1, jnp.shape(target), 1, n)
+  return ((jnp.asarray(target) + shift) % n).astype(jnp.int32)
+
+
 @REGISTRY.register("random_logit", family="randomization", returns="scores",
     needs=("key", "explainer"), evaluations=_random_logit_evaluations, backward=True,
     direction="lower")
@@ -500,11 +508,9 @@ def random_logit(f, x, attribution, target, *, key=None, explainer=None, explain
   n = C.check_f_output(f, x)
   if n < 2:
     raise ValueError(f"random_logit: expected a model with at least 2 classes, got {n}")
-  k0, k1, k2 = jax.random.split(key, 3)
+  k0, _, k2 = jax.random.split(key, 3)
   e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
-  # Uniform over the n - 1 other classes.
-  shift = jax.random.randint(k1, target.shape, 1, n)
-  other = ((target + shift) % n).astype(jnp.int32)
+  other = random_other_class(key, target, n)
   return _compare_classes(model, x, e_a, other, k2, explainer=explainer, options=options,
                           similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
 
