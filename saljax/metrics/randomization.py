@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saljax import _validation as V
 from saljax import model as M
@@ -396,8 +397,7 @@ def _efficient(model_fn, params, x, target, e0, key, *, explainer, options, leaf
               k1, options)
   h0 = discrete_entropy(S.to_map(e0, image_rank, absolute=absolute), bins)
   h1 = discrete_entropy(S.to_map(e, image_rank, absolute=absolute), bins)
-  # A constant original map has no complexity to rise from: NaN, as Quantus' 0/0.
-  return jnp.where(h0 > 0, (h1 - h0) / jnp.where(h0 > 0, h0, 1.0), jnp.nan)
+  return (h1 - h0) / jnp.where(h0 > 0, h0, 1.0), h0
 
 
 def _efficient_evaluations(o, f, x) -> int:
@@ -426,7 +426,7 @@ def efficient_mprt(model_fn, x, attribution, target, *, params=None, key=None, e
 
   Quantus 0.6 defaults kept: 100 bins (no bin rule), signed maps
   (``abs=False``, ``normalise=False``; NHWC maps summed over channels here).
-  A constant original map scores NaN (its entropy is 0).
+  A constant original map has entropy 0: a ValueError (the rise is undefined).
 
   Args:
     model_fn: ``model_fn(params, x) -> logits``.
@@ -443,9 +443,15 @@ def efficient_mprt(model_fn, x, attribution, target, *, params=None, key=None, e
   x, target, key, explainer, options, layers, leaf_layers, init, e0 = _prepare_randomization(
       "efficient_mprt", model_fn, x, attribution, target, params, key, explainer,
       explainer_options, layer, init, top_down=False)
-  return _efficient(model_fn, params, x, target, e0, key, explainer=explainer, options=options,
-                    leaf_layers=leaf_layers, bins=bins, absolute=bool(absolute), init=init,
-                    image_rank=x.ndim)
+  score, h0 = _efficient(model_fn, params, x, target, e0, key, explainer=explainer,
+                         options=options, leaf_layers=leaf_layers, bins=bins,
+                         absolute=bool(absolute), init=init, image_rank=x.ndim)
+  if V.is_concrete(h0) and not np.asarray(h0 > 0).all():
+    rows = np.flatnonzero(~np.asarray(h0 > 0)).tolist()
+    raise ValueError(f"efficient_mprt: the original map is constant for rows {rows[:10]}: its"
+                     " entropy is 0, so the relative rise is undefined (Quantus divides by"
+                     " zero); explain with a method whose map varies")
+  return score
 
 
 @M.jit(static_argnames=("explainer", "similarity",
