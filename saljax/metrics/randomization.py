@@ -238,7 +238,6 @@ def _prepare_randomization(name, model_fn, x, attribution, target, params, key, 
   return x, target, key, explainer, options, layers, leaf_layers, init, e0
 
 
-
 @REGISTRY.register("model_parameter_randomization",
     jittable=False, vmappable=False, note="its result names the randomized layers (strings, which jit and vmap cannot return); call it outside jit and loop over checkpoints in Python (its work is compiled inside)", family="randomization", returns="curve",
     needs=("key", "explainer", "params"), evaluations=_parameter_randomization_evaluations,
