@@ -32,6 +32,7 @@ NEEDS = frozenset({
     "segments",    # a feature mask [B, H, W] (or a host-side segmentation by name)
     "references",  # reference inputs drawn from data
     "mask",        # a ground-truth region [B, H, W]
+    "mosaic",      # 2x2 mosaics and which quadrants show the target class [B, 4]
     "explainer",   # an explainer to re-run (metrics that re-explain)
     "params",      # the model as (model_fn, params) (parameter randomization)
     "random_model",  # a second model (data randomization)

@@ -60,6 +60,8 @@ def _supplied(entry, shape=SHAPE):
     out["layer"] = CNN_LAYERS if "layers" in entry.needs else CNN_LAYER
   if "mask" in entry.needs:
     out["mask"] = jnp.zeros(shape[:3], bool).at[:, :8, :8].set(True)
+  if "mosaic" in entry.needs:  # x read as 2x2 mosaics, the target in the left column
+    out["quadrants"] = np.tile(np.array([[True, False, True, False]]), (shape[0], 1))
   if "explainer" in entry.needs:
     out["explainer"] = saljax.gradient
   if "classes" in entry.needs:
@@ -124,7 +126,7 @@ def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0), **over
   entry = saljax.metrics.entry(name)
   extra = {"key": key} if entry.stochastic else {}
   extra.update(overrides)
-  if name == "model_parameter_randomization":  # takes the model as a function of its params
+  if "params" in entry.needs:  # takes the model as a function of its params
     _, params = cnn_as_function_of_params()
     return entry.fn(_params_model(cnn), x, attribution, target, params=params,
                     **{**metric_options(name), **extra})

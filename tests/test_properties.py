@@ -184,7 +184,7 @@ def test_metric_bad_inputs(name, data):
                               A.metric_options(name), entry, arg, value)
 
     def run():
-      if name == "model_parameter_randomization":
+      if "params" in entry.needs:  # the model as a function of its parameters
         _, params = A.cnn_as_function_of_params()
         return entry.fn(A._params_model(tapped), args["x"], args["attribution"], args["target"],
                         params=params, **kwargs)

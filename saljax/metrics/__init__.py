@@ -30,7 +30,9 @@ def entry(name):
 from saljax.metrics.contrastive import (  # noqa: E402,F401
     contrast_weights, contrastive_map, contrastive_model, mask_top)
 from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
-from saljax.metrics.localization import boxes_to_mask  # noqa: E402,F401
+from saljax.metrics.localization import boxes_to_mask, make_mosaics, quadrant_mask  # noqa: E402,F401
+from saljax.metrics.randomization import (  # noqa: E402,F401
+    discrete_entropy, random_other_class, random_parameters)
 from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
 
 # Every registered metric, imported by name (tests/test_public_api.py checks
@@ -43,24 +45,25 @@ from saljax.metrics.faithfulness import (area_between_curves, deletion, faithful
     infidelity, insertion, pixel_flipping, road, sensitivity_n)
 from saljax.metrics.perturbation import (faithfulness_estimate, irof, monotonicity,
     monotonicity_correlation, region_perturbation, selectivity, sufficiency)
-from saljax.metrics.localization import (attribution_localisation, energy_pointing_game,
-    pointing_game, relevance_mass, relevance_rank, top_k_intersection)
+from saljax.metrics.localization import (attribution_localisation, auc, energy_pointing_game,
+    focus, pointing_game, relevance_mass, relevance_rank, top_k_intersection)
 from saljax.metrics.randomization import (class_sensitivity, data_randomization,
-    model_parameter_randomization, random_logit)
+    efficient_mprt, model_parameter_randomization, random_logit, smooth_mprt)
 from saljax.metrics.removal import (diffroar, roar)
 from saljax.metrics.robustness import (local_lipschitz, max_sensitivity, relative_input_stability)
 from saljax.metrics.simplicity import (complexity, effective_complexity, sparseness)
 
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
-    "mask_top", "linear_imputation", "boxes_to_mask", "remove_by_attribution",
-    "area_between_curves", "attribution_localisation", "class_group_contrastivity",
+    "mask_top", "linear_imputation", "boxes_to_mask", "make_mosaics", "quadrant_mask",
+    "discrete_entropy", "random_other_class", "random_parameters", "remove_by_attribution",
+    "area_between_curves", "attribution_localisation", "auc", "class_group_contrastivity",
     "class_sensitivity", "complexity", "contrastive_class_score", "contrastive_group_score",
-    "data_randomization", "deletion", "diffroar", "effective_complexity",
-    "energy_pointing_game", "faithfulness_correlation", "infidelity", "insertion",
+    "data_randomization", "deletion", "diffroar", "effective_complexity", "efficient_mprt",
+    "energy_pointing_game", "faithfulness_correlation", "focus", "infidelity", "insertion",
     "local_lipschitz", "max_sensitivity", "model_parameter_randomization", "pixel_flipping",
     "pointing_game", "pointwise_group_score", "random_logit", "relative_input_stability",
-    "relevance_mass", "relevance_rank", "road", "roar", "sensitivity_n", "sparseness",
-    "top_k_intersection", "faithfulness_estimate", "irof", "monotonicity",
+    "relevance_mass", "relevance_rank", "road", "roar", "sensitivity_n", "smooth_mprt",
+    "sparseness", "top_k_intersection", "faithfulness_estimate", "irof", "monotonicity",
     "monotonicity_correlation", "region_perturbation", "selectivity", "sufficiency",
 ]

@@ -248,3 +248,177 @@ def attribution_localisation(f, x, attribution, target=None, *, key=None, mask=N
   _, m, gt = _prepare(x, attribution, mask, boxes)
   return _localisation(m, gt, bool(weighted))
 
+
+
+@jax.jit
+def _roc_auc(m, gt):
+  b = m.shape[0]
+  s = m.reshape(b, -1)
+  g = gt.reshape(b, -1).astype(jnp.float32)
+  # Mann-Whitney U: the area under the ROC curve equals the probability that a
+  # ground-truth feature outranks an outside one, ties counting one half
+  # (average ranks, as sklearn's roc_curve + auc through tied thresholds).
+  r = C.average_ranks(s) + 1.0
+  pos = g.sum(1)
+  neg = g.shape[1] - pos
+  u = (r * g).sum(1) - pos * (pos + 1) / 2
+  return u / (pos * neg)
+
+
+@REGISTRY.register("auc", family="localization", returns="scores", needs=("mask",),
+    evaluations=0, backward=False, direction="higher")
+def auc(f, x, attribution, target=None, *, key=None, mask=None, boxes=None):
+  """Localization AUC: the area under the ROC curve of the map as a detector of
+  the ground truth (Fawcett 2006, "An Introduction to ROC Analysis", Pattern
+  Recognition Letters 27(8); Quantus `AUC`).
+
+  Every feature is a sample, its label whether it lies in the ground truth and
+  its score the map's value; the area is computed exactly as the
+  Mann-Whitney statistic ``(sum of ground-truth ranks - P(P+1)/2) / (P N)``
+  with average ranks for ties, which equals sklearn's ``auc(*roc_curve(...))``
+  (what Quantus calls). 1 means every ground-truth feature outranks every
+  other, 0.5 is chance (a constant map scores exactly 0.5), 0 is inverted.
+
+  Quantus defaults kept: signed map (``abs=False``). Its ``normalise=True``
+  divides by the maximum and cannot change a rank, so it is not applied.
+
+  Args:
+    attribution: shaped like `x` (signed channel sum) or ``[B, H, W]``.
+    mask, boxes: the ground truth (module docstring); it must leave at least
+      one feature outside (else the ROC curve is undefined).
+
+  Returns:
+    ``[B]`` in [0, 1].
+  """
+  _, m, gt = _prepare(x, attribution, mask, boxes)
+  if V.is_concrete(gt):
+    full = np.asarray(gt).reshape(gt.shape[0], -1).all(1)
+    if full.any():
+      raise ValueError(f"ground truth: expected at least one feature outside it (the ROC curve"
+                       f" needs negatives), rows {np.flatnonzero(full)[:10].tolist()} cover"
+                       " every feature")
+  return _roc_auc(m, gt)
+
+
+QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+
+def _check_quadrants(quadrants, b):
+  if quadrants is None:
+    raise ValueError("quadrants: expected [B, 4] booleans (which quadrants of each 2x2 mosaic show"
+                     " the target class; `make_mosaics` returns them), got None")
+  q = jnp.asarray(quadrants)
+  if q.shape != (b, 4):
+    raise ValueError(f"quadrants: expected shape ({b}, 4) (one row per mosaic, quadrants in the"
+                     f" order {QUADRANTS}), got {tuple(q.shape)}")
+  if q.dtype != bool:
+    if not jnp.issubdtype(q.dtype, jnp.integer) and not jnp.issubdtype(q.dtype, jnp.floating):
+      raise TypeError(f"quadrants: expected booleans, got dtype {q.dtype}")
+    if V.is_concrete(q) and not np.isin(np.asarray(q), (0, 1)).all():
+      raise ValueError("quadrants: expected booleans (or 0/1), got other values")
+    q = q > 0
+  if V.is_concrete(q):
+    none = ~np.asarray(q).any(1)
+    if none.any():
+      raise ValueError(f"quadrants: expected at least one target quadrant per mosaic, rows"
+                       f" {np.flatnonzero(none)[:10].tolist()} have none")
+  return q
+
+
+def quadrant_mask(quadrants: Any, shape: tuple[int, int]) -> Array:
+  """The ``[B, H, W]`` ground truth of 2x2 mosaics: the union of the quadrants
+  flagged in `quadrants` ``[B, 4]`` (order `QUADRANTS`: top-left, top-right,
+  bottom-left, bottom-right). H and W must be even."""
+  h, w = shape
+  if h % 2 or w % 2:
+    raise ValueError(f"mosaic: expected an even height and width (2x2 equal tiles), got {h}x{w}")
+  q = jnp.asarray(quadrants, bool).reshape(-1, 2, 2)
+  return jnp.repeat(jnp.repeat(q, h // 2, axis=1), w // 2, axis=2)
+
+
+def make_mosaics(images: Any, labels: Any, key, *, count: int | None = None,
+                 target_images: int = 2) -> tuple[Array, Array, Array]:
+  """2x2 mosaics for `focus` (Arias-Duart et al. 2022, Sec. 3): each mosaic
+  holds `target_images` images of one class (default 2, as the paper) and
+  ``4 - target_images`` images of other classes, at random positions.
+
+  Args:
+    images: ``[N, H, W, C]`` candidate images.
+    labels: ``[N]`` integer classes (at least two classes, and at least
+      `target_images` images of every class used as a target).
+    key: a `jax.random` key (targets, images and positions are drawn from it;
+      host-side, the draws are not traced).
+    count: mosaics to build (default N // 4).
+    target_images: images of the target class per mosaic (1 to 3).
+
+  Returns:
+    ``(mosaics [M, 2H, 2W, C], quadrants [M, 4] bool, targets [M] int32)``:
+    quadrant ``i`` (order `QUADRANTS`) is True where it shows the target class.
+  """
+  x = np.asarray(images)
+  y = np.asarray(labels)
+  if x.ndim != 4:
+    raise ValueError(f"images: expected [N, H, W, C], got shape {x.shape}")
+  if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"labels: expected {x.shape[0]} integer classes, got {V.describe(labels)}")
+  target_images = V.check_positive_int(target_images, "target_images")
+  if target_images > 3:
+    raise ValueError(f"target_images: expected 1 to 3 (a mosaic has 4 tiles and needs another"
+                     f" class), got {target_images}")
+  count = x.shape[0] // 4 if count is None else V.check_positive_int(count, "count")
+  classes, counts = np.unique(y, return_counts=True)
+  eligible = classes[counts >= target_images]
+  if len(classes) < 2 or len(eligible) == 0:
+    raise ValueError(f"labels: expected at least two classes and {target_images} images of a"
+                     f" class, got classes {classes.tolist()} with counts {counts.tolist()}")
+  key = C.check_key(key, "make_mosaics")
+  rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+  h, w = x.shape[1:3]
+  out = np.empty((count, 2 * h, 2 * w, x.shape[3]), x.dtype)
+  quads = np.zeros((count, 4), bool)
+  targets = rng.choice(eligible, size=count)
+  for i, t in enumerate(targets):  # host-side data preparation, not a metric loop
+    same = rng.choice(np.flatnonzero(y == t), target_images, replace=False)
+    other = rng.choice(np.flatnonzero(y != t), 4 - target_images, replace=False)
+    order = rng.permutation(4)
+    tiles = np.concatenate([same, other])[order]
+    quads[i] = order < target_images
+    for q, j in enumerate(tiles):
+      r, c = divmod(q, 2)
+      out[i, r * h:(r + 1) * h, c * w:(c + 1) * w] = x[j]
+  return jnp.asarray(out), jnp.asarray(quads), jnp.asarray(targets, jnp.int32)
+
+
+@REGISTRY.register("focus", family="localization", returns="scores", needs=("mosaic",),
+    evaluations=0, backward=False, direction="higher")
+def focus(f, x, attribution, target=None, *, key=None, quadrants=None):
+  """Focus (Arias-Duart, Pares, Garcia-Gasulla, Gimenez-Abalos 2022, "Focus!
+  Rating XAI Methods and Finding Biases", FUZZ-IEEE, arXiv:2109.15035;
+  Quantus `Focus`): on a 2x2 mosaic of images (`make_mosaics`), the share of
+  the map's positive relevance that falls on the quadrants showing the
+  target class, ``sum_{target quadrants} R+ / sum R+``.
+
+  With two of four tiles of the target class, a uniform map scores 0.5 and
+  a map entirely on the target tiles scores 1. Quantus defaults kept: the
+  map is clipped at 0 (as Quantus and the paper, which sum positive
+  relevance) and not made absolute (``abs=False``); Quantus' default
+  ``normalise=True`` divides by the maximum, a scale the ratio ignores. A map
+  with no positive value scores the target tiles' share (what a uniform map
+  scores; Quantus gives 0 there).
+
+  Args:
+    x: NHWC mosaics (even height and width).
+    attribution: shaped like `x` (signed channel sum) or ``[B, H, W]``.
+    quadrants: ``[B, 4]`` booleans, True where the quadrant (top-left,
+      top-right, bottom-left, bottom-right) shows the target class.
+
+  Returns:
+    ``[B]`` in [0, 1].
+  """
+  x = V.check_input(x)
+  if x.ndim != 4:
+    raise ValueError(f"focus: expected NHWC mosaics [B, H, W, C], got x of shape {tuple(x.shape)}")
+  q = _check_quadrants(quadrants, x.shape[0])
+  gt = quadrant_mask(q, x.shape[1:3])
+  attribution = C.check_attribution(attribution, x)
+  return _mass(C.feature_map(attribution, x), gt)

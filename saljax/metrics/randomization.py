@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from saljax import _validation as V
 from saljax import model as M
@@ -118,17 +119,62 @@ def _leaf_layers(params, layers: Sequence[str]) -> tuple[int, ...]:
   return tuple(out)
 
 
+def _random_leaves(params, key, init):
+  """The re-initialized value of every leaf of `params`, as the randomization
+  metrics draw them from their `key` (one draw per leaf, reused by every stage)."""
+  leaves = jax.tree_util.tree_leaves(params)
+  k_init, _ = jax.random.split(key)
+  return [init(k, l) for k, l in zip(jax.random.split(k_init, len(leaves)), leaves)]
+
+
+def random_parameters(params, key, init: Callable | None = None):
+  """The random parameters the randomization metrics (`model_parameter_randomization`,
+  `smooth_mprt`, `efficient_mprt`) put in place of `params` for `key`: a
+  pytree like `params` (the metric uses, at each stage, the leaves of the
+  layers it randomizes). Used to hand the same draws to another library."""
+  key = C.check_key(key, "random_parameters")
+  init = truncated_normal_init if init is None else init
+  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params),
+                                      _random_leaves(params, key, init))
+
+
+def _noise_key(key):
+  # Separate from the re-initialization and explainer keys (split(key) above).
+  return jax.random.fold_in(key, 1)
+
+
+def _smoothed(explainer, model, x, target, key, options, z, noise_magnitude):
+  """The explanation averaged over ``len(z) + 1`` inputs: ``x + std * z_n`` and
+  `x` itself (Quantus' SmoothMPRT keeps its last sample noise-free), with
+  ``std = noise_magnitude * (max x - min x)`` per example. One explainer call
+  on all samples stacked along the batch."""
+  if z is None:
+    return explain(explainer, model, x, target, key, options)
+  axes = tuple(range(1, x.ndim))
+  std = noise_magnitude * (x.max(axes, keepdims=True) - x.min(axes, keepdims=True))
+  xs = jnp.concatenate([x[None] + std[None] * z, x[None]], 0)
+  s = xs.shape[0]
+  t = jnp.broadcast_to(target, (s,) + target.shape).reshape(-1)
+  e = explain(explainer, model, xs.reshape((-1,) + x.shape[1:]), t, key, options)
+  return e.reshape((s, -1) + e.shape[1:]).mean(0)
+
+
 @M.jit(static_argnames=(
     "explainer", "leaf_layers", "n_layers", "mode", "similarity",
-    "absolute", "init", "batch_size", "image_rank"))
-def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, leaf_layers,
-                   n_layers, mode, similarity, absolute, init, batch_size, image_rank):
+    "absolute", "init", "batch_size", "image_rank", "samples"))
+def _randomization(model_fn, params, x, target, e0, key, noise_magnitude=0.0, *, explainer,
+                   options, leaf_layers, n_layers, mode, similarity, absolute, init, batch_size,
+                   image_rank, samples=0):
   leaves, treedef = jax.tree_util.tree_flatten(params)
-  k_init, k_expl = jax.random.split(key)
-  init_keys = jax.random.split(k_init, len(leaves))
-  random = [init(k, l) for k, l in zip(init_keys, leaves)]
+  _, k_expl = jax.random.split(key)
+  random = _random_leaves(params, key, init)
+  # smooth_mprt: the same noise for the trained model and every stage, so
+  # stages differ by their parameters only.
+  z = (jax.random.normal(_noise_key(key), (samples - 1,) + x.shape, x.dtype)
+       if samples > 1 else None)
   if e0 is None:
-    e0 = explain(explainer, M.bind(model_fn, params), x, target, k_expl, options)
+    e0 = _smoothed(explainer, M.bind(model_fn, params), x, target, k_expl, options, z,
+                   noise_magnitude)
   m0 = S.to_map(e0, image_rank, absolute=absolute)
 
   def one(args):
@@ -141,7 +187,7 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
       hit = (li <= stage) if mode == "cascading" else (li == stage)
       new.append(jnp.where(hit, r, leaf))
     p = jax.tree_util.tree_unflatten(treedef, new)
-    e = explain(explainer, M.bind(model_fn, p), x, target, k, options)
+    e = _smoothed(explainer, M.bind(model_fn, p), x, target, k, options, z, noise_magnitude)
     if e.shape != e0.shape:  # raised while tracing, before any work
       raise ValueError(f"attribution: expected the explainer's output shape {e.shape}, got"
                        f" {e0.shape}")
@@ -151,6 +197,45 @@ def _randomization(model_fn, params, x, target, e0, key, *, explainer, options, 
   curve = parallel.chunked_map(one, (stages, jax.random.split(k_expl, n_layers)),
                                batch_size=batch_size).T
   return {"score": curve.mean(1), "curve": curve}
+
+
+def _prepare_randomization(name, model_fn, x, attribution, target, params, key, explainer,
+                           explainer_options, layer, init, *, top_down):
+  """The checks the parameter randomization tests make before any work.
+  Returns ``(x, target, key, explainer, options, layers, leaf_layers, init,
+  e0)`` with `layers` defaulting to the top-level layers of `params`, output
+  first when `top_down` (else input first), and `e0` the checked
+  attribution (None when not given)."""
+  if not callable(model_fn):
+    raise TypeError(f"model_fn: expected model_fn(params, x) -> logits, got {V.describe(model_fn)}")
+  if params is None:
+    raise ValueError("params: expected the trained parameters pytree, got None")
+  x = V.check_input(x)
+  _, x, target = C.prepare_model(M.bind(model_fn, params), x, target)
+  key = C.check_key(key, name)
+  explainer, options = check_explainer(explainer, explainer_options)
+  layers = layer
+  if layers is None:
+    layers = layer_names(params)
+    layers = tuple(reversed(layers)) if top_down else tuple(layers)
+  layers = (layers,) if isinstance(layers, str) else tuple(layers)
+  if not layers:
+    raise ValueError("layer: expected at least one layer name, got none")
+  leaf_layers = _leaf_layers(params, layers)
+  missing = [l for i, l in enumerate(layers) if i not in leaf_layers]
+  if missing:
+    raise ValueError(f"layer: {missing} match no parameter; the params have layers"
+                     f" {list(layer_names(params)) if isinstance(params, dict) else '?'}")
+  init = truncated_normal_init if init is None else init
+  if not callable(init):
+    raise TypeError(f"init: expected init(key, leaf) -> leaf, got {V.describe(init)}")
+  e0 = None
+  if attribution is not None:
+    # Shape (the explainer's, traced abstractly), dtype and finiteness, as
+    # every metric that takes an explainer checks them.
+    e0 = _checked_attribution(attribution, explainer, M.bind(model_fn, params), x, target, key,
+                              options)
+  return x, target, key, explainer, options, layers, leaf_layers, init, e0
 
 
 @REGISTRY.register("model_parameter_randomization",
@@ -199,40 +284,173 @@ def model_parameter_randomization(model_fn, x, attribution, target, *, params=No
     ``{"score": mean over stages [B], "curve": [B, len(layers)],
     "layers": layers}`` with stage ``s`` in column ``s``.
   """
-  if not callable(model_fn):
-    raise TypeError(f"model_fn: expected model_fn(params, x) -> logits, got {V.describe(model_fn)}")
-  if params is None:
-    raise ValueError("params: expected the trained parameters pytree, got None")
-  x = V.check_input(x)
-  _, x, target = C.prepare_model(M.bind(model_fn, params), x, target)
-  key = C.check_key(key, "model_parameter_randomization")
-  explainer, options = check_explainer(explainer, explainer_options)
   V.check_choice(mode, "mode", MODES)
   V.check_choice(similarity, "similarity", S.SIMILARITIES)
   batch_size = V.check_batch_size(batch_size)
-  layers = layer
-  if layers is None:
-    layers = tuple(reversed(layer_names(params)))
-  layers = (layers,) if isinstance(layers, str) else tuple(layers)
-  if not layers:
-    raise ValueError("layer: expected at least one layer name, got none")
-  leaf_layers = _leaf_layers(params, layers)
-  missing = [l for i, l in enumerate(layers) if i not in leaf_layers]
-  if missing:
-    raise ValueError(f"layer: {missing} match no parameter; the params have layers"
-                     f" {list(layer_names(params)) if isinstance(params, dict) else '?'}")
-  init = truncated_normal_init if init is None else init
-  e0 = None
-  if attribution is not None:
-    # Shape (the explainer's, traced abstractly), dtype and finiteness, as
-    # every metric that takes an explainer checks them.
-    e0 = _checked_attribution(attribution, explainer, M.bind(model_fn, params), x, target, key,
-                              options)
+  x, target, key, explainer, options, layers, leaf_layers, init, e0 = _prepare_randomization(
+      "model_parameter_randomization", model_fn, x, attribution, target, params, key, explainer,
+      explainer_options, layer, init, top_down=True)
   out = _randomization(model_fn, params, x, target, e0, key, explainer=explainer, options=options,
                        leaf_layers=leaf_layers, n_layers=len(layers), mode=mode,
                        similarity=similarity, absolute=bool(absolute), init=init,
                        batch_size=batch_size, image_rank=x.ndim)
   return dict(out, layers=layers)
+
+
+def _smooth_evaluations(o, f, x) -> int:
+  """`samples` maps per randomized layer."""
+  return o["samples"] * _parameter_randomization_evaluations(o, f, x)
+
+
+@REGISTRY.register("smooth_mprt",
+    jittable=False, vmappable=False, note="its result names the randomized layers (strings, which jit and vmap cannot return); call it outside jit (its work is compiled inside)",
+    family="randomization", returns="curve", needs=("key", "explainer", "params"),
+    evaluations=_smooth_evaluations, backward=True, direction="lower", smoke={"samples": 3})
+def smooth_mprt(model_fn, x, attribution, target, *, params=None, key=None, explainer=None,
+                explainer_options=None, layer: str | Sequence[str] | None = None,
+                samples: int = 50, noise_magnitude: float = 0.1, similarity: str = "spearman",
+                absolute: bool = True, init: Callable | None = None,
+                batch_size: int | None = None):
+  """Smooth model parameter randomization test, sMPRT (Hedstrom, Weber,
+  Krakowczyk, Bareeva, Motzkus, Samek, Lapuschkin, Hoehne 2024, "Sanity Checks
+  Revisited: An Exploration to Repair the Model Parameter Randomisation
+  Test", TMLR, arXiv:2401.06465; Quantus `SmoothMPRT`).
+
+  The MPRT (`model_parameter_randomization`, cascading) with every
+  explanation denoised by averaging it over `samples` noisy copies of the
+  input, so that shattered-gradient noise does not pass for sensitivity to
+  the parameters. Noise is Gaussian with ``std = noise_magnitude * (max x -
+  min x)`` per example; as Quantus 0.6 (smooth_mprt.py, `explain_smooth_batch_numpy`),
+  the last of the `samples` copies is the clean input. The same noise draws
+  serve the trained model and every stage (Quantus redraws per model; the
+  parity test feeds it these draws).
+
+  Defaults follow Quantus 0.6 and the paper: bottom-up order (input layer
+  randomized first, the paper's recommendation; Quantus ``layer_order=
+  "bottom_up"``), 50 samples, noise magnitude 0.1, Spearman rank correlation
+  of absolute maps (``abs=True``; its ``normalise=True`` rescales each map
+  by a positive number, which a rank correlation ignores). Re-initialization
+  as `model_parameter_randomization` (`init`, default truncated normal std
+  0.01; Quantus calls torch's ``reset_parameters``).
+
+  Args:
+    model_fn: ``model_fn(params, x) -> logits``.
+    attribution: the trained model's SMOOTHED map, or None to compute it
+      (recommended: a plain map compared with smoothed ones measures the
+      smoothing too).
+    params, key, explainer, explainer_options, layer, similarity, absolute,
+      init, batch_size: as `model_parameter_randomization`; `layer` defaults
+      to the top-level layers of `params` in definition order (input first).
+    samples: explanations averaged per map (>= 1; 1 means no smoothing).
+    noise_magnitude: noise std as a fraction of each input's value range.
+
+  Returns:
+    ``{"score": mean over stages [B], "curve": [B, len(layers)], "layers":
+    layers}``; ``curve[:, -1]`` is the fully randomized model. Lower is
+    better.
+  """
+  samples = V.check_positive_int(samples, "samples")
+  if (isinstance(noise_magnitude, bool) or not isinstance(noise_magnitude, (int, float))
+      or noise_magnitude < 0):
+    raise ValueError(f"noise_magnitude: expected a float >= 0, got {noise_magnitude!r}")
+  V.check_choice(similarity, "similarity", S.SIMILARITIES)
+  batch_size = V.check_batch_size(batch_size)
+  x, target, key, explainer, options, layers, leaf_layers, init, e0 = _prepare_randomization(
+      "smooth_mprt", model_fn, x, attribution, target, params, key, explainer, explainer_options,
+      layer, init, top_down=False)
+  out = _randomization(model_fn, params, x, target, e0, key, jnp.float32(noise_magnitude),
+                       explainer=explainer, options=options, leaf_layers=leaf_layers,
+                       n_layers=len(layers), mode="cascading", similarity=similarity,
+                       absolute=bool(absolute), init=init, batch_size=batch_size,
+                       image_rank=x.ndim, samples=samples)
+  return dict(out, layers=layers)
+
+
+def discrete_entropy(m: Array, bins: int) -> Array:
+  """Entropy (nats) of the histogram of each map `m[B, ...]` in `bins`
+  equal-width bins spanning its own min..max (``scipy.stats.entropy(
+  np.histogram(m, bins)[0])``, Quantus' `discrete_entropy`). A constant map
+  has entropy 0."""
+  b = m.shape[0]
+  v = m.reshape(b, -1)
+  lo = v.min(1, keepdims=True)
+  span = v.max(1, keepdims=True) - lo
+  idx = jnp.floor((v - lo) / jnp.where(span > 0, span, 1.0) * bins).astype(jnp.int32)
+  idx = jnp.clip(idx, 0, bins - 1)  # the max falls in the last (closed) bin, as numpy
+  counts = jax.vmap(lambda i: jnp.zeros((bins,), jnp.float32).at[i].add(1.0))(idx)
+  p = counts / v.shape[1]
+  return -(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)).sum(1)
+
+
+@M.jit(static_argnames=("explainer", "leaf_layers", "bins", "absolute", "init", "image_rank"))
+def _efficient(model_fn, params, x, target, e0, key, *, explainer, options, leaf_layers, bins,
+               absolute, init, image_rank):
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  _, k_expl = jax.random.split(key)
+  k0, k1 = jax.random.split(k_expl)
+  random = _random_leaves(params, key, init)
+  if e0 is None:
+    e0 = explain(explainer, M.bind(model_fn, params), x, target, k0, options)
+  new = [r if li >= 0 else l for l, r, li in zip(leaves, random, leaf_layers)]
+  e = explain(explainer, M.bind(model_fn, jax.tree_util.tree_unflatten(treedef, new)), x, target,
+              k1, options)
+  h0 = discrete_entropy(S.to_map(e0, image_rank, absolute=absolute), bins)
+  h1 = discrete_entropy(S.to_map(e, image_rank, absolute=absolute), bins)
+  return (h1 - h0) / jnp.where(h0 > 0, h0, 1.0), h0
+
+
+def _efficient_evaluations(o, f, x) -> int:
+  """The fully randomized model's map."""
+  return _explainer_cost(o, f, x)
+
+
+@REGISTRY.register("efficient_mprt", family="randomization", returns="scores",
+    needs=("key", "explainer", "params"), evaluations=_efficient_evaluations, backward=True,
+    direction="higher")
+def efficient_mprt(model_fn, x, attribution, target, *, params=None, key=None, explainer=None,
+                   explainer_options=None, layer: str | Sequence[str] | None = None,
+                   bins: int = 100, absolute: bool = False, init: Callable | None = None):
+  """Efficient model parameter randomization test, eMPRT (Hedstrom et al. 2024,
+  "Sanity Checks Revisited: An Exploration to Repair the Model Parameter
+  Randomisation Test", TMLR, arXiv:2401.06465; Quantus `EfficientMPRT`).
+
+  The relative rise in explanation complexity once the model is fully
+  randomized, ``(H(e_random) - H(e)) / H(e)``, with ``H`` the discrete
+  entropy of the map's histogram (`discrete_entropy`, `bins` equal-width bins
+  over each map's range). A map that depends on the parameters turns to
+  noise (higher entropy) on a random model: higher is better. Only the
+  fully randomized model is explained (Quantus ``skip_layers=True``): every
+  layer of `layer` (default: all top-level layers) re-initialized at once,
+  which is what cascading randomization ends with.
+
+  Quantus 0.6 defaults kept: 100 bins (no bin rule), signed maps
+  (``abs=False``, ``normalise=False``; NHWC maps summed over channels here).
+  A constant original map has entropy 0: a ValueError (the rise is undefined).
+
+  Args:
+    model_fn: ``model_fn(params, x) -> logits``.
+    attribution: the trained model's map, or None to compute it.
+    params, key, explainer, explainer_options, layer, init: as
+      `model_parameter_randomization`.
+    bins: histogram bins.
+    absolute: histogram of ``sum_c |e|`` instead of signed channel sums.
+
+  Returns:
+    ``[B]``.
+  """
+  bins = V.check_positive_int(bins, "bins", minimum=2)
+  x, target, key, explainer, options, layers, leaf_layers, init, e0 = _prepare_randomization(
+      "efficient_mprt", model_fn, x, attribution, target, params, key, explainer,
+      explainer_options, layer, init, top_down=False)
+  score, h0 = _efficient(model_fn, params, x, target, e0, key, explainer=explainer,
+                         options=options, leaf_layers=leaf_layers, bins=bins,
+                         absolute=bool(absolute), init=init, image_rank=x.ndim)
+  if V.is_concrete(h0) and not np.asarray(h0 > 0).all():
+    rows = np.flatnonzero(~np.asarray(h0 > 0)).tolist()
+    raise ValueError(f"efficient_mprt: the original map is constant for rows {rows[:10]}: its"
+                     " entropy is 0, so the relative rise is undefined (Quantus divides by"
+                     " zero); explain with a method whose map varies")
+  return score
 
 
 @M.jit(static_argnames=("explainer", "similarity",
@@ -264,6 +482,14 @@ def _prepare_comparison(name, f, x, target, key, explainer, explainer_options, s
   return model, f, x, target, key, explainer, options
 
 
+def random_other_class(key, target: Array, n: int) -> Array:
+  """The class `random_logit` compares with for `key`: per example, uniform
+  over the ``n - 1`` classes other than `target` (int32 ``[B]``)."""
+  _, k1, _ = jax.random.split(key, 3)
+  shift = jax.random.randint(k1, jnp.shape(target), 1, n)
+  return ((jnp.asarray(target) + shift) % n).astype(jnp.int32)
+
+
 @REGISTRY.register("random_logit", family="randomization", returns="scores",
     needs=("key", "explainer"), evaluations=_random_logit_evaluations, backward=True,
     direction="lower")
@@ -287,11 +513,9 @@ def random_logit(f, x, attribution, target, *, key=None, explainer=None, explain
   n = C.check_f_output(f, x)
   if n < 2:
     raise ValueError(f"random_logit: expected a model with at least 2 classes, got {n}")
-  k0, k1, k2 = jax.random.split(key, 3)
+  k0, _, k2 = jax.random.split(key, 3)
   e_a = _checked_attribution(attribution, explainer, model, x, target, k0, options)
-  # Uniform over the n - 1 other classes.
-  shift = jax.random.randint(k1, target.shape, 1, n)
-  other = ((target + shift) % n).astype(jnp.int32)
+  other = random_other_class(key, target, n)
   return _compare_classes(model, x, e_a, other, k2, explainer=explainer, options=options,
                           similarity=similarity, absolute=bool(absolute), image_rank=x.ndim)
 

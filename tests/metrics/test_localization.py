@@ -111,3 +111,78 @@ def test_bad_map():
     L.relevance_mass(None, X, jnp.full((2, 32, 32), jnp.nan), None, boxes=BOXES)
   with pytest.raises(ValueError, match="tolerance"):
     L.pointing_game(None, X, jnp.ones((2, 32, 32)), None, boxes=BOXES, tolerance=-1)
+
+
+def test_auc_known_answers(region):
+  # Fawcett's textbook case: scores 0.1, 0.4, 0.35, 0.8 for labels 0, 0, 1, 1 -> 0.75.
+  x1 = jnp.zeros((1, 2, 2, 1))
+  m = jnp.array([[[0.1, 0.4], [0.35, 0.8]]])
+  gt = np.array([[[False, False], [True, True]]])
+  np.testing.assert_allclose(L.auc(None, x1, m, None, mask=gt), 0.75, rtol=1e-6)
+  # A model that sees one region: its exact map ranks the region first (AUC 1),
+  # the inverted map last (0), a constant map is chance (ties count one half).
+  f, w, x = region
+  gt = jnp.broadcast_to(w.sum(-1) > 0, x.shape[:3])
+  np.testing.assert_allclose(saljax.metrics.auc(f, x, x * w, 0, mask=gt), 1.0)
+  np.testing.assert_allclose(saljax.metrics.auc(f, x, -(x * w), 0, mask=gt), 0.0)
+  np.testing.assert_allclose(saljax.metrics.auc(f, x, jnp.ones(x.shape), 0, mask=gt), 0.5)
+
+
+def test_auc_matches_sklearn_with_ties():
+  import sklearn.metrics
+  m = jnp.round(jax.random.normal(jax.random.key(4), (2, 32, 32)) * 2)  # many ties
+  gt = np.asarray(L.boxes_to_mask(BOXES, (32, 32)))
+  want = [sklearn.metrics.roc_auc_score(gt[i].ravel(), np.asarray(m[i]).ravel()) for i in range(2)]
+  np.testing.assert_allclose(L.auc(None, X, m, None, boxes=BOXES), want, rtol=1e-6)
+  with pytest.raises(ValueError, match="at least one feature outside"):
+    L.auc(None, X, m, None, mask=np.ones((2, 32, 32), bool))
+
+
+def test_make_mosaics_places_the_target_class_where_quadrants_say():
+  # Each source image is constant and equal to its label, so a tile reveals its class.
+  labels = np.repeat(np.arange(4), 3)
+  images = np.broadcast_to(labels[:, None, None, None], (12, 4, 4, 2)).astype(np.float32)
+  mos, quads, targets = L.make_mosaics(images, labels, jax.random.key(0), count=20)
+  assert mos.shape == (20, 8, 8, 2) and quads.shape == (20, 4) and targets.shape == (20,)
+  np.testing.assert_array_equal(np.asarray(quads).sum(1), 2)  # two target tiles per mosaic
+  tiles = np.asarray(mos)[:, ::4, ::4, 0].reshape(20, 4)  # quadrant order TL, TR, BL, BR
+  np.testing.assert_array_equal(tiles == np.asarray(targets)[:, None], np.asarray(quads))
+  # Positions vary between mosaics, and the key fixes them.
+  assert len({tuple(q) for q in np.asarray(quads)}) > 2
+  again = L.make_mosaics(images, labels, jax.random.key(0), count=20)
+  np.testing.assert_array_equal(again[0], mos)
+  with pytest.raises(ValueError, match="at least two classes"):
+    L.make_mosaics(images, np.zeros(12, int), jax.random.key(0))
+
+
+def test_focus_known_answers():
+  x = jnp.zeros((3, 8, 8, 3))
+  quads = np.array([[True, False, False, True], [False, True, True, False], [True, True, False, False]])
+  gt = np.asarray(L.quadrant_mask(quads, (8, 8)))
+  assert gt.sum() == 3 * 32 and gt[0, 0, 0] and gt[0, 7, 7] and not gt[0, 0, 7]
+  # All positive relevance on the target tiles: 1; on the others: 0; uniform: 0.5.
+  on = jnp.asarray(gt, jnp.float32)
+  np.testing.assert_allclose(L.focus(None, x, on, None, quadrants=quads), 1.0)
+  np.testing.assert_allclose(L.focus(None, x, 1.0 - on, None, quadrants=quads), 0.0)
+  np.testing.assert_allclose(L.focus(None, x, jnp.ones((3, 8, 8)), None, quadrants=quads), 0.5)
+  # Negative relevance is ignored: 3 on target, 1 elsewhere, -5 on target -> 3 / 4.
+  m = np.zeros((3, 8, 8), np.float32)
+  m[:, 0, 0], m[:, 7, 7] = 3.0, -5.0
+  m[:, 0, 7] = 1.0
+  m[1], m[2] = m[1].T, m[2, :, ::-1] * 0  # row 2: no positive relevance
+  np.testing.assert_allclose(L.focus(None, x, jnp.asarray(m), None, quadrants=quads),
+                             [0.75, 0.25, 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(quadrants=None), "quadrants: expected"),
+    (dict(quadrants=np.ones((2, 4), bool)), r"shape \(3, 4\)"),
+    (dict(quadrants=np.zeros((3, 4), bool)), "at least one target quadrant"),
+    (dict(quadrants=np.full((3, 4), 2)), "booleans"),
+])
+def test_focus_bad_quadrants(kw, match):
+  with pytest.raises(ValueError, match=match):
+    L.focus(None, jnp.zeros((3, 8, 8, 3)), jnp.ones((3, 8, 8)), None, **kw)
+  with pytest.raises(ValueError, match="even height and width"):
+    L.focus(None, jnp.zeros((3, 7, 8, 3)), jnp.ones((3, 7, 8)), None,
+            quadrants=np.ones((3, 4), bool))

@@ -224,3 +224,79 @@ def test_data_randomization_targets_and_errors(trained, random_labels):
     R.data_randomization(f, x, None, y, random_model=lambda z: fr(z)[:, :3], explainer=g)
   with pytest.raises(ValueError, match="similarity"):
     R.data_randomization(f, x, None, y, random_model=fr, explainer=g, similarity="cosine")
+
+
+def test_smooth_mprt_edge_detector_and_noise(trained):
+  params, x, y = trained
+  x = x[:4]
+  kw = dict(params=params, key=KEY)
+  # A map that does not read the model is unchanged at every stage, smoothed or not.
+  edge = R.smooth_mprt(cnn, x, None, y[:4], explainer=sobel, samples=3, **kw)
+  assert edge["layers"] == ("conv1", "conv2", "fc1", "fc2")  # bottom-up by default
+  np.testing.assert_allclose(edge["curve"], 1.0, atol=1e-6)
+  # Smoothing changes the maps (the noise is really added; noise_magnitude is
+  # traced, so both calls share one compiled test) and the key fixes it.
+  g = saljax.explainers.gradient
+  five = R.smooth_mprt(cnn, x, None, y[:4], explainer=g, samples=3, **kw)
+  again = R.smooth_mprt(cnn, x, None, y[:4], explainer=g, samples=3, **kw)
+  clean = R.smooth_mprt(cnn, x, None, y[:4], explainer=g, samples=3, noise_magnitude=0.0, **kw)
+  np.testing.assert_array_equal(five["curve"], again["curve"])
+  assert np.abs(np.asarray(five["curve"]) - np.asarray(clean["curve"])).max() > 1e-3
+  # The gradient loses its rank order once the model is fully randomized.
+  assert float(five["curve"][:, -1].mean()) < 0.6, five["curve"]
+
+
+def test_smooth_mprt_averages_noisy_explanations():
+  """Known answer: an explainer returning its input makes the smoothed map the
+  mean of the noisy inputs, (x + sum_n (x + std z_n)) / samples, with std 10% of
+  each input's range; with noise_magnitude=0 it is x exactly."""
+  from saljax.metrics import randomization as RR
+  x = jax.random.uniform(jax.random.key(1), (2, 6, 6, 1))
+  ident = lambda f, x, t, *, key=None: x
+  e = RR._smoothed(ident, None, x, jnp.zeros(2, jnp.int32), KEY, saljax._validation.Options.split(None),
+                   jnp.zeros((2, 2, 6, 6, 1)), 0.1)
+  np.testing.assert_allclose(e, x, atol=1e-6)
+  z = jax.random.normal(jax.random.key(2), (2, 2, 6, 6, 1))
+  e = RR._smoothed(ident, None, x, jnp.zeros(2, jnp.int32), KEY, saljax._validation.Options.split(None),
+                   z, 0.1)
+  std = 0.1 * (x.max((1, 2, 3)) - x.min((1, 2, 3)))[:, None, None, None]
+  np.testing.assert_allclose(e, x + std * z.sum(0) / 3, atol=1e-6)
+
+
+def test_discrete_entropy_matches_numpy_histograms():
+  import scipy.stats
+  m = jax.random.normal(jax.random.key(3), (3, 10, 10))
+  want = [scipy.stats.entropy(np.histogram(np.asarray(v), bins=100)[0]) for v in m]
+  np.testing.assert_allclose(R.discrete_entropy(m, 100), want, rtol=1e-5)
+  two = jnp.array([[0.0, 0.0, 1.0, 1.0]])
+  np.testing.assert_allclose(R.discrete_entropy(two, 2), np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(R.discrete_entropy(jnp.ones((1, 9)), 10), 0.0)
+
+
+def test_efficient_mprt_known_answers(trained):
+  params, x, y = trained
+  x, y = x[:4], y[:4]
+  kw = dict(params=params, key=KEY)
+  # A model-independent map keeps its complexity: a relative rise of exactly 0.
+  np.testing.assert_allclose(R.efficient_mprt(cnn, x, None, y, explainer=sobel, **kw), 0.0)
+  # A constant map (the edges of a blank image) has no entropy to rise from.
+  with pytest.raises(ValueError, match="constant for rows \\[0, 1, 2, 3\\]"):
+    R.efficient_mprt(cnn, jnp.zeros_like(x), None, y, explainer=sobel, **kw)
+  # The rise is (H(random) - H(trained)) / H(trained), computed from the two maps.
+  g = saljax.explainers.gradient
+  got = R.efficient_mprt(cnn, x, None, y, explainer=g, **kw)
+  rand = R.random_parameters(params, KEY)
+  bind = saljax.model.bind  # one compiled gradient for both parameter sets
+  h0 = R.discrete_entropy(jnp.asarray(g(bind(cnn, params), x, y)).sum(-1), 100)
+  h1 = R.discrete_entropy(jnp.asarray(g(bind(cnn, rand), x, y)).sum(-1), 100)
+  np.testing.assert_allclose(got, (h1 - h0) / h0, rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="bins"):
+    R.efficient_mprt(cnn, x, None, y, explainer=g, bins=1, **kw)
+
+
+def test_random_other_class_is_uniform_over_the_others():
+  t = jnp.arange(4000) % 5
+  o = np.asarray(R.random_other_class(KEY, t, 5))
+  assert (o != np.asarray(t)).all() and o.min() == 0 and o.max() == 4
+  counts = np.bincount(o[np.asarray(t) == 0], minlength=5)[1:]
+  assert counts.min() > 150  # ~200 each of the 4 other classes
