@@ -7,7 +7,8 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    contrastive, faithfulness, localization, randomization, removal, robustness, simplicity)
+    axiomatic, contrastive, faithfulness, localization, randomization, removal, robustness,
+    simplicity, stability)
 
 
 def names(family=None):
@@ -36,6 +37,7 @@ from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
 # this list against the registry). The complexity family's module is
 # `simplicity` because a module named `complexity` would be hidden by the
 # metric of that name.
+from saljax.metrics.axiomatic import (completeness, input_invariance, non_sensitivity)
 from saljax.metrics.contrastive import (class_group_contrastivity, contrastive_class_score,
     contrastive_group_score, pointwise_group_score)
 from saljax.metrics.faithfulness import (area_between_curves, deletion, faithfulness_correlation,
@@ -47,6 +49,8 @@ from saljax.metrics.randomization import (class_sensitivity, data_randomization,
 from saljax.metrics.removal import (diffroar, roar)
 from saljax.metrics.robustness import (local_lipschitz, max_sensitivity, relative_input_stability)
 from saljax.metrics.simplicity import (complexity, effective_complexity, sparseness)
+from saljax.metrics.stability import (avg_sensitivity, consistency, continuity,
+    relative_output_stability, relative_representation_stability)
 
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
@@ -58,5 +62,7 @@ __all__ = [
     "local_lipschitz", "max_sensitivity", "model_parameter_randomization", "pixel_flipping",
     "pointing_game", "pointwise_group_score", "random_logit", "relative_input_stability",
     "relevance_mass", "relevance_rank", "road", "roar", "sensitivity_n", "sparseness",
-    "top_k_intersection",
+    "top_k_intersection", "avg_sensitivity", "completeness", "consistency", "continuity",
+    "input_invariance", "non_sensitivity", "relative_output_stability",
+    "relative_representation_stability",
 ]
