@@ -128,8 +128,8 @@ def translations(width: int, steps: int) -> np.ndarray:
   ``dx = (2W + 1) // steps`` (in pixels; positive moves the image right)."""
   dx = (2 * width + 1) // steps
   if dx == 0:
-    raise ValueError(f"continuity: expected steps <= 2 * width + 1 = {2 * width + 1} (otherwise"
-                     f" every shift is the same), got steps={steps}")
+    raise ValueError(f"continuity: expected steps <= {2 * width + 1} (2 * width + 1; more steps"
+                     f" make every shift the same), got steps={steps}")
   return (-width + dx * np.arange(1, steps + 1)).astype(np.int32)
 
 
