@@ -261,3 +261,11 @@ def relative_input_stability(f, x, attribution, target, *, key=None, explainer=N
   """
   return _run("relative_input_stability", f, x, attribution, target, key, explainer,
               explainer_options, radius, samples, batch_size, eps)
+
+
+# The rest of the robustness family lives in `stability` (which builds on this
+# module's kernel); re-exported so that every robustness metric is reachable
+# here, as each family's metrics are from its module.
+from saljax.metrics.stability import (  # noqa: E402,F401
+    avg_sensitivity, consistency, continuity, relative_output_stability,
+    relative_representation_stability)
