@@ -159,7 +159,7 @@ def _continuity(model, x, target, e_x, key, shifts, fill, *, explainer, options,
 
 @REGISTRY.register("continuity", family="robustness", returns="scores",
     needs=("explainer",), evaluations=_continuity_evaluations, backward=True,
-    smoke={"steps": 3}, direction="lower")
+    smoke={"steps": 3}, direction="lower", model_output="forward")
 def continuity(f, x, attribution, target, *, explainer=None, explainer_options=None,
                steps: int = 28, fill: Any = "min", key=None, batch_size: int | None = None):
   """Continuity (Montavon, Samek, Mueller 2018, "Methods for Interpreting and
