@@ -111,7 +111,7 @@ def _q(name):
 
 def _sampling_twin(metric: str, qname: str, kind: str, radius: float, *, qkw: dict,
                    skw: dict | None = None, which: str = "gradient",
-                   tapped: bool = False, evaluations: int = 0, differs: str = "") -> QuantusTwin:
+                   tapped: bool = False, differs: str = "") -> QuantusTwin:
   def run_saljax(f, x, a, y, *, draws, seed):
     import saljax
     explainer, _ = _explainers(which)
@@ -131,7 +131,9 @@ def _sampling_twin(metric: str, qname: str, kind: str, radius: float, *, qkw: di
 
   return QuantusTwin(metric=metric, quantus=qname, run_saljax=run_saljax,
                      run_quantus=run_quantus, context=_ctx(kind, radius), differs=differs,
-                     evaluations=evaluations)
+                     # A prediction, then one gradient per sample (and one forward
+                     # per sample for the relative stabilities).
+                     evaluations=1 + SAMPLES * (2 if kind.startswith("relative") else 1))
 
 
 def tapped_of(f):
@@ -296,15 +298,15 @@ TWINS = [
                    "relative_representation_stability", RADIUS,
                    qkw=dict(layer_names=["conv1"]), skw=dict(layer="conv1"), tapped=True),
     QuantusTwin(metric="continuity", quantus="Continuity", run_saljax=_continuity_saljax,
-                run_quantus=_continuity_quantus),
+                run_quantus=_continuity_quantus, evaluations=CONTINUITY_STEPS),
     QuantusTwin(metric="consistency", quantus="Consistency", run_saljax=_consistency_saljax,
-                run_quantus=_consistency_quantus, context=_consistency_ctx),
+                run_quantus=_consistency_quantus, context=_consistency_ctx, evaluations=1),
     QuantusTwin(metric="completeness", quantus="Completeness", run_saljax=_completeness_saljax,
-                run_quantus=_completeness_quantus),
+                run_quantus=_completeness_quantus, evaluations=2),
     QuantusTwin(metric="non_sensitivity", quantus="NonSensitivity",
                 run_saljax=_non_sensitivity_saljax, run_quantus=_non_sensitivity_quantus,
                 context=_non_sensitivity_ctx),
     QuantusTwin(metric="input_invariance", quantus="InputInvariance",
                 run_saljax=_invariance_saljax, run_quantus=_invariance_quantus,
-                differs=INPUT_INVARIANCE_DIFFERS),
+                differs=INPUT_INVARIANCE_DIFFERS, evaluations=1),
 ]
