@@ -10,7 +10,10 @@ saljax explainer is). Stochastic explainers get a fresh key per perturbation.
 
 Perturbations run through `saljax.parallel.chunked_map` (``batch_size``
 perturbations of the whole batch at a time). All return ``[B]``, the maximum
-over `samples` perturbations; LOWER is more robust.
+over `samples` perturbations (`avg_sensitivity`, in `stability`, the mean);
+LOWER is more robust. The stability module's metrics (average sensitivity,
+relative output/representation stability, continuity, consistency) share this
+kernel and are re-exported at the end of this module.
 """
 from __future__ import annotations
 
