@@ -39,6 +39,11 @@ CLASS_METHODS = {
     "roar": "it scores accuracy (the argmax over classes)",
     "diffroar": "it scores accuracy (the argmax over classes)",
     "relative_input_stability": "it keeps only perturbations that leave the predicted class",
+    "relative_output_stability": "it measures the change of every logit and keeps only"
+                                 " perturbations that leave the predicted class",
+    "relative_representation_stability": "it keeps only perturbations that leave the predicted"
+                                         " class",
+    "consistency": "it compares the predicted classes (the argmax over classes)",
     "random_logit": "it explains a different class",
     "class_sensitivity": "it explains other classes",
 }

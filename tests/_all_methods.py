@@ -132,4 +132,7 @@ def call_metric(name, cnn, x, attribution, target, key=jax.random.key(0), **over
                     **{**metric_options(name), **extra})
   if name == "data_randomization":
     extra["random_model"] = _random_label_model(cnn)
-  return entry.fn(cnn.logits, x, attribution, target, **{**metric_options(name), **extra})
+  # A metric that reads a layer (relative representation stability) gets the
+  # tapped model; the others the plain one.
+  model = cnn if "tapped" in entry.needs else cnn.logits
+  return entry.fn(model, x, attribution, target, **{**metric_options(name), **extra})

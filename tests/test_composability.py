@@ -74,7 +74,8 @@ def _metric_call(name):
     return variables["params"], lambda p, x: e.fn(model_fn, x, attr, T, params=p, **opts)
   if "random_model" in e.needs:
     opts["random_model"] = _cnn(seed=5).as_model()
-  return model, lambda m, x: e.fn(m.as_model(), x, attr, T, **opts)
+  tapped = "tapped" in e.needs  # reads a layer: the tapped model itself
+  return model, lambda m, x: e.fn(m if tapped else m.as_model(), x, attr, T, **opts)
 
 
 def _leaves(out):

@@ -146,7 +146,7 @@ def _metric_cost_call(name):
     model_fn, params = A.cnn_as_function_of_params()
     other = jax.tree_util.tree_map(lambda w: -w[::-1], params)
     extra["random_model"] = _counting(saljax.from_linen(A._CNN[0], {"params": other}, example=X))
-  f = counting.logits
+  f = counting if "tapped" in e.needs else counting.logits
   return e, f, lambda o: e.fn(f, X, attr, TARGET, **key, **extra, **o), {}
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 # Modules holding twins (one per family); a missing module is an error, not a
 # silent gap in the parity tests.
-FAMILIES = ("faithfulness", "localization", "complexity", "randomization")
+FAMILIES = ("faithfulness", "localization", "complexity", "randomization", "robustness")
 
 
 @dataclasses.dataclass(frozen=True)

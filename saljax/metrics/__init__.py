@@ -7,8 +7,8 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    contrastive, faithfulness, localization, perturbation, randomization, removal, robustness,
-    simplicity)
+    axiomatic, contrastive, faithfulness, localization, perturbation, randomization, removal,
+    robustness, simplicity, stability)
 
 
 def names(family=None):
@@ -39,6 +39,7 @@ from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
 # this list against the registry). The complexity family's module is
 # `simplicity` because a module named `complexity` would be hidden by the
 # metric of that name.
+from saljax.metrics.axiomatic import (completeness, input_invariance, non_sensitivity)
 from saljax.metrics.contrastive import (class_group_contrastivity, contrastive_class_score,
     contrastive_group_score, pointwise_group_score)
 from saljax.metrics.faithfulness import (area_between_curves, deletion, faithfulness_correlation,
@@ -52,6 +53,8 @@ from saljax.metrics.randomization import (class_sensitivity, data_randomization,
 from saljax.metrics.removal import (diffroar, roar)
 from saljax.metrics.robustness import (local_lipschitz, max_sensitivity, relative_input_stability)
 from saljax.metrics.simplicity import (complexity, effective_complexity, sparseness)
+from saljax.metrics.stability import (avg_sensitivity, consistency, continuity,
+    relative_output_stability, relative_representation_stability)
 
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
@@ -66,4 +69,7 @@ __all__ = [
     "relevance_mass", "relevance_rank", "road", "roar", "sensitivity_n", "smooth_mprt",
     "sparseness", "top_k_intersection", "faithfulness_estimate", "irof", "monotonicity",
     "monotonicity_correlation", "region_perturbation", "selectivity", "sufficiency",
+    "avg_sensitivity", "completeness", "consistency", "continuity",
+    "input_invariance", "non_sensitivity", "relative_output_stability",
+    "relative_representation_stability",
 ]

@@ -10,7 +10,10 @@ saljax explainer is). Stochastic explainers get a fresh key per perturbation.
 
 Perturbations run through `saljax.parallel.chunked_map` (``batch_size``
 perturbations of the whole batch at a time). All return ``[B]``, the maximum
-over `samples` perturbations; LOWER is more robust.
+over `samples` perturbations (`avg_sensitivity`, in `stability`, the mean);
+LOWER is more robust. The stability module's metrics (average sensitivity,
+relative output/representation stability, continuity, consistency) share this
+kernel and are re-exported at the end of this module.
 """
 from __future__ import annotations
 
@@ -95,37 +98,81 @@ def _norm(v: Array) -> Array:
   return jnp.sqrt((v.reshape(v.shape[0], -1) ** 2).sum(1))
 
 
-@M.jit(static_argnames=("explainer", "kind", "samples", "batch_size"))
-def _stability(model, x, target, e_x, key, radius, eps, *, explainer, options,
-               kind, samples, batch_size):
-  f = M.as_model(model)
-  pred = jnp.argmax(f(x), -1)
-  e_norm = _norm(e_x)
+# Kinds whose score is the mean over perturbations (the others take the max).
+_MEAN = ("avg_sensitivity",)
+# Kinds that drop perturbations changing the predicted class (Agarwal et al.).
+_RELATIVE = ("relative_input_stability", "relative_output_stability",
+             "relative_representation_stability")
 
-  def one(k):
-    kn, ke = jax.random.split(k)
-    if kind == "local_lipschitz":
-      d = radius * jax.random.normal(kn, x.shape, x.dtype)
-    else:
-      d = jax.random.uniform(kn, x.shape, x.dtype, -radius, radius)
+
+def noise(key: Array, shape, dtype, radius, kind: str) -> Array:
+  """The perturbation ``d`` drawn from `key` for `kind`: ``N(0, radius^2)`` for
+  the local Lipschitz estimate, ``U(-radius, radius)`` otherwise. Public to the
+  package so that parity tests (experiments/_quantus/robustness.py) can feed
+  Quantus the same draws."""
+  if kind == "local_lipschitz":
+    return radius * jax.random.normal(key, shape, dtype)
+  return jax.random.uniform(key, shape, dtype, -radius, radius)
+
+
+def sample_keys(key: Array, samples: int) -> tuple[Array, Array, Array]:
+  """``(k0, noise_keys[samples], explainer_keys[samples])`` as `_run` derives them
+  from the metric's `key` (k0 explains the unperturbed input)."""
+  k0, k1 = jax.random.split(key)
+  ks = jax.vmap(jax.random.split)(jax.random.split(k1, samples))
+  return k0, ks[:, 0], ks[:, 1]
+
+
+def _outputs(model, x, layer):
+  """(logits, representation): the tapped layer's activation for relative
+  representation stability, the logits otherwise."""
+  if layer is None:
+    logits = M.as_model(model)(x)
+    return logits, logits
+  logits, acts = model(x)
+  return logits, acts[layer]
+
+
+def _relative(v: Array, ref: Array, eps) -> Array:
+  """``||v / ref||_2`` per example, a zero in `ref` replaced by `eps` (Agarwal et al.)."""
+  return _norm(v / (ref + (ref == 0) * eps))
+
+
+@M.jit(static_argnames=("explainer", "kind", "samples", "batch_size", "layer"))
+def _stability(model, x, target, e_x, key, radius, eps, *, explainer, options,
+               kind, samples, batch_size, layer=None):
+  logits, rep = _outputs(model, x, layer)
+  pred = jnp.argmax(logits, -1)
+  e_norm = _norm(e_x)
+  _, kn_all, ke_all = sample_keys(key, samples)
+
+  def one(ks):
+    kn, ke = ks
+    d = noise(kn, x.shape, x.dtype, radius, kind)
     xp = x + d
     diff = explain(explainer, model, xp, target, ke, options) - e_x
-    if kind == "max_sensitivity":
+    if kind in ("max_sensitivity", "avg_sensitivity"):
       return _norm(diff) / jnp.where(e_norm > 0, e_norm, 1.0)
     if kind == "local_lipschitz":
       dn = _norm(d)
       return _norm(diff) / jnp.where(dn > 0, dn, 1.0)
-    num = _norm(diff / (e_x + (e_x == 0) * eps))
-    den = jnp.maximum(_norm(d / (x + (x == 0) * eps)), eps)
-    same = jnp.argmax(f(xp), -1) == pred
-    return jnp.where(same, num / den, 0.0)
+    num = _relative(diff, e_x, eps)
+    logits_p, rep_p = _outputs(model, xp, layer)
+    if kind == "relative_input_stability":
+      den = _relative(d, x, eps)
+    elif kind == "relative_output_stability":
+      den = _norm(logits_p - logits)
+    else:
+      den = _relative(rep_p - rep, rep, eps)
+    same = jnp.argmax(logits_p, -1) == pred
+    return jnp.where(same, num / jnp.maximum(den, eps), 0.0)
 
-  vals = parallel.chunked_map(one, jax.random.split(key, samples), batch_size=batch_size)
-  return vals.max(0)
+  vals = parallel.chunked_map(one, (kn_all, ke_all), batch_size=batch_size)
+  return vals.mean(0) if kind in _MEAN else vals.max(0)
 
 
 def _run(kind, f, x, attribution, target, key, explainer, explainer_options, radius, samples,
-         batch_size, eps=1e-6):
+         batch_size, eps=1e-6, layer=None):
   model = f
   _, x, target = C.prepare_model(f, x, target)
   key = C.check_key(key, kind)
@@ -134,11 +181,15 @@ def _run(kind, f, x, attribution, target, key, explainer, explainer_options, rad
   batch_size = V.check_batch_size(batch_size)
   if isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0:
     raise ValueError(f"{kind}: expected a perturbation size > 0, got {radius!r}")
-  k0, k1 = jax.random.split(key)
+  if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+    raise ValueError(f"{kind}: expected eps > 0, got {eps!r}")
+  if layer is not None:
+    layer, = M.check_layers(model, layer)
+  k0 = sample_keys(key, 1)[0]
   e_x = check_explanation(attribution, explainer, model, x, target, k0, options)
-  return _stability(model, x, target, e_x, k1, jnp.float32(radius), jnp.float32(eps),
+  return _stability(model, x, target, e_x, key, jnp.float32(radius), jnp.float32(eps),
                     explainer=explainer, options=options, kind=kind, samples=samples,
-                    batch_size=batch_size)
+                    batch_size=batch_size, layer=layer)
 
 
 @REGISTRY.register("max_sensitivity", family="robustness", returns="scores",
@@ -213,3 +264,11 @@ def relative_input_stability(f, x, attribution, target, *, key=None, explainer=N
   """
   return _run("relative_input_stability", f, x, attribution, target, key, explainer,
               explainer_options, radius, samples, batch_size, eps)
+
+
+# The rest of the robustness family lives in `stability` (which builds on this
+# module's kernel); re-exported so that every robustness metric is reachable
+# here, as each family's metrics are from its module.
+from saljax.metrics.stability import (  # noqa: E402,F401
+    avg_sensitivity, consistency, continuity, relative_output_stability,
+    relative_representation_stability)
