@@ -7,7 +7,8 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    contrastive, faithfulness, localization, randomization, removal, robustness, simplicity)
+    contrastive, faithfulness, information, localization, randomization, removal, robustness,
+    simplicity)
 
 
 def names(family=None):
@@ -29,6 +30,7 @@ def entry(name):
 from saljax.metrics.contrastive import (  # noqa: E402,F401
     contrast_weights, contrastive_map, contrastive_model, mask_top)
 from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
+from saljax.metrics.information import aggregate_pic, random_mask  # noqa: E402,F401
 from saljax.metrics.localization import boxes_to_mask  # noqa: E402,F401
 from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
 
@@ -40,6 +42,7 @@ from saljax.metrics.contrastive import (class_group_contrastivity, contrastive_c
     contrastive_group_score, pointwise_group_score)
 from saljax.metrics.faithfulness import (area_between_curves, deletion, faithfulness_correlation,
     infidelity, insertion, pixel_flipping, road, sensitivity_n)
+from saljax.metrics.information import (aic, sic)
 from saljax.metrics.localization import (attribution_localisation, energy_pointing_game,
     pointing_game, relevance_mass, relevance_rank, top_k_intersection)
 from saljax.metrics.randomization import (class_sensitivity, data_randomization,
@@ -51,6 +54,7 @@ from saljax.metrics.simplicity import (complexity, effective_complexity, sparsen
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
     "mask_top", "linear_imputation", "boxes_to_mask", "remove_by_attribution",
+    "aggregate_pic", "random_mask", "aic", "sic",
     "area_between_curves", "attribution_localisation", "class_group_contrastivity",
     "class_sensitivity", "complexity", "contrastive_class_score", "contrastive_group_score",
     "data_randomization", "deletion", "diffroar", "effective_complexity",
