@@ -30,6 +30,7 @@ def entry(name):
 from saljax.metrics.contrastive import (  # noqa: E402,F401
     contrast_weights, contrastive_map, contrastive_model, mask_top)
 from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
+from saljax.metrics.generalizability import mege, mege_reco, reco  # noqa: E402,F401
 from saljax.metrics.information import aggregate_pic, random_mask  # noqa: E402,F401
 from saljax.metrics.localization import boxes_to_mask  # noqa: E402,F401
 from saljax.metrics.removal import remove_by_attribution  # noqa: E402,F401
@@ -54,7 +55,7 @@ from saljax.metrics.simplicity import (complexity, effective_complexity, sparsen
 __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
     "mask_top", "linear_imputation", "boxes_to_mask", "remove_by_attribution",
-    "aggregate_pic", "random_mask", "aic", "sic",
+    "mege", "mege_reco", "reco", "aggregate_pic", "random_mask", "aic", "sic",
     "area_between_curves", "attribution_localisation", "class_group_contrastivity",
     "class_sensitivity", "complexity", "contrastive_class_score", "contrastive_group_score",
     "data_randomization", "deletion", "diffroar", "effective_complexity",
