@@ -208,8 +208,10 @@ def _pic(kind, f, x, attribution, target, key, *, thresholds, random_mask_, frac
          pixel_range, min_pred_value, keep_monotonous, num_data_points, score, batch_size):
   shape = tuple(np.shape(x))
   if len(shape) != 4 or shape[-1] not in (1, 3):
-    raise ValueError(f"{kind}: expected NHWC images [B, H, W, C] with C = 1 or 3 (webp encodes"
-                     f" grey or RGB), got x of shape {shape}")
+    hint = ("; it looks channel-first (NCHW): transpose to NHWC"
+            if len(shape) == 4 and shape[1] in (1, 3) else "")
+    raise ValueError(f"{kind}: expected NHWC images [B, H, W, C] (channels last) with C = 1 or 3"
+                     f" (webp encodes grey or RGB), got x of shape {shape}{hint}")
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   thresholds = C.check_fractions(thresholds, "thresholds")
