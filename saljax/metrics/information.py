@@ -20,9 +20,10 @@ batch, with the same numbers (tests/metrics/test_pic.py runs both):
   interpolated images (one Delaunay triangulation per thresholded image, all
   channels interpolated at once, where PAIR triangulates once per channel) and
   their webp sizes (one encoding per image). The ``B * (T + 2)`` independent
-  images are spread over a thread pool (Qhull, the interpolation loop and the
-  webp encoder release the GIL). Nothing here can be jitted: the triangulation
-  and the encoder are not array programs.
+  images are spread over a thread pool (it helps as far as scipy and PIL
+  release the GIL), with BLAS held to one thread (`_one_blas_thread`).
+  Nothing here can be jitted: the triangulation and the encoder are not array
+  programs.
 - Device step (compiled, `_pic_curves`): the model on every image of the batch
   at once, all ``T + 2`` images per example (chunked by `batch_size`), then the
   normalization, the monotone envelope, the interpolation of the curve on
@@ -31,6 +32,7 @@ batch, with the same numbers (tests/metrics/test_pic.py runs both):
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import io
 import os
 from typing import Any, Sequence
@@ -113,6 +115,14 @@ def _blurred(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
   return np.round(out).astype(np.uint8)
 
 
+def _one_blas_thread():
+  try:
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency
+  except ImportError:
+    return contextlib.nullcontext()
+  return threadpool_limits(1, user_api="blas")
+
+
 def _host_images(images: np.ndarray, maps: np.ndarray, seeds: np.ndarray,
                  thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
   """The ``T + 2`` images of each example and their webp sizes.
@@ -133,7 +143,10 @@ def _host_images(images: np.ndarray, maps: np.ndarray, seeds: np.ndarray,
 
   jobs = range(masks.shape[0] * b)
   workers = max(1, min(len(jobs), os.cpu_count() or 1))
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+  # One BLAS thread per job: Delaunay's barycentric transforms are tiny LAPACK
+  # calls, and a multi-threaded OpenBLAS made them about 1000x slower on a
+  # busy 2-core machine (griddata on 16x16: 3.3 s against 1.7 ms).
+  with _one_blas_thread(), concurrent.futures.ThreadPoolExecutor(workers) as pool:
     done = list(pool.map(job, jobs))
   blurred = np.stack([d[0] for d in done]).reshape((masks.shape[0], b) + images.shape[1:])
   sizes = np.asarray([d[1] for d in done], np.int64).reshape(masks.shape[0], b)
