@@ -38,6 +38,7 @@ CLASS_METHODS = {
     "lima": "its objective is the softmax and the entropy over classes",
     "roar": "it scores accuracy (the argmax over classes)",
     "diffroar": "it scores accuracy (the argmax over classes)",
+    "aic": "it scores accuracy (the argmax over classes)",
     "relative_input_stability": "it keeps only perturbations that leave the predicted class",
     "relative_output_stability": "it measures the change of every logit and keeps only"
                                  " perturbations that leave the predicted class",

@@ -7,8 +7,8 @@ per-example scores ``[B]`` (and the curve where the metric has one).
 from saljax.metrics._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its metrics.
 from saljax.metrics import (  # noqa: F401
-    axiomatic, contrastive, faithfulness, localization, perturbation, randomization, removal,
-    robustness, simplicity, stability)
+    axiomatic, contrastive, faithfulness, information, localization, perturbation, randomization,
+    removal, robustness, simplicity, stability)
 
 
 def names(family=None):
@@ -30,6 +30,8 @@ def entry(name):
 from saljax.metrics.contrastive import (  # noqa: E402,F401
     contrast_weights, contrastive_map, contrastive_model, mask_top)
 from saljax.metrics.faithfulness import linear_imputation  # noqa: E402,F401
+from saljax.metrics.generalizability import mege, mege_reco, reco  # noqa: E402,F401
+from saljax.metrics.information import aggregate_pic, random_mask  # noqa: E402,F401
 from saljax.metrics.localization import boxes_to_mask, make_mosaics, quadrant_mask  # noqa: E402,F401
 from saljax.metrics.randomization import (  # noqa: E402,F401
     discrete_entropy, random_other_class, random_parameters)
@@ -44,6 +46,7 @@ from saljax.metrics.contrastive import (class_group_contrastivity, contrastive_c
     contrastive_group_score, pointwise_group_score)
 from saljax.metrics.faithfulness import (area_between_curves, deletion, faithfulness_correlation,
     infidelity, insertion, pixel_flipping, road, sensitivity_n)
+from saljax.metrics.information import (aic, sic)
 from saljax.metrics.perturbation import (faithfulness_estimate, irof, monotonicity,
     monotonicity_correlation, region_perturbation, selectivity, sufficiency)
 from saljax.metrics.localization import (attribution_localisation, auc, energy_pointing_game,
@@ -60,6 +63,7 @@ __all__ = [
     "names", "get", "entry", "contrast_weights", "contrastive_map", "contrastive_model",
     "mask_top", "linear_imputation", "boxes_to_mask", "make_mosaics", "quadrant_mask",
     "discrete_entropy", "random_other_class", "random_parameters", "remove_by_attribution",
+    "mege", "mege_reco", "reco", "aggregate_pic", "random_mask", "aic", "sic",
     "area_between_curves", "attribution_localisation", "auc", "class_group_contrastivity",
     "class_sensitivity", "complexity", "contrastive_class_score", "contrastive_group_score",
     "data_randomization", "deletion", "diffroar", "effective_complexity", "efficient_mprt",
