@@ -39,8 +39,9 @@ it is made: the input test re-explains the *perturbed* input (MetaQuantus's
 ``ipt.py`` explains the clean input and scores it on the perturbed one; the
 paper perturbs the whole evaluation problem), the input is clipped to the
 clean batch's ``[min, max]`` (``ipt.py`` clips only from below; its upper bound
-is the perturbed batch's own maximum), a draw with no kept example gives NaN
-and is left out of the means (MetaQuantus would pass empty arrays to scipy),
+is the perturbed batch's own maximum), scores within a relative 1e-5 of each other
+count as tied (`TIE_RTOL`: float32 rounding is not a change), a draw with no
+kept example gives NaN and is left out of the means (MetaQuantus would pass empty arrays to scipy),
 and the metric and explainers get the same random key in every draw (common
 random numbers, so the scores move because of the perturbation only).
 
@@ -307,6 +308,19 @@ def perturbation_scores(metric: Callable, model: Any, x: Array, target: Array, e
 # The criteria (host side: small arrays, scipy's exact Wilcoxon).
 
 
+# Scores this close count as equal (a tie). The clean problem and the draws
+# run through the same compiled program, but in differently sized vmapped
+# chunks, so one value can come back a few float32 ulps apart; the signed-rank
+# test would read a consistent 1-ulp shift as a significant change.
+TIE_RTOL = 1e-5
+
+
+def _tied(q: np.ndarray, q_perturbed: np.ndarray) -> np.ndarray:
+  """`q_perturbed` with values within `TIE_RTOL` of `q` replaced by `q`."""
+  close = np.abs(q_perturbed - q) <= TIE_RTOL * np.maximum(np.abs(q), np.abs(q_perturbed))
+  return np.where(close, q, q_perturbed)
+
+
 def wilcoxon_p(q: np.ndarray, q_perturbed: np.ndarray) -> float:
   """Two-sided Wilcoxon signed-rank p-value, ``zero_method="zsplit"``
   (MetaQuantus's `compute_iac_score`); 1 when every difference is 0 (no
@@ -322,12 +336,14 @@ def wilcoxon_p(q: np.ndarray, q_perturbed: np.ndarray) -> float:
 
 def intra_consistency(s: TestScores) -> np.ndarray:
   """IAC per draw and explainer ``[K, L]``: the Wilcoxon p-value (resilience)
-  or ``1 - p`` (adversary) of the kept examples; NaN where none is kept."""
+  or ``1 - p`` (adversary) of the kept examples; NaN where none is kept.
+  Scores within `TIE_RTOL` of the clean ones count as unchanged."""
   k, l, _ = s.q_perturbed.shape
   out = np.full((k, l), np.nan)
+  qp = _tied(s.q[None], s.q_perturbed)
   for d in range(k):
     for e in range(l):
-      p = wilcoxon_p(s.q[e][s.keep[d]], s.q_perturbed[d, e][s.keep[d]])
+      p = wilcoxon_p(s.q[e][s.keep[d]], qp[d, e][s.keep[d]])
       out[d, e] = p if s.test.kind == "resilience" else 1.0 - p
   return out
 
@@ -339,10 +355,11 @@ def inter_consistency(s: TestScores, lower_is_better: bool) -> np.ndarray:
   explainers' order by score (stable argsort over explainers) is the same
   before and after. Adversary: the share of (explainer, kept example) pairs
   whose score got worse (``q > q~``, or ``q < q~`` when lower is better).
+  Scores within `TIE_RTOL` of the clean ones count as unchanged.
   """
   out = np.full(s.q_perturbed.shape[0], np.nan)
   r0 = np.argsort(s.q, axis=0, kind="stable")
-  for d, qp in enumerate(s.q_perturbed):
+  for d, qp in enumerate(_tied(s.q[None], s.q_perturbed)):
     keep = s.keep[d]
     if not keep.any():
       continue
