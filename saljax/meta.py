@@ -34,22 +34,29 @@ only the examples the test is about: those whose prediction did not change
 
 These follow MetaQuantus's code (``metaquantus/helpers/utils.py``,
 ``compute_iac_score``, ``compute_iec_resilience``, ``compute_iec_adversary``;
-``meta_evaluation.py`` for MC) with these differences, each documented where
-it is made: the input test re-explains the *perturbed* input (MetaQuantus's
-``ipt.py`` explains the clean input and scores it on the perturbed one; the
-paper perturbs the whole evaluation problem), the input is clipped to the
-clean batch's ``[min, max]`` (``ipt.py`` clips only from below; its upper bound
-is the perturbed batch's own maximum), scores within a relative 1e-5 of each other
-count as tied (`TIE_RTOL`: float32 rounding is not a change), a draw with no
-kept example gives NaN and is left out of the means (MetaQuantus would pass empty arrays to scipy),
-and the metric and explainers get the same random key in every draw (common
-random numbers, so the scores move because of the perturbation only).
+``meta_evaluation.py`` for MC) with these differences:
 
-The expensive part (the clean problem and K perturbations per test, each
-with L explanations and their scores) is one compiled function per metric,
-batched over draws with
-`saljax.parallel.chunked_map`; the statistics are a few hundred scalar tests
-on the host (scipy).
+- the input test re-explains the *perturbed* input (MetaQuantus's ``ipt.py``
+  explains the clean input and scores that map on the perturbed one; the
+  paper perturbs the whole evaluation problem);
+- the perturbed input is clipped to the clean batch's ``[min, max]``
+  (``ipt.py`` clips only from below: its upper bound is the perturbed batch's
+  own maximum);
+- scores within a relative 1e-5 of the clean ones count as unchanged
+  (`TIE_RTOL`: float32 rounding is not a change);
+- a draw that keeps no example gives NaN and is left out of the means (MC is
+  NaN when a whole criterion is), where MetaQuantus would hand scipy empty
+  arrays;
+- the metric and the explainers get the same random key in the clean problem
+  and in every draw (common random numbers: the scores move because of the
+  perturbation, not because of new subsets or noise). A metric whose output
+  depends on nothing but its key therefore looks perfectly resilient here;
+  such a metric ignores the model and the map, which MC cannot see anyway.
+
+The expensive part (the clean problem and K perturbations per test, each with
+L explanations and their scores) is one compiled function per metric, batched
+over draws with `saljax.parallel.chunked_map`; the statistics are a few
+hundred scalar tests on the host (scipy).
 """
 from __future__ import annotations
 
