@@ -437,6 +437,10 @@ def meta_evaluate(metric: Any, model: Any, x: Array, target: Array, explainers: 
   pass_explainer = False
   if isinstance(metric, str):
     entry = S.entry(metric)
+    extra = sorted(entry.needs - {"key", "explainer"})
+    if extra:
+      raise ValueError(f"{name}: needs {extra}, which the meta-evaluation cannot supply per"
+                       " perturbation; pass a metric callable that closes over them")
     metric = entry.fn
     pass_explainer = "explainer" in entry.needs
     if lower_is_better is None:

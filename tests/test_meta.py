@@ -145,6 +145,9 @@ def test_bad_input_is_refused(problem):
   model, x, y = problem
   with pytest.raises(ValueError, match="at least 2"):
     meta.meta_evaluate("infidelity", model, x, y, ["gradient"], key=jax.random.key(0))
+  with pytest.raises(ValueError, match="mask"):
+    meta.meta_evaluate("pointing_game", model, x, y, ["gradient", "gradient_x_input"],
+                       key=jax.random.key(0))
   with pytest.raises(ValueError, match="positive float"):
     meta.PerturbationTest("model", "adversary", -1.0)
   with pytest.raises(ValueError, match="space"):
