@@ -33,6 +33,27 @@ their weights (``lambda x, m=m: m(x)``, the design that compiled every call):
 ``closure_calls_per_s``, ``closure_images_per_s``, ``closure_compiles`` and
 ``closure_compile_s``.
 
+With ``--compare=quantus`` every Quantus twin (``experiments._quantus.twins()``,
+one per metric: saljax's metric and Quantus's on the same weights, the same
+attributions and the same random draws) also gets a ``"kind": "quantus_twin"``
+row: ``saljax_s`` and ``quantus_s`` (median seconds per call of the batch, after
+a first call that compiles), ``saljax_first_call_s``, ``ratio`` (Quantus seconds
+over saljax seconds: how many times faster saljax is), ``model_evals``
+(model evaluations per example: the twin's ``evaluations``, else the registry
+entry's count at the metric's default options; ``model_evals_source`` says
+which), ``saljax_evals_per_s`` and ``quantus_evals_per_s``, and for metrics
+that evaluate the model those rates as a fraction of the model's own throughput
+in the same run: ``saljax_forward_fraction`` (over saljax's plain forward
+images/s) and ``quantus_forward_fraction`` (over the torch twin's forward
+images/s, ``torch_forward_images_per_s``), or the ``*_gradient_fraction`` over
+one input gradient for metrics whose evaluations include a backward pass
+(robustness metrics re-explain); and ``max_abs_diff`` of the two scores with
+``agrees`` (within the twin's ``atol``; None where the twin documents why
+Quantus differs). The attributions are saljax's gradient of the predicted
+class, as for the other metric rows. ``--image_size`` resizes the pretrained
+model's inputs (bilinear; the network pools globally) to keep twins whose work
+grows with the pixel count affordable.
+
 These machines are noisy: compare ratios from one run, not absolute numbers
 across runs. Peak memory is the device allocator's peak where JAX reports one
 (GPU/TPU); on CPU it is the growth of the process's peak resident memory during
@@ -61,6 +82,9 @@ flags.DEFINE_integer("chunk", None, "batch_size option (steps or samples evaluat
 flags.DEFINE_integer("image_size", None, "input size (default: the model's)")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of model and inputs")
 flags.DEFINE_enum("compare", "none", ["none", "captum", "quantus"], "baseline library, same weights")
+flags.DEFINE_list("twins", ["all"],
+                  "with --compare=quantus: the Quantus twins (experiments._quantus.twins()) to"
+                  " time, by saljax metric name; 'all' (default) every twin, 'none' no twin rows")
 flags.DEFINE_integer("repeats", 3, "timed calls per method after the compiling call")
 flags.DEFINE_integer("threads", None, "torch threads (default: what JAX gets, os.cpu_count())")
 flags.DEFINE_string("out", None, "JSON-lines file to append to (default: stdout only)")
@@ -427,10 +451,132 @@ def _quantus_runner(method: str, net, x_nchw, target, attribution, steps: int, c
                                softmax=True, channel_first=True, batch_size=chunk or b))
 
 
+def _twin_names(requested: Sequence[str] | None, available: Sequence[str]) -> list[str]:
+  """The twins to time: ``["all"]`` every one, ``[]`` / ``["none"]`` none, else
+  the named ones (an unknown name is an error naming the known ones)."""
+  requested = list(requested or [])
+  if requested in ([], ["none"]):
+    return []
+  if requested == ["all"]:
+    return sorted(available)
+  unknown = [n for n in requested if n not in available]
+  if unknown:
+    raise app.UsageError(f"--twins: no Quantus twin for {unknown}; twins: {sorted(available)}")
+  return requested
+
+
+def _registry_evals(name: str, model, x) -> int | None:
+  """The registry's model evaluations per example at the metric's default
+  options, or None where the count needs options the benchmark cannot supply."""
+  try:
+    return int(_entry(name).cost(model, x))
+  except Exception:  # e.g. a count that needs an explainer or segments
+    return None
+
+
+def _forward_counter(net):
+  """(rows forwarded so far, remove): counts examples through `net`'s forward."""
+  rows = [0]
+
+  def hook(module, inputs, output):
+    rows[0] += int(inputs[0].shape[0]) if inputs and hasattr(inputs[0], "shape") else 0
+
+  handle = net.register_forward_hook(hook)
+  return rows, handle.remove
+
+
+def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
+              forward_ips: float, gradient_ips: float, common: dict, rows: list,
+              out: str | None = None, seed: int = 0) -> list[dict]:
+  """One ``"quantus_twin"`` row per twin of `names` (see the module docstring):
+  both runners on the same weights (`model` and its torch twin `net`), the same
+  attributions (saljax's gradient of `target`) and the twin's shared draws."""
+  import jax
+  import numpy as np
+  import saljax
+  import torch
+  from experiments import _quantus as Q
+
+  twins = Q.twins()
+  batch = int(x.shape[0])
+  x_np = np.asarray(x, np.float32)
+  y_np = np.asarray(target)
+  a_nhwc = np.asarray(saljax.gradient(model, x, target), np.float32)
+  a_nchw = a_nhwc.transpose(0, 3, 1, 2).copy()
+  xq = x_nchw.detach().cpu().numpy()
+  with torch.no_grad():
+    for _ in range(WARMUP_CALLS):
+      net(x_nchw)
+
+    def fwd():
+      net(x_nchw)
+      if x_nchw.is_cuda:
+        torch.cuda.synchronize()
+
+    _, t_torch = _time(fwd, repeats)
+  torch_ips = batch / t_torch
+  made = []
+  for name in names:
+    twin = twins[name]
+    row = {"kind": "quantus_twin", **common, "method": name, "quantus": twin.quantus,
+           "forward_images_per_s": forward_ips, "gradient_images_per_s": gradient_ips,
+           "torch_forward_images_per_s": torch_ips}
+    try:
+      ctx = twin.context(x_np, y_np, seed) if twin.context is not None else {}
+      ours = lambda: np.asarray(jax.block_until_ready(
+          twin.run_saljax(model, x, a_nhwc, y_np, **ctx)), np.float64)
+      theirs = lambda: np.asarray(twin.run_quantus(net, xq, a_nchw, y_np, **ctx), np.float64)
+      first, t_ours = _time(ours, repeats)
+      counted, remove = _forward_counter(net)
+      try:
+        q_first = theirs()
+      finally:
+        remove()
+      _, t_theirs = _time(theirs, max(1, repeats - 1))
+      s_ours, s_theirs = ours(), q_first
+    except Exception as e:  # report and go on: one twin must not stop the run
+      logging.error("quantus twin %s failed: %s", name, e)
+      row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+      _emit(row, rows, out)
+      made.append(row)
+      continue
+    entry = _entry(name)
+    registry = _registry_evals(name, model, x)
+    evals = twin.evaluations or registry or 0
+    row.update(saljax_s=t_ours, quantus_s=t_theirs, saljax_first_call_s=first,
+               ratio=t_theirs / t_ours, twin_evals=twin.evaluations, registry_evals=registry,
+               quantus_evals_measured=counted[0] / batch, model_evals=evals,
+               model_evals_source="twin" if twin.evaluations else (
+                   "registry" if registry else None),
+               differs=twin.differs or None)
+    if s_ours.shape == s_theirs.shape:
+      diff = float(np.nanmax(np.abs(s_ours - s_theirs))) if s_ours.size else 0.0
+      row["max_abs_diff"] = diff
+      row["agrees"] = None if twin.differs else bool(diff <= twin.atol)
+    else:
+      row["max_abs_diff"] = None
+      row["agrees"] = None if twin.differs else False
+    if evals:
+      row["saljax_evals_per_s"] = evals * batch / t_ours
+      row["quantus_evals_per_s"] = evals * batch / t_theirs
+      # Perturbation metrics run forwards (robustness ones re-explain: gradients).
+      kind = "gradient" if entry.backward else "forward"
+      ours_yard = gradient_ips if entry.backward else forward_ips
+      row["yardstick"] = kind
+      row[f"saljax_{kind}_fraction"] = row["saljax_evals_per_s"] / ours_yard
+      if not entry.backward:
+        row["quantus_forward_fraction"] = row["quantus_evals_per_s"] / torch_ips
+    _emit(row, rows, out)
+    made.append(row)
+  return made
+
+
 def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int | None,
         dtype: str, compare: str, repeats: int, image_size: int | None = None,
         out: str | None = None, threads: int | None = None, checkpoints: int = 0,
-        closures: int = 3) -> list[dict]:
+        closures: int = 3, twins: Sequence[str] | None = None) -> list[dict]:
+  """Throughput rows for `methods`, then (with ``compare="quantus"``) one row
+  per Quantus twin of `twins` (``["all"]``: every twin; None: none)."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -442,6 +588,8 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
   imgs = [photos[i % len(photos)] for i in range(batch)]
   x = model.preprocess(imgs) if model_name.startswith("efficientnet_lite") else \
       jax.random.normal(jax.random.key(0), (batch,) + model.input_shape)
+  if image_size and model_name.startswith("efficientnet_lite") and x.shape[1] != image_size:
+    x = jax.image.resize(x, (batch, image_size, image_size, x.shape[-1]), "bilinear")
   x = x.astype(jnp.float32)
   target = jnp.argmax(model(x.astype(jnp.dtype(dtype))), -1).astype(jnp.int32)
 
@@ -566,6 +714,14 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
         logging.warning("%s compiled %d times on %d new parameter sets", name,
                         ck["checkpoint_compiles"], checkpoints)
       _emit(ck, rows, out)
+  if compare == "quantus" and twins:
+    from experiments import _quantus as Q
+    names = _twin_names(twins, list(Q.twins()))
+    if names:
+      common = {"model": model_name, "device": device.device_kind, "platform": device.platform,
+                "batch": batch, "dtype": dtype, "date": time.strftime("%Y-%m-%d")}
+      twin_rows(model, x, target, net, x_nchw, names, repeats, forward_ips, gradient_ips,
+                common, rows, out)
   return rows
 
 
@@ -619,7 +775,7 @@ def main(argv):
     raise app.UsageError(f"--methods: unknown {unknown}; known: {sorted(known)}")
   run(FLAGS.model, FLAGS.methods, FLAGS.batch, FLAGS.steps, FLAGS.chunk, FLAGS.dtype,
       FLAGS.compare, FLAGS.repeats, FLAGS.image_size, FLAGS.out, FLAGS.threads,
-      FLAGS.checkpoints, FLAGS.closures)
+      FLAGS.checkpoints, FLAGS.closures, FLAGS.twins)
 
 
 if __name__ == "__main__":

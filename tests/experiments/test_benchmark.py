@@ -96,3 +96,91 @@ def test_answer_rows_run_every_kind_in_one_call(tmp_path, monkeypatch):
       benchmark.main(["benchmark"])
   finally:
     flags.FLAGS.unparse_flags()
+
+
+def _standin_twins():
+  """A module of stand-in twins: 'infidelity' computed by hand on both sides
+  (two forwards per example, a shared noise draw), 'sparseness' (no model
+  evaluation), a twin that documents a difference, and one that fails."""
+  import types
+
+  import jax.numpy as jnp
+  import numpy as np
+  import torch
+  from experiments._quantus import QuantusTwin
+
+  def context(x, y, seed):
+    return {"noise": 0.01 * np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)}
+
+  def infid_saljax(f, x, a, y, noise):
+    pick = lambda v: jnp.take_along_axis(f(v), jnp.asarray(y)[:, None], 1)[:, 0]
+    drop = pick(x) - pick(x - noise)
+    return (jnp.sum(a * noise, (1, 2, 3)) - drop) ** 2
+
+  def infid_quantus(net, x, a, y, noise):
+    n = noise.transpose(0, 3, 1, 2)
+    with torch.no_grad():
+      pick = lambda v: net(torch.from_numpy(v)).numpy()[np.arange(len(y)), y]
+      drop = pick(x) - pick((x - n).astype(np.float32))
+    return ((a * n).sum((1, 2, 3)) - drop) ** 2
+
+  def gini(a):
+    v = np.sort(np.abs(np.asarray(a, np.float64)).reshape(len(a), -1), 1)
+    n = v.shape[1]
+    k = np.arange(1, n + 1)
+    return ((2 * k - n - 1) * v).sum(1) / (n * v.sum(1))
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("stand-in failure")
+
+  mod = types.ModuleType("experiments._quantus.standin")
+  mod.TWINS = [
+      QuantusTwin("infidelity", "Infidelity", infid_saljax, infid_quantus, context=context,
+                  evaluations=2, atol=1e-2),
+      QuantusTwin("sparseness", "Sparseness", lambda f, x, a, y: gini(a),
+                  lambda net, x, a, y: gini(a.transpose(0, 2, 3, 1))),
+      QuantusTwin("complexity", "Complexity", lambda f, x, a, y: np.zeros(len(a)),
+                  lambda net, x, a, y: np.ones(len(a)), differs="stand-in: Quantus differs"),
+      QuantusTwin("insertion", "Insertion", broken, broken, evaluations=3),
+  ]
+  return mod
+
+
+def test_quantus_twin_rows(monkeypatch):
+  """--compare=quantus times every twin of experiments._quantus.twins() on the
+  pretrained model and its torch twin after the existing rows: both times, the
+  ratio, model evaluations per second (the twin's count, checked against the
+  forwards Quantus's side really made) and that rate over the model's own
+  forward throughput; a failing twin gives an error row, not a stopped run."""
+  import sys
+  from experiments import _quantus as Q
+  mod = _standin_twins()
+  monkeypatch.setitem(sys.modules, "experiments._quantus.standin", mod)
+  monkeypatch.setattr(Q, "FAMILIES", ("standin",))
+  rows = benchmark.run("efficientnet_lite0", ["deletion"], batch=2, steps=16, chunk=None,
+                       dtype="float32", compare="quantus", repeats=1, image_size=64,
+                       twins=["all"])
+  assert [(r.get("kind"), r["method"]) for r in rows] == [
+      ("throughput", "deletion"), ("quantus_twin", "complexity"), ("quantus_twin", "infidelity"),
+      ("quantus_twin", "insertion"), ("quantus_twin", "sparseness")], rows
+  assert rows[0]["baseline_max_abs_diff"] < 1e-4, rows[0]  # the existing row still holds
+  complexity, infid, broken, sparse = rows[1:]
+  assert infid["agrees"] is True and infid["max_abs_diff"] < 1e-2, infid
+  assert infid["ratio"] == pytest.approx(infid["quantus_s"] / infid["saljax_s"]), infid
+  assert infid["model_evals"] == 2 and infid["model_evals_source"] == "twin", infid
+  assert infid["quantus_evals_measured"] == 2, infid  # two forwards of the batch
+  assert infid["saljax_evals_per_s"] == pytest.approx(2 * 2 / infid["saljax_s"]), infid
+  assert infid["quantus_evals_per_s"] == pytest.approx(2 * 2 / infid["quantus_s"]), infid
+  assert infid["yardstick"] == "forward", infid
+  assert infid["saljax_forward_fraction"] == pytest.approx(
+      infid["saljax_evals_per_s"] / infid["forward_images_per_s"]), infid
+  assert infid["quantus_forward_fraction"] == pytest.approx(
+      infid["quantus_evals_per_s"] / infid["torch_forward_images_per_s"]), infid
+  assert sparse["agrees"] is True and sparse["max_abs_diff"] < 1e-9, sparse
+  assert sparse["model_evals"] == 0 and sparse["quantus_evals_measured"] == 0, sparse
+  assert "saljax_evals_per_s" not in sparse and "saljax_forward_fraction" not in sparse, sparse
+  assert complexity["agrees"] is None and complexity["max_abs_diff"] == 1.0, complexity
+  assert "stand-in failure" in broken["error"], broken
+  with pytest.raises(Exception, match="no_twin"):
+    benchmark._twin_names(["no_twin"], ["infidelity"])
+  assert benchmark._twin_names(["none"], ["infidelity"]) == []
