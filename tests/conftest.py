@@ -7,17 +7,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # A fresh weight cache per run, so the suite converts the pretrained weights
 # itself, as it must on a new machine (set SALJAX_CACHE to reuse one).
 os.environ.setdefault("SALJAX_CACHE", tempfile.mkdtemp(prefix="saljax-test-cache-"))
-# The suite is mostly XLA compilation of small programs: LLVM's backend at -O0
-# without its expensive passes halves the CPU time of a compile-bound file
-# (tests/test_model_output.py: 106 s -> 58 s of CPU). XLA's own HLO passes
-# (fusion, the YNN rewrites behind the miscompile saljax guards against) still
-# run, and tests/test_xla_guard.py checks the default pipeline in a fresh
-# process. Subprocesses (binaries, notebooks) inherit it. SALJAX_TEST_XLA_OPT=1
-# runs the suite at XLA's default optimization level.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-if os.environ.get("SALJAX_TEST_XLA_OPT") != "1" and "xla_backend_optimization_level" not in \
-    os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + TEST_XLA_FLAGS).strip()
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
