@@ -39,12 +39,11 @@ def test_explainer_refuses_a_count_that_cannot_finish(tiny, name, count):
 @pytest.mark.parametrize("name,count", _cases(saljax.metrics))
 def test_metric_refuses_a_count_that_cannot_finish(tiny, name, count):
   cnn, _, x, target = tiny
-  entry = saljax.metrics.entry(name)
-  extra = {"key": jax.random.key(0)} if entry.stochastic else {}
   attribution = jax.random.normal(jax.random.key(1), x.shape)
+  # call_metric gives each metric the model it needs (tapped, or a function
+  # of its parameters).
   with pytest.raises(ValueError, match=rf"{count}: expected at most .*SALJAX_MAX_COUNT"):
-    entry.fn(cnn.logits, x, attribution, target, **extra,
-             **{**A.metric_options(name), count: HUGE})
+    A.call_metric(name, cnn, x, attribution, target, **{count: HUGE})
 
 
 def test_the_limit_is_a_setting(monkeypatch):

@@ -349,7 +349,7 @@ def smooth_mprt(model_fn, x, attribution, target, *, params=None, key=None, expl
     layers}``; ``curve[:, -1]`` is the fully randomized model. Lower is
     better.
   """
-  samples = V.check_positive_int(samples, "samples")
+  samples = parallel.check_count(samples, "samples")
   if (isinstance(noise_magnitude, bool) or not isinstance(noise_magnitude, (int, float))
       or noise_magnitude < 0):
     raise ValueError(f"noise_magnitude: expected a float >= 0, got {noise_magnitude!r}")

@@ -53,7 +53,27 @@ OPTIONS = {
 
 
 def test_every_metric_has_options_here():
-  assert set(OPTIONS) == set(saljax.metrics.names())
+  """The metrics above run on this module's MLP; the rest (which need a tapped
+  layer, parameters, segments or mosaics) run below on the tiny CNN of
+  tests/_all_methods.py, whose `call_metric` supplies what each needs."""
+  assert set(OPTIONS) <= set(saljax.metrics.names())
+  assert set(OPTIONS) | set(OTHERS) == set(saljax.metrics.names())
+
+
+OTHERS = sorted(set(saljax.metrics.names()) - set(OPTIONS))
+
+
+@pytest.mark.parametrize("name", OTHERS)
+def test_bad_attribution_refused_and_same_key_same_output(name):
+  import _all_methods as A
+  cnn, _, x, target = A.models()
+  attribution = jax.random.normal(jax.random.key(1), x.shape)
+  a = A.call_metric(name, cnn, x, attribution, target)
+  b = A.call_metric(name, cnn, x, attribution, target)
+  jax.tree_util.tree_map(lambda u, v: np.testing.assert_array_equal(np.asarray(u), np.asarray(v)),
+                         a, b)
+  with pytest.raises((ValueError, TypeError), match="attribution"):
+    A.call_metric(name, cnn, x, jnp.ones((x.shape[0], 8)), target)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIONS))
