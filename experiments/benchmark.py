@@ -48,7 +48,7 @@ images/s) and ``quantus_forward_fraction`` (over the torch twin's forward
 images/s, ``torch_forward_images_per_s``), or the ``*_gradient_fraction`` over
 one input gradient for metrics whose evaluations include a backward pass
 (robustness metrics re-explain); and ``max_abs_diff`` of the two scores with
-``agrees`` (within the twin's ``atol``; None where the twin documents why
+``agrees`` (within the twin's ``atol`` and ``rtol``; None where the twin documents why
 Quantus differs). The attributions are saljax's gradient of the predicted
 class, as for the other metric rows. ``--image_size`` resizes the pretrained
 model's inputs (bilinear; the network pools globally) to keep twins whose work
@@ -552,7 +552,7 @@ def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
     if s_ours.shape == s_theirs.shape:
       diff = float(np.nanmax(np.abs(s_ours - s_theirs))) if s_ours.size else 0.0
       row["max_abs_diff"] = diff
-      row["agrees"] = None if twin.differs else bool(diff <= twin.atol)
+      row["agrees"] = None if twin.differs else twin.agrees(s_ours, s_theirs)
     else:
       row["max_abs_diff"] = None
       row["agrees"] = None if twin.differs else False

@@ -36,6 +36,9 @@ class QuantusTwin:
       paper (naming the line of Quantus 0.6), and the parity test asserts the
       paper's version on a known answer instead.
     evaluations: model evaluations per example (for the benchmark's rate).
+    atol, rtol: the two agree where ``|ours - theirs| <= atol + rtol * |theirs|``
+      (numpy's `allclose` rule; the parity tests and the benchmark both use
+      `agrees`).
   """
   metric: str
   quantus: str
@@ -45,6 +48,12 @@ class QuantusTwin:
   differs: str = ""
   evaluations: int = 0
   atol: float = 1e-4
+  rtol: float = 0.0
+
+  def agrees(self, ours, theirs) -> bool:
+    """Whether saljax's scores `ours` equal Quantus's `theirs` within tolerance."""
+    import numpy as np
+    return bool(np.allclose(ours, theirs, rtol=self.rtol, atol=self.atol))
 
 
 def twins() -> dict[str, QuantusTwin]:
