@@ -224,6 +224,9 @@ def tcav_scores(gradients: Any, cavs: Any) -> tuple[Array, Array]:
 
 
 def _check_sets(a: Any, name: str, like: Array) -> Array:
+  if getattr(a, "ndim", None) != like.ndim + 1:
+    raise ValueError(f"{name}: expected sets of images [S, N, {', '.join(map(str, like.shape[1:]))}]"
+                     f" (S sets of N examples shaped like x), got {V.describe(a)}")
   a = V.check_input(a, name=name, min_rank=like.ndim + 1)
   if a.ndim != like.ndim + 1 or tuple(a.shape[2:]) != tuple(like.shape[1:]):
     raise ValueError(f"{name}: expected sets of images [S, N, {', '.join(map(str, like.shape[1:]))}]"
