@@ -5,3 +5,5 @@ concept relevance propagation (`crp`, Achtibat et al. 2023).
 """
 from saljax.concepts.tcav import (TCAVResult, directional_gradients, layer_activations,  # noqa: F401
     tcav, tcav_scores, train_cavs)
+from saljax.concepts.crp import (CRPResult, condition_masks, crp,  # noqa: F401
+    relevance_maximization)
