@@ -137,9 +137,10 @@ def train_cavs(positive: Any, negative: Any, *, key: Array, steps: int = 200, l2
     positive: ``[runs, N, D]`` activations of the concept examples (one row set per run).
     negative: ``[runs, M, D]`` activations of the counterexamples (random images).
     key: splits each run's rows into train / held-out at random.
-    steps: gradient steps of the logistic regression (default 200: Nesterov steps
-      on standardized features, converged to well under 1e-3 in the CAV's direction on the
-      test problems).
+    steps: gradient steps of the logistic regression (default 200 Nesterov steps on
+      standardized features: the CAV is within cosine 0.996 of the converged one (5000
+      steps) on correlated synthetic activations of D = 300 and 5000; raise it for
+      larger layers).
     l2: the L2 penalty (default 0.01, Captum's ``SGDClassifier(alpha=0.01)``).
     test_split: held-out fraction for the accuracy (default 0.33, Captum's
       ``test_split_ratio``); 0 reports the training accuracy.
