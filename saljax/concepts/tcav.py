@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
