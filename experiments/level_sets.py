@@ -100,14 +100,20 @@ def figure(arrays: dict, summary: dict, title: str = ""):
   import matplotlib.pyplot as plt
   from matplotlib.gridspec import GridSpec
 
-  fig = plt.figure(figsize=(11, 6.4), constrained_layout=True)
-  gs = GridSpec(2, 9, figure=fig, height_ratios=[1.25, 1])
+  fig = plt.figure(figsize=(11, 5.4), constrained_layout=True)
+  gs = GridSpec(2, 9, figure=fig, height_ratios=[1.5, 1])
   conf, seg, l2 = arrays["conf"], arrays["seg"], arrays["l2"]
   steps = np.arange(conf.shape[1])
   ax = fig.add_subplot(gs[0, 0:3])
-  ax.plot(steps, conf.T, color="tab:blue", alpha=0.25, lw=0.8)
-  ax.plot(steps, np.median(conf, 0), color="k", lw=1.5, label="median")
-  ax.set(xlabel="LST step", ylabel="source-class confidence", ylim=(-0.02, 1.02),
+  # Relative to the start: the criterion is a +-5% band, and the confidences
+  # of a trained model sit near 1 where an absolute axis shows nothing.
+  rel_conf = conf / conf[:, :1]
+  ax.axhspan(0.95, 1.05, color="tab:blue", alpha=0.08, label="start +-5%")
+  ax.plot(steps, rel_conf.T, color="tab:blue", alpha=0.3, lw=0.8)
+  ax.plot(steps, np.median(rel_conf, 0), color="k", lw=1.5, label="median")
+  lo = min(0.9, float(rel_conf.min()) - 0.02)
+  hi = max(1.1, float(rel_conf.max()) + 0.02)
+  ax.set(xlabel="LST step", ylabel="confidence / confidence at start", ylim=(lo, hi),
          title="along the LST paths")
   ax.legend(loc="lower left", fontsize=8)
   ax = fig.add_subplot(gs[0, 3:6])

@@ -93,6 +93,7 @@ def evaluate(config, f, x: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
   t0 = time.perf_counter()
   _, info = attacks.cw_l2(f, x, y, binary_search_steps=int(a.cw_search_steps),
                           max_iterations=int(a.cw_iterations), bounds=bounds,
+                          all_targets=bool(a.cw_all_targets),
                           batch_size=int(a.batch_size), return_info=True)
   seconds = time.perf_counter() - t0
   right = np.asarray(jnp.argmax(f(x), -1)) == np.asarray(y)
@@ -110,6 +111,9 @@ def evaluate(config, f, x: np.ndarray, y: np.ndarray) -> list[dict[str, Any]]:
                "success_rate": float(found[right].mean()) if right.any() else None,
                "n_right": int(right.sum()), "n": int(len(y)),
                "search_steps": int(a.cw_search_steps), "iterations": int(a.cw_iterations),
+               "all_targets": bool(a.cw_all_targets),
+               # Per image classified right: the C&W norm (null: none found), for the curve.
+               "norms": [float(v) if ok else None for v, ok in zip(l2[right], found[right])],
                "seconds": round(seconds, 2)})
   return rows
 
@@ -120,6 +124,7 @@ def figure(rows: list[dict], title: str = ""):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), constrained_layout=True)
+  summary = [r for r in rows if r["attack"] == "cw_l2_summary"]
   styles = {"fgsm": ("tab:blue", "o", "FGSM"), "pgd": ("tab:orange", "s", "PGD"),
             "cw_l2": ("tab:green", "^", "C&W L2 (min. norm)")}
   for ax, norm, label in ((axes[0], "linf", r"$L_\infty$ budget $\epsilon$"),
@@ -127,15 +132,25 @@ def figure(rows: list[dict], title: str = ""):
     for attack, (colour, marker, name) in styles.items():
       pts = sorted((r["epsilon"], r["accuracy"]) for r in rows
                    if r["attack"] == attack and r["norm"] == norm)
-      if pts:
-        e, acc = zip(*pts)
+      if not pts:
+        continue
+      e, acc = zip(*pts)
+      if attack == "cw_l2" and summary:
+        # C&W is one minimal-norm run: its accuracy is known at every budget
+        # (a step down at each image's norm), not only at the listed ones.
+        s = summary[0]
+        norms = np.asarray([np.inf if v is None else v for v in s["norms"]])
+        grid = np.linspace(0.0, max(e), 400)
+        curve = (norms[None, :] > grid[:, None]).sum(1) / s["n"]
+        ax.plot(grid, curve, color=colour, lw=1.2)
+        ax.plot(e, acc, marker=marker, ls="none", color=colour, label=name)
+      else:
         ax.plot(e, acc, marker=marker, color=colour, label=name)
     ax.set_xlabel(label)
     ax.set_ylabel("test accuracy")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
-  summary = [r for r in rows if r["attack"] == "cw_l2_summary"]
   if summary and summary[0]["median_l2"] is not None:
     m = summary[0]["median_l2"]
     axes[1].axvline(m, color="tab:green", ls=":", lw=1)
