@@ -41,6 +41,12 @@ def _confidence(f, x: Array, label: Array) -> Array:
   return jax.nn.softmax(f(x[None])[0])[label]
 
 
+@M.jit
+def _predict(f, x: Array) -> Array:
+  # Module level, so the compiled forward pass is reused across calls.
+  return f(x)
+
+
 def _clip(x: Array, bounds) -> Array:
   return x if bounds is None else jnp.clip(x, bounds[0], bounds[1])
 
@@ -131,7 +137,7 @@ def level_set_traversal(f, source, target_images, *, key=None, label=None, steps
   f = M.as_model(f)
   _, num_classes = M.output_shape(f, source)
   if label is None:
-    label = jnp.argmax(M.jit(lambda f, x: f(x))(f, source), -1).astype(jnp.int32)
+    label = jnp.argmax(_predict(f, source), -1).astype(jnp.int32)
   label = V.check_target(label, source.shape[0], num_classes)
   steps = parallel.check_count(steps, "steps")
   batch_size = V.check_batch_size(batch_size)
