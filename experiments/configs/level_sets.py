@@ -1,0 +1,22 @@
+"""Level Set Traversal from test images of a small CNN towards images of
+other classes (blind spots).
+
+    python -m experiments.level_sets --config=experiments/configs/level_sets.py \
+        --workdir=runs/level_sets [--config.lst.steps=400]
+
+Its own schema (not configs/base.py): the model is trained as in
+`experiments.robustness` (same data, model and train fields).
+"""
+import ml_collections
+
+from experiments.configs import robustness
+
+
+def get_config():
+  c = robustness.get_config()
+  del c["attack"]
+  # pairs: sources are the first `pairs` test images, each with a random test
+  # image of another class as its target (seeded).
+  c.lst = ml_collections.ConfigDict(dict(pairs=64, steps=200, step_size=0.02, correction=1.0,
+                                         segment_points=21, batch_size=64))
+  return c

@@ -1,0 +1,238 @@
+"""Blind spots: Level Set Traversal (Balasubramanian, Sriramanan, Sadasivan,
+Feizi 2023, "Exploring Geometry of Blind Spots in Vision Models", NeurIPS,
+arXiv:2310.19889), and the measurements its paper makes of the paths it finds.
+
+Level Set Traversal (LST) walks from a source image towards a target image
+of another class while keeping the model's confidence in the source class at
+its starting level: each step moves towards the target only within the
+hyperplane orthogonal to the gradient of the source-class confidence (to
+first order, a move that leaves the confidence unchanged), then a correction
+step along the gradient pulls the confidence back to the start level (the
+curvature of the level set makes the first step drift off it). It ends at
+an input that looks like the target and that the model still gives the
+source class at the source's confidence: a "blind spot".
+
+- `level_set_traversal`: many (source, target) pairs in one compiled call
+  (`lax.scan` over steps, vmap over pairs, chunks of `batch_size`);
+- `ssim`: structural similarity (Wang et al. 2004) in JAX, the distance to
+  the target the paper reports (with LPIPS; not here: no well-kept JAX
+  LPIPS);
+- `segment_confidence`: the confidence along the straight segments from the
+  source to each found input: the paper's "star-like" level sets (the whole
+  segment stays at high confidence).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from saljax import _validation as V
+from saljax import model as M
+from saljax import parallel
+
+Array = jax.Array
+_TINY = 1e-12
+
+
+def _confidence(f, x: Array, label: Array) -> Array:
+  """Softmax probability of `label` for one input ``x[...]``."""
+  return jax.nn.softmax(f(x[None])[0])[label]
+
+
+@M.jit
+def _predict(f, x: Array) -> Array:
+  # Module level, so the compiled forward pass is reused across calls.
+  return f(x)
+
+
+def _clip(x: Array, bounds) -> Array:
+  return x if bounds is None else jnp.clip(x, bounds[0], bounds[1])
+
+
+def _lst_one(f, source, target, label, step_size, correction, *, steps: int, bounds):
+  """One pair: returns ``(x_end, confidence [steps + 1], l2_to_target [steps + 1])``."""
+  conf_grad = jax.value_and_grad(lambda z: _confidence(f, z, label))
+  level = _confidence(f, source, label)
+  dist = lambda z: jnp.sqrt(jnp.sum((target - z) ** 2))
+
+  def step(x, _):
+    _, g = conf_grad(x)
+    d = target - x
+    # The component of the way to the target orthogonal to the confidence's
+    # gradient: a first-order level move.
+    d_perp = d - jnp.vdot(d, g) / (jnp.vdot(g, g) + _TINY) * g
+    move = step_size * d_perp
+    x1 = _clip(x + move, bounds)
+    # Correction: a Newton step on conf(x) = level along the gradient at x1,
+    # no longer than the move itself (far from the level set a Newton step on
+    # a saturated softmax can be huge).
+    c1, g1 = conf_grad(x1)
+    back = correction * (level - c1) / (jnp.vdot(g1, g1) + _TINY) * g1
+    cap = jnp.sqrt(jnp.vdot(move, move)) / (jnp.sqrt(jnp.vdot(back, back)) + _TINY)
+    x2 = _clip(x1 + back * jnp.minimum(1.0, cap), bounds)
+    return x2, (_confidence(f, x2, label), dist(x2))
+
+  x_end, (conf, l2) = jax.lax.scan(step, source, None, length=steps)
+  conf = jnp.concatenate([level[None], conf])
+  l2 = jnp.concatenate([dist(source)[None], l2])
+  return x_end, conf, l2
+
+
+@M.jit(static_argnames=("steps", "bounds", "batch_size"))
+def _lst(f, source, target, label, step_size, correction, steps, bounds, batch_size):
+  one = functools.partial(_lst_one, f, steps=steps, bounds=bounds)
+  return parallel.chunked_map(lambda a: one(*a, step_size, correction), (source, target, label),
+                              batch_size=batch_size)
+
+
+def level_set_traversal(f, source, target_images, *, key=None, label=None, steps: int = 200,
+                        step_size: float = 0.02, correction: float = 1.0, bounds=(0.0, 1.0),
+                        batch_size: int | None = None):
+  """Level Set Traversal (Balasubramanian, Sriramanan, Sadasivan, Feizi 2023,
+  arXiv:2310.19889) from each source towards its target image.
+
+  From ``x = source``, `steps` times: ``d = target - x``, ``g = grad p(x)``
+  with p the softmax probability of the source class; ``x1 = x + step_size *
+  (d - (d.g / g.g) g)`` (towards the target, orthogonally to g); then ``x =
+  x1 + correction * (p0 - p(x1)) / ||g1||^2 * g1`` with ``g1 = grad p(x1)``
+  and p0 the source's confidence (a Newton step back to the level set,
+  never longer than the move), clipped to `bounds`. The paper's correction
+  is a fixed-size gradient-ascent step on the confidence when it has
+  dropped; the Newton step aims at the start level instead and also pulls
+  down a confidence that rose, which is what "stay on the level set" asks.
+
+  Defaults: 200 steps of 2% of the remaining way (``0.98^200 = 0.018``:
+  without the projections the path would end within 2% of the target's
+  distance), a full Newton correction; chosen on the tiny CNNs of this
+  library's tests and `experiments/level_sets.py` (docs/robustness.md),
+  not taken from the paper, whose step sizes are for 224 px ImageNet models.
+
+  Args:
+    f: model ``x[B, ...] -> logits[B, C]``.
+    source: ``[B, ...]`` the source images.
+    target_images: ``[B, ...]`` one target per source (same shape).
+    key: unused (deterministic).
+    label: ``[B]`` the class whose confidence is held (default: the model's
+      prediction on each source).
+    steps: traversal steps (static).
+    step_size: the fraction of the remaining way taken per step (traced).
+    correction: the fraction of the Newton correction taken (traced; 0
+      turns the correction off: the bare orthogonal steps).
+    bounds: ``(low, high)`` to clip to, or None.
+    batch_size: at most this many pairs at once (memory bound).
+  Returns:
+    ``(x_end, info)``: the found inputs ``[B, ...]`` and ``{"confidence":
+    [B, steps + 1], "l2_to_target": [B, steps + 1], "label": [B]}`` along
+    the path (index 0: the source).
+  """
+  if not callable(f):
+    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
+  source = V.check_input(source, name="source")
+  target_images = V.check_input(target_images, name="target_images")
+  if target_images.shape != source.shape:
+    raise ValueError(f"target_images: expected one target per source, shape {tuple(source.shape)},"
+                     f" got {tuple(target_images.shape)}")
+  f = M.as_model(f)
+  _, num_classes = M.output_shape(f, source)
+  if label is None:
+    label = jnp.argmax(_predict(f, source), -1).astype(jnp.int32)
+  label = V.check_target(label, source.shape[0], num_classes)
+  steps = parallel.check_count(steps, "steps")
+  batch_size = V.check_batch_size(batch_size)
+  for name, v in (("step_size", step_size), ("correction", correction)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "dtype"):
+      raise TypeError(f"{name}: expected a float, got {V.describe(v)}")
+  if V.is_concrete(step_size) and not 0.0 < float(step_size) <= 1.0:
+    raise ValueError(f"step_size: expected a fraction in (0, 1], got {float(step_size)}")
+  if V.is_concrete(correction) and not 0.0 <= float(correction) <= 1.0:
+    raise ValueError(f"correction: expected a fraction in [0, 1], got {float(correction)}")
+  if bounds is not None:
+    if len(bounds) != 2 or not float(bounds[0]) < float(bounds[1]):
+      raise ValueError(f"bounds: expected (low, high) with low < high or None, got {bounds!r}")
+    bounds = (float(bounds[0]), float(bounds[1]))
+  if batch_size is None:
+    # Two model evaluations per pair per step: count pairs, not input rows.
+    batch_size = min(int(source.shape[0]), parallel.max_evals_per_chunk())
+  dt = source.dtype
+  x_end, conf, l2 = _lst(f, source, target_images.astype(dt), label, jnp.asarray(step_size, dt),
+                         jnp.asarray(correction, dt), steps, bounds, batch_size)
+  return x_end, {"confidence": conf, "l2_to_target": l2, "label": label}
+
+
+@M.jit(static_argnames=("points", "batch_size"))
+def _segments(f, source, ends, label, points, batch_size):
+  t = jnp.linspace(0.0, 1.0, points, dtype=source.dtype)
+
+  def one(a):
+    s, e, y = a
+    xs = s[None] + t.reshape((points,) + (1,) * s.ndim) * (e - s)[None]
+    return jax.nn.softmax(f(xs), -1)[:, y]
+
+  return parallel.chunked_map(one, (source, ends, label), batch_size=batch_size)
+
+
+def segment_confidence(f, source, ends, label, *, points: int = 21,
+                       batch_size: int | None = None) -> Array:
+  """Confidence in `label` along the straight segment from each source to its
+  end (``source + t (end - source)``, `points` values of t from 0 to 1):
+  ``[B, points]``. High all along: the level set is star-shaped about the
+  source in that direction (Balasubramanian et al. 2023, Sec. 4).
+
+  Default 21 points (t in steps of 0.05), one model call of `points` inputs
+  per pair; `batch_size` pairs at once.
+  """
+  if not callable(f):
+    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
+  source = V.check_input(source, name="source")
+  ends = V.check_input(ends, name="ends")
+  if ends.shape != source.shape:
+    raise ValueError(f"ends: expected shape {tuple(source.shape)} (one per source), got"
+                     f" {tuple(ends.shape)}")
+  f = M.as_model(f)
+  _, num_classes = M.output_shape(f, source)
+  label = V.check_target(label, source.shape[0], num_classes)
+  points = parallel.check_count(points, "points", minimum=2)
+  return _segments(f, source, ends.astype(source.dtype), label, points,
+                   V.check_batch_size(batch_size))
+
+
+def ssim(a, b, *, data_range: float = 1.0, win_size: int = 7) -> Array:
+  """Mean structural similarity (Wang, Bovik, Sheikh, Simoncelli 2004) of each
+  pair of images ``[B, H, W, C]``, ``[B]``.
+
+  The conventions of `skimage.metrics.structural_similarity` with its
+  defaults and ``channel_axis=-1``: a uniform `win_size` x `win_size` window,
+  K1 = 0.01, K2 = 0.03, sample (N - 1) variances, the map averaged over the
+  windows that fit inside the image, then over channels. `data_range`:
+  high - low of the pixel values (default 1.0 for [0, 1] images).
+  """
+  a = V.check_input(a, name="a", min_rank=4)
+  b = V.check_input(b, name="b", min_rank=4)
+  if a.shape != b.shape or a.ndim != 4:
+    raise ValueError(f"b: expected the shape of a, {tuple(a.shape)} ([B, H, W, C]), got"
+                     f" {tuple(b.shape)}")
+  win_size = V.check_positive_int(win_size, "win_size", minimum=3)
+  if win_size % 2 == 0 or win_size > min(a.shape[1:3]):
+    raise ValueError(f"win_size: expected an odd int at most the image side"
+                     f" {min(a.shape[1:3])}, got {win_size}")
+  return _ssim(a, b.astype(a.dtype), jnp.asarray(data_range, a.dtype), win_size)
+
+
+@functools.partial(jax.jit, static_argnames=("win_size",))
+def _ssim(a, b, data_range, win_size):
+  n = win_size * win_size
+
+  def mean(z):  # valid windows only: skimage crops (win_size - 1) / 2 at each border
+    return jax.lax.reduce_window(z, 0.0, jax.lax.add, (1, win_size, win_size, 1),
+                                 (1, 1, 1, 1), "VALID") / n
+
+  ua, ub = mean(a), mean(b)
+  cov = n / (n - 1)
+  vaa = cov * (mean(a * a) - ua * ua)
+  vbb = cov * (mean(b * b) - ub * ub)
+  vab = cov * (mean(a * b) - ua * ub)
+  c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+  s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua ** 2 + ub ** 2 + c1) * (vaa + vbb + c2))
+  return s.mean(axis=(1, 2, 3))
