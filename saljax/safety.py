@@ -579,14 +579,16 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
       first = np.where(hit.any(-1), np.argmax(hit, -1), -1)
       leaf_adv = pred[i, :len(new), 0] != label[i]
       # A tester stops a playout at its first misclassified prefix, and skips
-      # the playouts of a leaf that is already adversarial.
-      spent = len(new) + np.where(leaf_adv[:, None], 0,
-                                  np.where(first >= 0, first + 1, valid.sum(-1))).sum()
-      if queries[i] + spent > budget:
+      # the playouts of a leaf that is already adversarial; leaves past the
+      # budget are dropped (in order), which ends this image's search.
+      cost = 1 + np.where(leaf_adv[:, None], 0, np.where(first >= 0, first + 1, valid.sum(-1))).sum(-1)
+      within = queries[i] + np.cumsum(cost) <= budget
+      if not within.all():
         active[i] = False
-        continue
-      queries[i] += spent
+      queries[i] += cost[within].sum()
       for c, child in enumerate(new):  # rewards of the new leaves
+        if not within[c]:
+          break
         d = len(child.path)
         if leaf_adv[c]:
           best.offer(i, child.path, l2[i, c, 0], pred[i, c, 0])
@@ -634,12 +636,12 @@ def random_search(f, x, *, key=None, max_queries: int = 2000, tau: float = 1.0,
     for i in np.flatnonzero(active):
       valid = length[i].reshape(p, k) >= 0
       first = _first_adversarial(pred[i].reshape(p, k), label[i], valid)
-      spent = np.where(first >= 0, first + 1, valid.sum(1)).sum()
-      if queries[i] + spent > budget:
+      cost = np.where(first >= 0, first + 1, valid.sum(1))
+      within = queries[i] + np.cumsum(cost) <= budget  # playouts past the budget are dropped
+      if not within.all():
         active[i] = False
-        continue
-      queries[i] += spent
-      for j in np.flatnonzero(first >= 0):
+      queries[i] += cost[within].sum()
+      for j in np.flatnonzero((first >= 0) & within):
         r = j * k + first[j]
         best.offer(i, moves[i, r, :length[i, r]], l2[i, r], pred[i, r])
       if best.l0[i] <= 1:
