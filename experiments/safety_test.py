@@ -101,14 +101,15 @@ def _png(path, x, mcts, rnd, rows: int):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  idx = [i for i in range(len(x)) if mcts.success[i]][:rows]
+  # Successes first (they have something to show), then the rest.
+  idx = sorted(range(len(x)), key=lambda i: not mcts.success[i])[:rows]
   fig, axes = plt.subplots(len(idx), 4, figsize=(6.4, 1.7 * len(idx)), squeeze=False)
   for r, i in enumerate(idx):
     changed = np.abs(mcts.adversarial[i, ..., 0] - x[i, ..., 0])
     panels = [(x[i, ..., 0], f"original: {mcts.label[i]}", "gray"),
-              (mcts.adversarial[i, ..., 0], f"MCTS: {mcts.adversarial_label[i]}, L0={int(mcts.l0[i])}",
-               "gray"),
-              (changed, "changed (MCTS)", "magma"),
+              (mcts.adversarial[i, ..., 0], f"MCTS: {mcts.adversarial_label[i]}, L0={int(mcts.l0[i])}"
+               if mcts.success[i] else "MCTS: none", "gray"),
+              (changed, "|change| (MCTS)", "magma"),
               (rnd.adversarial[i, ..., 0],
                f"random: {rnd.adversarial_label[i]}, L0={int(rnd.l0[i])}" if rnd.success[i]
                else "random: none", "gray")]
@@ -135,7 +136,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   common = dict(max_queries=config.search.max_queries, max_pixels=config.search.max_pixels,
                 tau=config.search.tau)
   t0 = time.perf_counter()
-  sal = [safety.sift_saliency(img) for img in x]
+  sal = [safety.sift_saliency(img, **config.sift) for img in x]
   sift_s = time.perf_counter() - t0
   t0 = time.perf_counter()
   mcts = safety.feature_guided_search(model, x, key=jax.random.key(config.seed), saliency=sal,
@@ -150,7 +151,7 @@ def run(config, workdir: str) -> dict[str, Any]:
           dict(method="random", **summarize(rnd, k), seconds=round(rnd_s, 1))]
   for row in rows:
     row.update(n_images=len(x), test_accuracy=acc, train_seconds=round(train_s, 1), seed=config.seed,
-               **common)
+               sift_uniform=config.sift.uniform, **common)
   lines = [json.dumps(r) for r in rows]
   for name, res in (("mcts", mcts), ("random", rnd)):
     for i in range(len(x)):

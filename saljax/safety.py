@@ -25,21 +25,32 @@ OUTPUTS only (its predicted class), never its gradients:
    the first), and manipulations the bounds would clip to nothing are not
    offered.
 3. Monte Carlo tree search over the game (`feature_guided_search`): UCB1
-   selection, expansion of one untried move (in an order sampled from the
-   saliency distribution), and `playouts` random playouts from the new state
-   that draw further manipulations from the saliency distribution (player I
-   by region weight, player II by the Gaussian's density within the region)
-   until the path holds `max_pixels` manipulations. Every prefix of every
-   playout is one model query, so the first misclassifying prefix gives an
-   adversarial example; only the queries up to that point are counted (a
-   sequential tester would stop there). Reward: ``1 - (L0 - 1) / max_pixels``
-   for an adversarial example with L0 changed pixels, else
-   ``0.1 * (1 - p_label)`` at the playout's end (a small shaping term so that
-   playouts that lower the label's probability guide the search before any
-   adversarial example is found; the paper backs up the distance alone).
+   selection with progressive widening (a node takes new children while it
+   has fewer than ``width * ceil(sqrt(visits / width))``; without it the
+   ~100 single-pixel moves of a digit would all be tried before any second
+   pixel), expansion of `expansions` untried moves of the selected region at
+   once (in an order drawn from the saliency distribution, one query each),
+   and `playouts` random playouts from each new state that draw further
+   manipulations from the saliency distribution (player I by region weight,
+   player II by the Gaussian's density within the region; sampled without
+   replacement by Gumbel top-k, which renormalizes over the remaining pixels)
+   up to `max_pixels` manipulations. A playout queries its prefixes 1, 2, 4,
+   ... manipulations past the leaf (about log2 of the queries of every
+   prefix), so the example it reports may have up to twice the pixels past
+   the leaf that its first misclassifying prefix has. Queries are counted as a sequential tester would spend them:
+   up to each playout's first misclassified prefix, none below a leaf that is
+   already adversarial. Reward of a new state: ``0.5 * (1 - p_label)`` at the
+   state plus ``0.5 * (1 - (L0 - 1) / max_pixels)`` for the best adversarial
+   example of its playouts (0 if none). The paper backs up the distance of
+   the adversarial example alone; the label-probability term guides the
+   search before one is found, which with a budget of a few hundred queries
+   is most of the time.
+   The best adversarial example (fewest changed pixels, then smallest L2)
+   over all leaves and playouts is returned.
 
 All images of a batch are searched in lockstep: each MCTS iteration gathers
-every image's leaf and playouts into one query batch of fixed shape, which
+every image's new leaves and playouts into one query batch of fixed shape
+``[N * expansions * (1 + playouts * J)]`` (J prefixes per playout), which
 one compiled function (`query_batch` under `saljax.model.jit`) evaluates. The
 trees themselves are host-side Python/numpy. `random_search` is the baseline
 at the same query budget: playouts from the clean image with uniformly random
@@ -115,7 +126,7 @@ def _grid_keypoints(gray: np.ndarray, grid: int):
 
 
 def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
-                  grid: int = 3) -> FeatureSaliency:
+                  grid: int = 3, uniform: float = 0.0) -> FeatureSaliency:
   """The paper's saliency distribution of one image from its SIFT keypoints.
 
   Args:
@@ -126,6 +137,10 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
     max_keypoints: keep the strongest keypoints only (default 16), so player I
       has a handful of features to choose from as in the paper.
     grid: side of the fallback grid of pseudo-keypoints (default 3).
+    uniform: weight of a uniform distribution mixed into the saliency
+      (default 0, the paper's mixture alone). On 8x8 digits the keypoints'
+      Gaussians are narrow (about a pixel), so playouts keep to a few pixels;
+      `docs/safety.md` measures what a floor changes.
   Returns:
     a `FeatureSaliency`.
   """
@@ -137,6 +152,8 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
   h, w = gray.shape
   max_keypoints = V.check_positive_int(max_keypoints, "max_keypoints")
   grid = V.check_positive_int(grid, "grid")
+  if isinstance(uniform, bool) or not isinstance(uniform, (int, float)) or not 0 <= uniform <= 1:
+    raise ValueError(f"uniform: expected a float in [0, 1], got {uniform!r}")
   factor = max(1, int(math.ceil(min_size / min(h, w))))
   big = resize(gray, (h * factor, w * factor), order=1, anti_aliasing=False)
   span = float(big.max() - big.min())
@@ -178,6 +195,7 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
   np.add.at(mass, regions.ravel(), own.ravel())
   saliency = weights[regions] * own / np.maximum(mass[regions], 1e-300)
   saliency = saliency / saliency.sum()
+  saliency = (1.0 - uniform) * saliency + uniform / saliency.size
   return FeatureSaliency(saliency, regions.astype(np.int32), kp, scales, weights, fallback)
 
 
@@ -590,17 +608,17 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
         if not within[c]:
           break
         d = len(child.path)
+        found = 0.0
         if leaf_adv[c]:
           best.offer(i, child.path, l2[i, c, 0], pred[i, c, 0])
-          reward = 1.0 - (d - 1) / k
+          found = 1.0 - (d - 1) / k
           child.untried = []  # no need to look below an adversarial state
         else:
-          found = 0.0
           for q in np.flatnonzero(first[c] >= 0):
             r = 1 + q * j + first[c, q]
             best.offer(i, moves[i, c, r, :length[i, c, r]], l2[i, c, r], pred[i, c, r])
             found = max(found, 1.0 - (length[i, c, r] - 1) / k)
-          reward = _SHAPING * (1.0 - prob[i, c, 0]) + (1.0 - _SHAPING) * found
+        reward = _SHAPING * (1.0 - prob[i, c, 0]) + (1.0 - _SHAPING) * found
         _Tree.backup(visited + [child], reward)
       if best.l0[i] <= 1:
         active[i] = False

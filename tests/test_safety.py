@@ -168,3 +168,29 @@ def test_bad_inputs(digits):
     safety.feature_guided_search(model, x[:2], key=key, saliency=[safety.sift_saliency(x[0])])
   with pytest.raises(ValueError, match="image"):
     safety.sift_saliency(np.zeros((2, 3, 4, 5)))
+  with pytest.raises(ValueError, match="uniform"):
+    safety.sift_saliency(x[0], uniform=1.5)
+  with pytest.raises(ValueError, match="exploration"):
+    safety.feature_guided_search(model, x[:1], key=key, exploration=-1.0)
+
+
+def test_binary_writes_table_jsonl_and_png(tmp_path):
+  import ml_collections
+  from PIL import Image
+
+  from experiments.configs import safety_test as cfg
+  c = cfg.get_config()
+  c.train.update(n_train=300, steps=40)
+  c.n_images, c.examples = 3, 2
+  c.search.update(max_queries=60, max_pixels=8)
+  c.mcts.expansions = 4
+  out = safety_test.run(ml_collections.ConfigDict(c), str(tmp_path))
+  lines = [json.loads(l) for l in (tmp_path / "safety.jsonl").read_text().splitlines()]
+  assert [l["method"] for l in lines[:2]] == ["mcts", "random"]
+  assert len(lines) == 2 + 2 * 3
+  for row in out["rows"]:
+    assert 0.0 <= row["success_rate"] <= 1.0 and row["mean_queries"] <= 60
+  assert "| mcts |" in (tmp_path / "safety_table.md").read_text()
+  png = np.asarray(Image.open(tmp_path / "safety_examples.png").convert("L"), np.float64)
+  assert png.shape[1] > 400 and png.std() > 30  # digits on black panels, not a blank figure
+  assert (png < 20).mean() > 0.2 and (png > 235).mean() > 0.1  # black panels, white margins

@@ -18,6 +18,8 @@ def get_config():
   c.n_images = 100  # test images searched (the first of the held-out digits)
   # Both searches get the same budget and manipulations (saljax.safety).
   c.search = ml_collections.ConfigDict(dict(max_queries=1000, max_pixels=16, tau=1.0))
+  # saljax.safety.sift_saliency's uniform floor (0: the paper's mixture alone).
+  c.sift = ml_collections.ConfigDict(dict(uniform=0.0))
   c.mcts = ml_collections.ConfigDict(dict(expansions=16, playouts=1, exploration=0.1))
   c.random = ml_collections.ConfigDict(dict(playouts=8))
   c.examples = 6  # rows of the PNG
