@@ -105,16 +105,17 @@ def _png(path, x, mcts, rnd, rows: int):
   idx = sorted(range(len(x)), key=lambda i: not mcts.success[i])[:rows]
   fig, axes = plt.subplots(len(idx), 4, figsize=(6.4, 1.7 * len(idx)), squeeze=False)
   for r, i in enumerate(idx):
-    changed = np.abs(mcts.adversarial[i, ..., 0] - x[i, ..., 0])
+    change = mcts.adversarial[i, ..., 0] - x[i, ..., 0]  # signed: white where untouched
     panels = [(x[i, ..., 0], f"original: {mcts.label[i]}", "gray"),
               (mcts.adversarial[i, ..., 0], f"MCTS: {mcts.adversarial_label[i]}, L0={int(mcts.l0[i])}"
                if mcts.success[i] else "MCTS: none", "gray"),
-              (changed, "|change| (MCTS)", "magma"),
+              (change, "change: red +, blue -", "bwr"),
               (rnd.adversarial[i, ..., 0],
                f"random: {rnd.adversarial_label[i]}, L0={int(rnd.l0[i])}" if rnd.success[i]
                else "random: none", "gray")]
     for a, (img, title, cmap) in zip(axes[r], panels):
-      a.imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+      lo = -1 if cmap == "bwr" else 0
+      a.imshow(img, cmap=cmap, vmin=lo, vmax=1, interpolation="nearest")
       a.set_title(title, fontsize=8)
       a.set_xticks([])
       a.set_yticks([])
