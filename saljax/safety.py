@@ -402,12 +402,13 @@ def _result(x0, label, best, queries, tau, bounds) -> SafetyResult:
 class _Node:
   """A game state. Player I nodes (``region is None``) choose a region;
   player II nodes choose a move in their region."""
-  __slots__ = ("path", "region", "children", "untried", "n", "w")
+  __slots__ = ("path", "region", "children", "untried", "n", "w", "done")
 
   def __init__(self, path, region, untried):
     self.path, self.region, self.untried = path, region, list(untried)
     self.children: dict[int, _Node] = {}
     self.n, self.w = 0, 0.0
+    self.done = False  # nothing left to search below
 
   def ucb(self, logn: float, c: float) -> float:
     return self.w / max(self.n, 1) + c * math.sqrt(logn / max(self.n, 1))
@@ -447,36 +448,46 @@ class _Tree:
     probs = [self.sal[m // 2] / self.signs[m // 2].sum() for m in moves]
     return _Node(path, region, self._order(moves, np.asarray(probs)))
 
-  def _widen(self, node, width: int) -> bool:
+  def _widen(self, node, width: int, live: list) -> bool:
     """Progressive widening: a node takes new children while it has fewer
-    than ``width * ceil(sqrt(visits / width))``, so well-rewarded states
-    get searched deeper instead of every sibling being tried first."""
-    return bool(node.untried) and len(node.children) < width * max(1, math.ceil(math.sqrt(node.n / width)))
+    than ``width * ceil(sqrt(visits / width))`` (or no live ones), so
+    well-rewarded states get searched deeper instead of every sibling being
+    tried first."""
+    cap = width * max(1, math.ceil(math.sqrt(node.n / width)))
+    return bool(node.untried) and (not live or len(node.children) < cap)
 
-  def select(self, width: int):
-    """UCB1 descent with progressive widening; a player II node that widens
-    expands up to `width` moves at once. Returns ``(visited nodes root first,
-    new player I children)``; no children when the descent ends at a
-    terminal state."""
+  def _descend(self, width: int):
     node, visited = self.root, [self.root]
     while True:
-      if node.region is not None and self._widen(node, width):
-        new = []
-        for a in node.untried[:width]:
-          child = node.children[a] = self._player_one(node.path + (a,))
-          new.append(child)
-        del node.untried[:width]
-        return visited, new
-      if node.region is None and self._widen(node, 1):
+      live = [ch for ch in node.children.values() if not ch.done]
+      if self._widen(node, width if node.region is not None else 1, live):
+        if node.region is not None:  # player II: `width` moves at once
+          new = [self._player_one(node.path + (a,)) for a in node.untried[:width]]
+          node.children.update(zip(node.untried[:width], new))
+          del node.untried[:width]
+          return visited, new
         a = node.untried.pop(0)
         child = node.children[a] = self._player_two(node.path, a)
-      elif node.children:
+      elif live:
         logn = math.log(max(node.n, 1))
-        child = max(node.children.values(), key=lambda ch: ch.ucb(logn, self.c))
-      else:  # terminal: depth reached or no free pixel left
+        child = max(live, key=lambda ch: ch.ucb(logn, self.c))
+      else:  # exhausted: depth reached, adversarial already, or every child exhausted
+        node.done = True
         return visited, []
       visited.append(child)
       node = child
+
+  def select(self, width: int):
+    """UCB1 descent with progressive widening over the states not yet
+    exhausted; a player II node that widens expands up to `width` moves at
+    once. Returns ``(visited nodes root first, new player I children)``, or
+    no children when the whole tree is exhausted. Each descent that ends at
+    an exhausted state marks it, so this terminates."""
+    while not self.root.done:
+      visited, new = self._descend(width)
+      if new:
+        return visited, new
+    return [], []
 
   @staticmethod
   def backup(nodes, reward):
@@ -612,7 +623,7 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
         if leaf_adv[c]:
           best.offer(i, child.path, l2[i, c, 0], pred[i, c, 0])
           found = 1.0 - (d - 1) / k
-          child.untried = []  # no need to look below an adversarial state
+          child.untried, child.done = [], True  # nothing smaller lies below an adversarial state
         else:
           for q in np.flatnonzero(first[c] >= 0):
             r = 1 + q * j + first[c, q]
