@@ -28,7 +28,7 @@ from saljax.model import (  # noqa: F401
 
 __version__ = "0.1.0"
 
-# The lazily imported `models`, `data`, `viz`, `plots`, `attacks` and `meta` are left out, so a
+# The lazily imported `models`, `data`, `viz`, `plots`, `attacks`, `meta` and `safety` are left out, so a
 # star import stays light.
 __all__ = [
     "explainers", "metrics", "model", "ops", "parallel", "combine_maps", "completeness_gap",
@@ -44,7 +44,7 @@ __all__ = [
     "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 
-_LAZY = ("models", "data", "viz", "plots", "attacks", "meta")
+_LAZY = ("models", "data", "viz", "plots", "attacks", "meta", "safety")
 
 
 def __getattr__(name):
