@@ -643,7 +643,9 @@ def random_search(f, x, *, key=None, max_queries: int = 2000, tau: float = 1.0,
   budget: playouts from the clean image that manipulate uniformly random
   pixels (each at most once, the same ``+-tau`` manipulations), every prefix
   one query, until `max_queries` per image are spent. Same arguments and
-  result as `feature_guided_search` (no tree, no features)."""
+  result as `feature_guided_search` (no tree, no features), except
+  `playouts`: the playouts per image in one compiled call (default 8, i.e.
+  ``8 * max_pixels`` query rows), which sets the batch, not the search."""
   oracle, x0, label, rng, budget, tau, bounds, k, p = _prepare(
       f, x, key, "random_search", max_queries, tau, bounds, max_pixels, playouts, batch_size, mesh)
   n, h, w, _ = x0.shape
