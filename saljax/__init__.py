@@ -28,8 +28,7 @@ from saljax.model import (  # noqa: F401
 
 __version__ = "0.1.0"
 
-# The lazily imported `models`, `data`, `viz`, `plots`, `attacks`, `meta` and `blindspots` are
-# left out, so a star import stays light.
+# The lazily imported modules (`_LAZY`) are left out, so a star import stays light.
 __all__ = [
     "explainers", "metrics", "model", "ops", "parallel", "combine_maps", "completeness_gap",
     "make_baseline", "upsample", "PREDICTED", "Model", "Tapped", "as_model", "bind",
@@ -44,7 +43,7 @@ __all__ = [
     "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 
-_LAZY = ("models", "data", "viz", "plots", "attacks", "meta", "blindspots")
+_LAZY = ("models", "data", "viz", "plots", "attacks", "meta", "blindspots", "safety")
 
 
 def __getattr__(name):
