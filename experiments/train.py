@@ -171,11 +171,22 @@ def load_backbone(config, image_shape, num_classes: int):
   """The trained ViT of ``model.backbone_workdir`` (a train run of
   ``model.backbone``), restored under that run's own config
   (``config.train.json``), as `experiments._common.Trained`."""
+  bcfg = _backbone_config(config)
+  return C.load_trained(bcfg, config.model.backbone_workdir, image_shape, num_classes)
+
+
+def _backbone_config(config):
+  """The config of the backbone run, checked against `config`."""
   import json
   import os
 
   import ml_collections
 
+  from saljax.models import prompt_cam as pc
+
+  if set(config.train.trainable or ()) != set(pc.TRAINABLE):
+    raise ValueError(f"train.trainable: Prompt-CAM trains {list(pc.TRAINABLE)} on a frozen ViT, got"
+                     f" {list(config.train.trainable or ())}")
   src = config.model.backbone_workdir
   if not src:
     raise ValueError("model.backbone_workdir: expected the workdir of a train run of the ViT"
@@ -191,16 +202,13 @@ def load_backbone(config, image_shape, num_classes: int):
                      f" model.backbone={config.model.backbone!r}")
   bcfg.explain.train_workdir = None
   bcfg.explain.checkpoint = "latest"
-  return C.load_trained(bcfg, src, image_shape, num_classes)
+  return bcfg
 
 
 def _with_backbone(config, state, ds) -> dict[str, Any]:
   """`state` with Prompt-CAM's backbone parameters replaced by the trained ViT's."""
   from saljax.models import prompt_cam as pc
 
-  if set(config.train.trainable or ()) != set(pc.TRAINABLE):
-    raise ValueError(f"train.trainable: Prompt-CAM trains {list(pc.TRAINABLE)} on a frozen ViT, got"
-                     f" {list(config.train.trainable or ())}")
   vit = load_backbone(config, ds.image_shape, ds.num_classes)
   params = pc.with_backbone(state["params"], jax.device_get(vit.variables["params"]))
   logging.info("Prompt-CAM: backbone %s loaded from %s (step %d); training %s only",
@@ -232,6 +240,8 @@ def _run(config, workdir: str) -> dict[str, Any]:
     v = tcfg[name]
     if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
       raise ValueError(f"train.{name}: expected a positive int, got {v!r}")
+  if config.model.name == "prompt_cam":
+    _backbone_config(config)  # a missing or wrong backbone run is refused before any work
   ds_train = C.load_dataset(config, config.data.train_split)
   ds_eval = C.load_dataset(config, config.data.eval_split)
   if not isinstance(tcfg.permute_labels, bool):

@@ -89,6 +89,30 @@ def metric_options(name):
   return {**entry.smoke, **_supplied(entry)}
 
 
+_PROMPT_CAM = []  # the tiny Prompt-CAM model, built on first use
+_OVER = {}        # strong references: saljax.Tapped holds a plain function weakly
+
+
+def prompt_cam_over(vit):
+  """A tiny random Prompt-CAM model (5 class prompts, as the tiny ViT's 5
+  classes) for methods that need one (``"prompt_cam"`` in their needs); its
+  forward also runs `vit` (adding ``0 *`` its logits), so the tests that count
+  traces of, or poison, the tiny ViT reach it too."""
+  if not _PROMPT_CAM:
+    from saljax.models import prompt_cam as pc
+    m = pc.prompt_cam("vit_tiny", 5, patch=4, dim=16, depth=2, num_heads=2, mlp_dim=32)
+    ex = jnp.zeros((1,) + SHAPE[1:])
+    _PROMPT_CAM.append(saljax.from_linen(m, m.init(jax.random.key(5), ex), example=ex))
+  pcam = _PROMPT_CAM[0]
+  if id(vit) not in _OVER:
+    def forward(x, taps=None):
+      logits, acts = pcam(x, taps)
+      return logits + 0.0 * vit(x)[0].astype(logits.dtype), acts
+
+    _OVER[id(vit)] = (vit, forward, saljax.Tapped(forward, pcam.layer_names))
+  return _OVER[id(vit)][2]
+
+
 def call_explainer(name, cnn, vit, x, target, key=jax.random.key(0)):
   return call_explainer_with(name, cnn, vit, x, target, key=key)
 
@@ -98,6 +122,8 @@ def call_explainer_with(name, cnn, vit, x, target, key=jax.random.key(0), **over
   model, opts = explainer_options(name)
   entry = saljax.explainers.entry(name)
   tapped = cnn if model == "cnn" else vit
+  if "prompt_cam" in entry.needs:
+    tapped = prompt_cam_over(vit)
   f = tapped if entry.kind == "layer" else tapped.logits
   extra = {"key": key} if entry.stochastic else {}
   return entry.fn(f, x, target, **extra, **{**opts, **overrides})

@@ -16,7 +16,7 @@ import pytest
 import saljax
 from experiments import _common as C
 from experiments import train
-from experiments.configs import prompt_cam_blockmnist
+from experiments.configs import blockmnist_standard, prompt_cam_blockmnist
 from saljax.data import blockmnist
 from saljax.explainers import attention, prompts
 from saljax.models import prompt_cam as pc
@@ -125,9 +125,7 @@ def test_one_compile_and_chunked_equals_unchunked(trained):
 
 def test_refuses_other_models_and_bad_options(trained):
   x = jnp.asarray(trained["test"]["image"][:2])
-  vit = ViT(num_classes=10, patch=4, dim=32, depth=2, num_heads=2, mlp_dim=128)
-  v = jax.device_get(trained["vit"].variables)
-  tapped_vit = saljax.from_linen(vit, v, example=x)
+  tapped_vit = trained["vit"].tapped
   with pytest.raises(ValueError, match=r"^prompt_cam: expected a Prompt-CAM model .*no layer 'prompt_head'"):
     saljax.prompt_cam(tapped_vit, x, jnp.array([0, 1]))
   with pytest.raises(TypeError, match=r"^prompt_cam: expected a tapped model"):
@@ -152,8 +150,11 @@ def test_config_errors_before_work(tmp_path, trained):
   c.model.backbone_workdir = trained["pcfg"].model.backbone_workdir
   with pytest.raises(ValueError, match=r"train.trainable: Prompt-CAM trains"):
     train.run(c, str(tmp_path / "c"))
-  with pytest.raises(ValueError, match=r"train.trainable: \['nope'\] are not parameters"):
-    train.run(_config("backbone", steps=1, trainable=("nope",)), str(tmp_path / "d"))
+  mlp = blockmnist_standard.get_config()
+  mlp.model.width, mlp.model.depth, mlp.train.steps = 4, 1, 1
+  mlp.train.trainable = ("nope",)
+  with pytest.raises(ValueError, match=r"train.trainable: \['nope'\] are not parameters of mlp"):
+    train.run(mlp, str(tmp_path / "d"))
 
 
 def _pointing(maps, top):
