@@ -20,7 +20,6 @@ from experiments.configs import blockmnist_standard, prompt_cam_blockmnist
 from saljax.data import blockmnist
 from saljax.explainers import attention, prompts
 from saljax.models import prompt_cam as pc
-from saljax.models.vit import ViT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE = 12                      # BlockMNIST blocks of 12 px: images 24x12
@@ -134,9 +133,12 @@ def test_refuses_other_models_and_bad_options(trained):
     saljax.prompt_cam(trained["tapped"], x, jnp.array([0, 10]))
   with pytest.raises(ValueError, match=r"not an attention-probability layer"):
     saljax.prompt_cam(trained["tapped"], x, jnp.array([0, 1]), layer="blocks_1")
-  with pytest.raises(ValueError, match=r"vit_params: the ViT's parameters do not match"):
-    small = ViT(num_classes=10, patch=4, dim=16, depth=2, num_heads=2, mlp_dim=64)
-    pc.with_backbone(trained["params"], small.init(jax.random.key(0), x)["params"])
+  vit_params = jax.device_get(trained["vit"].variables["params"])
+  narrow = {**vit_params, "pos_embed": np.zeros((1, 19, 16), np.float32)}
+  with pytest.raises(ValueError, match=r"vit_params: .*\['pos_embed'\]: expected \(\(1, 19, 32\)"):
+    pc.with_backbone(trained["params"], narrow)
+  with pytest.raises(ValueError, match=r"vit_params: expected the ViT parameters"):
+    pc.with_backbone(trained["params"], {k: v for k, v in vit_params.items() if k != "norm"})
 
 
 def test_config_errors_before_work(tmp_path, trained):
@@ -194,7 +196,7 @@ def test_eight_devices_equal_one():
                        env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
   assert res.returncode == 0, res.stderr[-3000:]
   diffs = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(diffs) == {"mean", "per_head", "chunked"}
+  assert set(diffs) == {"mean", "chunked_per_head"}
   assert max(diffs.values()) < 1e-6, diffs
 
 
@@ -205,9 +207,9 @@ def test_shallow_variant_carries_one_prompt_set():
   v = m.init(jax.random.key(0), x)
   assert v["params"]["prompts"].shape == (1, 3, 16)
   f = saljax.from_linen(m, v, example=x)
-  acts = f(x)[1]
+  shapes = f.activation_shapes(x)
   # 3 prompts + class token + 2 patches in every block.
-  assert all(acts[f"blocks_{i}/attn/probs"].shape == (2, 2, 6, 6) for i in range(3))
+  assert all(shapes[f"blocks_{i}/attn/probs"].shape == (2, 2, 6, 6) for i in range(3))
   assert saljax.prompt_cam(f, x, jnp.array([0, 2])).shape == (2, 2, 1)
   with pytest.raises(ValueError, match=r"variant: expected one of"):
     pc.prompt_cam("vit_tiny", 3, variant="middle")
