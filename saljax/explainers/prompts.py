@@ -44,14 +44,16 @@ def check_prompt_cam(f, x, layer=None) -> tuple[str, tuple[int, int, int]]:
   """The attention layer and ``(h, w, prefix)`` of a tapped Prompt-CAM model,
   or a clear error when `f` is another model."""
   shapes = cam.layer_shapes(f, x)
-  c = M.output_shape(f, x)[1]
   head = shapes.get(HEAD_LAYER)
-  if head is None or tuple(head.shape) != (x.shape[0], c, 1):
+  if head is None or len(head.shape) != 3 or head.shape[0] != x.shape[0] or head.shape[2] != 1:
     got = "no layer 'prompt_head'" if head is None else f"'prompt_head' of shape {tuple(head.shape)}"
     raise ValueError(
         "expected a Prompt-CAM model (saljax.models.prompt_cam.PromptCAM tapped with"
-        f" saljax.model.from_linen: a shared scorer 'prompt_head' [B, {c}, 1] on {c} class"
+        " saljax.model.from_linen: a shared scorer 'prompt_head' [B, C, 1] on its C class"
         f" prompts), got a model with {got}; its layers are {list(f.layer_names)[:12]}...")
+  # The prompts' count from the scorer, not the logits: a scored model
+  # (several targets at once) has other outputs.
+  c = int(head.shape[1])
   if layer is None:
     # Found by name as attention.attention_layers, without its square-grid check.
     found = [n for n, v in shapes.items() if len(v.shape) == 4 and v.shape[-1] == v.shape[-2]
