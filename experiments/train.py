@@ -15,6 +15,12 @@ the batch and the attack's random start at step `s` depend only on
 A second trainer on a workdir in use (``workdir/.lock`` held) is refused at
 start; a corrupt checkpoint is refused and the newest intact one resumed from.
 
+``train.trainable`` (top-level parameter names) trains those only; every
+other parameter gets a zero update and stays bit-identical. With
+``model.name="prompt_cam"`` (`saljax.models.prompt_cam`) the frozen ViT is
+first loaded from ``model.backbone_workdir``, a train run of
+``model.backbone`` (experiments/configs/prompt_cam_blockmnist.py).
+
 ``train.permute_labels=True`` trains on a fixed random permutation of the
 training labels (the data randomization test of Adebayo et al. 2018, Sec. 4,
 see `experiments.sanity`); eval then also reports ``permuted_train_accuracy``
