@@ -98,11 +98,11 @@ def run(config, workdir: str) -> dict[str, Any]:
   C.atomic_write_text(os.path.join(workdir, "prompt_cam_pointing.json"),
                       json.dumps(out, indent=2, sort_keys=True))
   _figure(os.path.join(workdir, "prompt_cam_pointing.png"), x[:6], y[:6], heads[:6].mean(1),
-          roll[:6], cls[:6], rates)
+          roll[:6], cls[:6], rates, config.model.variant)
   return out
 
 
-def _figure(path, x, y, pcam, roll, cls, rates):
+def _figure(path, x, y, pcam, roll, cls, rates, variant):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -122,6 +122,8 @@ def _figure(path, x, y, pcam, roll, cls, rates):
         ax.set_ylabel(label, fontsize=8)
       if i == 0:
         ax.set_title(f"label {int(y[j])}", fontsize=8)
+  fig.suptitle(f"Prompt-CAM ({variant}) vs the frozen ViT's attention: held-out BlockMNIST",
+               fontsize=9)
   fig.tight_layout()
   C.atomic_write(path, lambda p: fig.savefig(p, dpi=100, format="png"))
   plt.close(fig)
