@@ -273,6 +273,11 @@ def load_dataset(config, split: str, preprocess: Callable | None = None) -> pipe
   kw = {}
   if d.name.startswith("blockmnist"):
     kw["seed"] = d.seed
+    if d.image_size is not None:  # (2s, s): blocks of side s (default 28)
+      hw = tuple(int(v) for v in d.image_size)
+      if len(hw) != 2 or hw[0] != 2 * hw[1]:
+        raise ValueError(f"data.image_size: BlockMNIST images are (2s, s), got {d.image_size!r}")
+      kw["size"] = hw[1]
   if d.name == "voc2007":
     kw["keep_difficult"] = d.keep_difficult
   return pipelines.load(d.name, split, data_dir=d.data_dir, image_size=d.image_size,
@@ -349,6 +354,24 @@ def build_model(config, num_classes: int, image_shape=None) -> Model:
 
 
 def make_optimizer(tcfg) -> optax.GradientTransformation:
+  """The optimizer of `tcfg`; with ``train.trainable`` (top-level parameter
+  names), only those are updated and every other parameter gets a zero update
+  (``optax.set_to_zero``), so it stays bit-identical (Prompt-CAM's frozen ViT)."""
+  tx = _base_optimizer(tcfg)
+  trainable = tuple(tcfg.get("trainable", ()) or ())
+  if not trainable:
+    return tx
+  if not all(isinstance(t, str) and t for t in trainable):
+    raise ValueError(f"train.trainable: expected top-level parameter names, got {trainable!r}")
+
+  def labels(params):
+    return {k: jax.tree_util.tree_map(lambda _, k=k: "train" if k in trainable else "freeze", v)
+            for k, v in params.items()}
+
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+
+
+def _base_optimizer(tcfg) -> optax.GradientTransformation:
   steps = max(int(tcfg.steps), 1)
   if tcfg.schedule == "constant":
     lr = optax.constant_schedule(tcfg.learning_rate)

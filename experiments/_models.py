@@ -12,7 +12,8 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 
-NAMES = ("mlp", "cnn", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_b16")
+NAMES = ("mlp", "cnn", "resnet18", "resnet34", "resnet50", "vit_tiny", "vit_small", "vit_b16",
+         "prompt_cam")
 
 
 @dataclasses.dataclass
@@ -33,7 +34,9 @@ def build(cfg: Any, num_classes: int, image_shape: Sequence[int] | None = None) 
     max-pool) for images of side <= 64;
   - ``vit_*``: the zoo's sizes with ``model.patch_size``, ``model.width``
     (embedding), ``model.depth`` (blocks), ``model.num_heads`` and an MLP of
-    ``4 * width``.
+    ``4 * width``;
+  - ``prompt_cam``: class prompts (``model.variant``) on the ViT
+    ``model.backbone`` of the sizes above (`saljax.models.prompt_cam`).
   """
   from saljax import models as zoo
 
@@ -48,6 +51,13 @@ def build(cfg: Any, num_classes: int, image_shape: Sequence[int] | None = None) 
   elif name in ("vit_tiny", "vit_small", "vit_b16"):
     module = zoo.vit(name, num_classes, patch=int(cfg.patch_size), dim=int(cfg.width),
                      depth=int(cfg.depth), num_heads=int(cfg.num_heads), mlp_dim=4 * int(cfg.width))
+  elif name == "prompt_cam":
+    from saljax.models import prompt_cam as pc
+    if cfg.backbone not in ("vit_tiny", "vit_small", "vit_b16"):
+      raise ValueError(f"model.backbone: expected a ViT (vit_tiny, vit_small, vit_b16), got {cfg.backbone!r}")
+    module = pc.prompt_cam(cfg.backbone, num_classes, variant=cfg.variant, patch=int(cfg.patch_size),
+                           dim=int(cfg.width), depth=int(cfg.depth), num_heads=int(cfg.num_heads),
+                           mlp_dim=4 * int(cfg.width))
   else:
     raise ValueError(
         f"model.name: expected one of {list(NAMES)} (or a pretrained name with"

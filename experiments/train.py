@@ -15,6 +15,12 @@ the batch and the attack's random start at step `s` depend only on
 A second trainer on a workdir in use (``workdir/.lock`` held) is refused at
 start; a corrupt checkpoint is refused and the newest intact one resumed from.
 
+``train.trainable`` (top-level parameter names) trains those only; every
+other parameter gets a zero update and stays bit-identical. With
+``model.name="prompt_cam"`` (`saljax.models.prompt_cam`) the frozen ViT is
+first loaded from ``model.backbone_workdir``, a train run of
+``model.backbone`` (experiments/configs/prompt_cam_blockmnist.py).
+
 ``train.permute_labels=True`` trains on a fixed random permutation of the
 training labels (the data randomization test of Adebayo et al. 2018, Sec. 4,
 see `experiments.sanity`); eval then also reports ``permuted_train_accuracy``
@@ -167,6 +173,55 @@ def evaluate(eval_step, state, ds, config, labels=None, prefix="eval") -> dict[s
   return metrics
 
 
+def load_backbone(config, image_shape, num_classes: int):
+  """The trained ViT of ``model.backbone_workdir`` (a train run of
+  ``model.backbone``), restored under that run's own config
+  (``config.train.json``), as `experiments._common.Trained`."""
+  bcfg = _backbone_config(config)
+  return C.load_trained(bcfg, config.model.backbone_workdir, image_shape, num_classes)
+
+
+def _backbone_config(config):
+  """The config of the backbone run, checked against `config`."""
+  import json
+  import os
+
+  import ml_collections
+
+  from saljax.models import prompt_cam as pc
+
+  if set(config.train.trainable or ()) != set(pc.TRAINABLE):
+    raise ValueError(f"train.trainable: Prompt-CAM trains {list(pc.TRAINABLE)} on a frozen ViT, got"
+                     f" {list(config.train.trainable or ())}")
+  src = config.model.backbone_workdir
+  if not src:
+    raise ValueError("model.backbone_workdir: expected the workdir of a train run of the ViT"
+                     f" {config.model.backbone!r} (Prompt-CAM trains prompts on a frozen ViT), got None")
+  path = os.path.join(src, "config.train.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"model.backbone_workdir: expected a train run with {path}; train the"
+                            " ViT first (experiments/configs/prompt_cam_blockmnist.py:backbone)")
+  with open(path) as fh:
+    bcfg = C.check_config(ml_collections.ConfigDict(json.load(fh)))
+  if bcfg.model.name != config.model.backbone:
+    raise ValueError(f"model.backbone_workdir: {src} trained {bcfg.model.name!r}, expected"
+                     f" model.backbone={config.model.backbone!r}")
+  bcfg.explain.train_workdir = None
+  bcfg.explain.checkpoint = "latest"
+  return bcfg
+
+
+def _with_backbone(config, state, ds) -> dict[str, Any]:
+  """`state` with Prompt-CAM's backbone parameters replaced by the trained ViT's."""
+  from saljax.models import prompt_cam as pc
+
+  vit = load_backbone(config, ds.image_shape, ds.num_classes)
+  params = pc.with_backbone(state["params"], jax.device_get(vit.variables["params"]))
+  logging.info("Prompt-CAM: backbone %s loaded from %s (step %d); training %s only",
+               config.model.backbone, config.model.backbone_workdir, vit.step, list(pc.TRAINABLE))
+  return {**state, "params": params}
+
+
 def run(config, workdir: str) -> dict[str, Any]:
   """Trains per `config`, checkpointing and logging under `workdir`.
 
@@ -191,6 +246,8 @@ def _run(config, workdir: str) -> dict[str, Any]:
     v = tcfg[name]
     if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "steps" else 1):
       raise ValueError(f"train.{name}: expected a positive int, got {v!r}")
+  if config.model.name == "prompt_cam":
+    _backbone_config(config)  # a missing or wrong backbone run is refused before any work
   ds_train = C.load_dataset(config, config.data.train_split)
   ds_eval = C.load_dataset(config, config.data.eval_split)
   if not isinstance(tcfg.permute_labels, bool):
@@ -201,6 +258,12 @@ def _run(config, workdir: str) -> dict[str, Any]:
     raise ValueError("model.pretrained: experiments.train trains from scratch; set model.pretrained=False")
   tx = C.make_optimizer(tcfg)
   state = C.init_state(model, tx, C.init_key(config.seed), ds_train.image_shape)
+  unknown = sorted(set(tcfg.trainable or ()) - set(state["params"]))
+  if unknown:
+    raise ValueError(f"train.trainable: {unknown} are not parameters of {model.name}; it has"
+                     f" {sorted(state['params'])}")
+  if model.name == "prompt_cam":
+    state = _with_backbone(config, state, ds_train)
   bounds = C.input_bounds(config, ds_train.image_shape[-1])
   train_step, eval_step = make_steps(config, model, tx, bounds)
 

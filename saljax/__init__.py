@@ -19,7 +19,7 @@ from saljax.explainers import (absolute_gradient, attention_rollout, blur_ig, cl
     hirescam, hsic, integrated_gradients, internal_influence, kernel_shap, layer_conductance,
     layer_gradient_x_activation, layer_integrated_gradients, layercam, lima, lime, lrp,
     neuron_gradient, neuron_integrated_gradients, normgrad, normgrad_combined, occlusion,
-    owen_values, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad, vargrad,
+    owen_values, prompt_cam, rise, scorecam, shapley_sampling, smoothgrad, sobol, squaregrad, vargrad,
     vit_gradcam, xgradcam, xrai)
 from saljax.explainers import combine_maps, completeness_gap, make_baseline, upsample
 from saljax.model import (  # noqa: F401
@@ -39,7 +39,7 @@ __all__ = [
     "hsic", "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
     "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
     "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad", "normgrad_combined",
-    "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling", "smoothgrad", "sobol",
+    "occlusion", "owen_values", "prompt_cam", "rise", "scorecam", "shapley_sampling", "smoothgrad", "sobol",
     "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 

@@ -47,6 +47,7 @@ CLASS_METHODS = {
     "consistency": "it compares the predicted classes (the argmax over classes)",
     "random_logit": "it explains a different class",
     "class_sensitivity": "it explains other classes",
+    "prompt_cam": "the target picks its class's prompt token",
 }
 # `score=` values that read every class: the softmax, the argmax.
 CLASS_SCORES = ("probability", "accuracy")

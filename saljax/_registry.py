@@ -37,6 +37,7 @@ NEEDS = frozenset({
     "params",      # the model as (model_fn, params) (parameter randomization)
     "random_model",  # a second model (data randomization)
     "classes",     # class groups or a contrast class (contrastive scores)
+    "prompt_cam",  # a tapped Prompt-CAM model (saljax.models.prompt_cam: class prompts on a ViT)
 })
 
 # What a method returns:

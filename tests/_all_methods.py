@@ -89,6 +89,34 @@ def metric_options(name):
   return {**entry.smoke, **_supplied(entry)}
 
 
+_PROMPT_CAM = []  # the tiny Prompt-CAM model, built on first use
+
+
+def _over_forward(pcam, vit, x, taps=None):
+  logits, acts = pcam(x, taps)
+  return logits + 0.0 * vit(x)[0].astype(logits.dtype), acts
+
+
+def prompt_cam_over(vit):
+  """A tiny random Prompt-CAM model (5 class prompts, as the tiny ViT's 5
+  classes) for methods that need one (``"prompt_cam"`` in their needs); its
+  forward also runs `vit` (adding ``0 *`` its logits), so the tests that count
+  traces of, poison, cast or stack the tiny ViT reach it too (both are leaves
+  of the returned pytree)."""
+  if not _PROMPT_CAM:
+    from saljax.models import prompt_cam as pc
+    m = pc.prompt_cam("vit_tiny", 5, patch=4, dim=16, depth=2, num_heads=2, mlp_dim=32)
+    ex = jnp.zeros((1,) + SHAPE[1:])
+    _PROMPT_CAM.append(saljax.from_linen(m, m.init(jax.random.key(5), ex), example=ex))
+  pcam = _PROMPT_CAM[0]
+  return saljax.Tapped(jax.tree_util.Partial(_over_forward, pcam, vit), pcam.layer_names)
+
+
+def vit_for(entry, vit):
+  """The tapped ViT a method gets: `vit`, or a Prompt-CAM model over it."""
+  return prompt_cam_over(vit) if "prompt_cam" in entry.needs else vit
+
+
 def call_explainer(name, cnn, vit, x, target, key=jax.random.key(0)):
   return call_explainer_with(name, cnn, vit, x, target, key=key)
 
@@ -97,7 +125,7 @@ def call_explainer_with(name, cnn, vit, x, target, key=jax.random.key(0), **over
   """`call_explainer` with options overriding the smoke options."""
   model, opts = explainer_options(name)
   entry = saljax.explainers.entry(name)
-  tapped = cnn if model == "cnn" else vit
+  tapped = cnn if model == "cnn" else vit_for(entry, vit)
   f = tapped if entry.kind == "layer" else tapped.logits
   extra = {"key": key} if entry.stochastic else {}
   return entry.fn(f, x, target, **extra, **{**opts, **overrides})

@@ -56,7 +56,7 @@ def _explainer_call(name, model=None):
   opts = {**e.smoke, **A._supplied(e, SHAPE)}
   key = {"key": KEY} if e.stochastic else {}
   if model is None:
-    model = _vit() if "vit" in e.needs else _cnn()
+    model = A.vit_for(e, _vit()) if "vit" in e.needs else _cnn()
   layer = e.kind == "layer"
   return model, lambda m, x: e.fn(m if layer else m.as_model(), x, T, **key, **opts)
 
@@ -131,7 +131,7 @@ def _scalar(call, model, w):
 def test_grad_wrt_input_matches_finite_differences(name):
   e = saljax.explainers.entry(name)
   with jax.enable_x64(True):
-    smooth = _vit() if "vit" in e.needs else _smooth(dtype=jnp.float64)
+    smooth = A.vit_for(e, _vit()) if "vit" in e.needs else _smooth(dtype=jnp.float64)
     if "vit" in e.needs:
       smooth = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), smooth)
     model, call = _explainer_call(name, smooth)

@@ -120,7 +120,7 @@ def _measure(call):
 def test_explainer_cost(name):
   e = saljax.explainers.entry(name)
   which, opts = A.explainer_options(name)
-  tapped = _counting(CNN if which == "cnn" else VIT)
+  tapped = _counting(CNN if which == "cnn" else A.vit_for(e, VIT))
   f = tapped if e.kind == "layer" or "tapped" in e.needs or "vit" in e.needs else tapped.logits
   key = {"key": jax.random.key(0)} if e.stochastic else {}
   for o in (opts, {**opts, **_scaled(e.smoke)}):

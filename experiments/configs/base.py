@@ -22,6 +22,9 @@ def base() -> ml_collections.ConfigDict:
   c.model.depth = 2               # mlp hidden layers / vit blocks
   c.model.patch_size = 4          # vit
   c.model.num_heads = 4           # vit
+  c.model.variant = "deep"        # prompt_cam: "deep" (prompts into every block) or "shallow"
+  c.model.backbone = "vit_tiny"   # prompt_cam: the ViT (by name and the sizes above) it reuses, frozen
+  c.model.backbone_workdir = placeholder(str)  # prompt_cam: the train run of that ViT (loaded at step 0)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "blockmnist"      # saljax.data.pipelines.load names, or "photos" (bundled photos)
@@ -51,6 +54,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.best_metric = "eval_accuracy"
   c.train.async_checkpoint = True
   c.train.progress_every_s = 10.0
+  c.train.trainable = ()          # top-level parameter names to train, the rest frozen (empty: all)
   c.train.permute_labels = False  # train on a fixed random permutation of the labels (Adebayo et al. 2018 Sec. 4)
   c.train.adversarial = ml_collections.ConfigDict()
   c.train.adversarial.mode = "none"   # none, fgsm, pgd

@@ -8,7 +8,7 @@ explainer is also an attribute of this module (and of `saljax`), so
 from saljax.explainers._registry import REGISTRY as _REGISTRY
 # Importing a family module registers its explainers.
 from saljax.explainers import (attention, cam, gradients, layer, perturbation,  # noqa: F401
-    propagation, regions)
+    prompts, propagation, regions)
 from saljax.explainers.cam import combine_maps, upsample  # noqa: F401
 from saljax.explainers.gradients import completeness_gap, make_baseline, path_nodes  # noqa: F401
 
@@ -42,6 +42,7 @@ from saljax.explainers.layer import (internal_influence, layer_conductance,
     neuron_integrated_gradients)
 from saljax.explainers.perturbation import (kernel_shap, lime, occlusion, owen_values, rise,
     shapley_sampling)
+from saljax.explainers.prompts import prompt_cam
 from saljax.explainers.propagation import (deconvnet, deeplift, guided_backprop, lrp)
 from saljax.explainers.regions import (lima, xrai)
 from saljax.explainers.sensitivity import (hsic, sobol)
@@ -55,6 +56,6 @@ __all__ = [
     "integrated_gradients", "internal_influence", "kernel_shap", "layer_conductance",
     "layer_gradient_x_activation", "layer_integrated_gradients", "layercam", "lima", "lime",
     "lrp", "neuron_gradient", "neuron_integrated_gradients", "normgrad",
-    "normgrad_combined", "occlusion", "owen_values", "rise", "scorecam", "shapley_sampling",
+    "normgrad_combined", "occlusion", "owen_values", "prompt_cam", "rise", "scorecam", "shapley_sampling",
     "smoothgrad", "sobol", "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]

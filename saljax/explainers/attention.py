@@ -295,3 +295,8 @@ def class_token_attention(f, x, target=None, *, key=None, layer: str | None = No
       raise ValueError(f"query_token: expected an index below {grid[2] + grid[0] * grid[1]}, got {q}")
     query = jnp.full((b,), q, jnp.int32)
   return _token_attention(f, x, query.astype(jnp.int32), layer, grid, bool(per_head))
+
+
+# Prompt-CAM lives in its own module (it needs the Prompt-CAM model); re-exported
+# here, its family's module. Imported last: prompts imports this module.
+from saljax.explainers.prompts import prompt_cam  # noqa: E402,F401

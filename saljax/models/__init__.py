@@ -29,6 +29,8 @@ from saljax.models.imagenet import imagenet_classes  # noqa: F401
 from saljax.models.layers import depthwise_impl, set_depthwise_impl  # noqa: F401
 from saljax.models.mlp import MLP, mlp  # noqa: F401
 from saljax.models.pretrained import Classifier, load_pretrained  # noqa: F401
+# The class only: the function `prompt_cam` would hide the module `saljax.models.prompt_cam`.
+from saljax.models.prompt_cam import PromptCAM  # noqa: F401
 from saljax.models.resnet import ResNet, resnet18, resnet34, resnet50  # noqa: F401
 from saljax.models.text import TextClassifier, text_classifier, token_attribution  # noqa: F401
 from saljax.models.unet import UNet, pooled, unet  # noqa: F401
