@@ -1,0 +1,9 @@
+"""Concepts: what a layer has learned (Fel et al. 2023's holistic view, ``A ≈ U W``).
+
+`extract` learns concept banks from activations (NMF/CRAFT, PCA, k-means,
+sparse dictionary learning, TopK SAE) over a chunked stream; `importance`
+scores the concepts of a prediction (Sobol total indices, gradient x input,
+occlusion) and measures them (C-Deletion, C-Insertion), with concept maps.
+"""
+from saljax.concepts.extract import (METHODS, Concepts, LayerFeatures, decode, encode, fit,  # noqa: F401
+                                     layer_features, random_crops, reconstruction_error)
