@@ -256,8 +256,8 @@ def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
     raise ValueError(f"learning_rate: expected a float > 0, got {learning_rate!r}")
   feats = M.as_data(features) if features is not None else M.as_data(_identity)
   data = jnp.asarray(data)
-  shapes = jax.eval_shape(lambda f, x: _rows(f(x), pool), feats,
-                          jax.ShapeDtypeStruct((1,) + data.shape[1:], data.dtype))
+  shapes = _row_shape.eval_shape(feats, jax.ShapeDtypeStruct((1,) + data.shape[1:], data.dtype),
+                                 pool=pool)
   if shapes.shape[-1] < 1:
     raise ValueError(f"features: expected activations with a channel axis, got {shapes.shape}")
   if method in ("pca",) and k > shapes.shape[-1]:
@@ -265,6 +265,10 @@ def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
   return _fit(key, data, feats, method=method, k=k, pool=pool,
               batch_size=min(batch_size, data.shape[0]), epochs=epochs, code_steps=code_steps,
               sparsity=float(sparsity), top_k=top_k, learning_rate=float(learning_rate))
+
+
+# A jitted function so the shape check's trace is cached like the fit's.
+_row_shape = jax.jit(lambda f, x, pool: _rows(f(x), pool), static_argnames="pool")
 
 
 def _chunks(data: Array, batch_size: int):
@@ -295,9 +299,10 @@ def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, s
     r = _rows(a, pool).astype(jnp.float32)
     return r, _row_weights(a, wt, r)
 
-  # Initial dictionary: rows of k examples drawn without replacement (with
-  # replacement past n), perturbed slightly so equal rows do not tie.
-  idx = jax.random.choice(k_init, n, (k,), replace=k > n)
+  # Initial dictionary: rows of k examples drawn uniformly (with replacement:
+  # sampling without it sorts, which XLA:CPU compiles slowly), each perturbed
+  # by its own jitter so that a repeated draw does not give tied atoms.
+  idx = jax.random.randint(k_init, (k,), 0, n)
   init_rows, _ = rows_of(data[idx], jnp.ones((k,)))
   init_rows = init_rows.reshape(k, -1, init_rows.shape[-1]).mean(1)
   c = init_rows.shape[-1]
@@ -365,8 +370,10 @@ def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, s
   import optax
   w_dec = init_rows * jitter
   w_dec = w_dec / (jnp.linalg.norm(w_dec, axis=1, keepdims=True) + _EPS)
+  # Decoder bias at the mean of the initial rows (a cheap stand-in for the
+  # data mean the SAE literature starts from), encoder tied to the decoder.
   params = {"w_dec": w_dec, "w_enc": w_dec.T, "b_enc": jnp.zeros((k,)),
-            "b_dec": jnp.zeros((c,))}
+            "b_dec": init_rows.mean(0)}
   opt = optax.adam(learning_rate)
 
   def as_concepts(p):
