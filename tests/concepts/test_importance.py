@@ -23,11 +23,12 @@ KEY = jax.random.key(0)
 
 @pytest.fixture(scope="module")
 def planted():
-  """The planted-concept CNN (trained once) and 24 held-out images of the class."""
+  """The planted-concept CNN (trained once), the held-out images of the class
+  (about 64, crops are drawn from them) and 24 of them to explain."""
   tapped, (x, y, region), acc = _planted.train(steps=150)
   assert acc >= 0.95, acc
   pos = y == 1
-  return tapped, jnp.asarray(x[pos][:24]), region[pos][:24]
+  return tapped, jnp.asarray(x[pos]), jnp.asarray(x[pos][:24]), region[pos][:24]
 
 
 def _overlap(maps: np.ndarray, region: np.ndarray) -> tuple[float, float]:
@@ -42,12 +43,14 @@ def _overlap(maps: np.ndarray, region: np.ndarray) -> tuple[float, float]:
 
 @pytest.mark.parametrize("method", ["nmf", "sae"])
 def test_planted_concept_ranks_first_and_is_where_it_was_planted(planted, method):
-  tapped, x, region = planted
+  tapped, pool, x, region = planted
   feats = C.layer_features(tapped, "block2")
   # CRAFT: concepts from random crops of the class's images, resized to the input.
-  crops, _ = C.random_crops(KEY, x, 96, crop_size=8)
-  opts = dict(epochs=15, code_steps=50) if method == "nmf" else dict(epochs=40, learning_rate=1e-2)
-  con = C.fit(KEY, crops, method, 4, features=feats, batch_size=48, **opts)
+  crops, _ = C.random_crops(KEY, pool, 128, crop_size=8)
+  # NMF: 15 passes over chunks of 64; the SAE is SGD: 80 Adam steps of 64 crops.
+  opts = (dict(epochs=15, code_steps=50) if method == "nmf"
+          else dict(epochs=40, learning_rate=1e-2))
+  con = C.fit(KEY, crops, method, 4, features=feats, batch_size=64, **opts)
   imp = np.asarray(C.sobol(KEY, tapped, x, 1, con, layer="block2", designs=16)).mean(0)
   top = int(np.argmax(imp))
   hits, mass = _overlap(np.asarray(C.concept_maps(tapped, x, con, layer="block2"))[..., top], region)
