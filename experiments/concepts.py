@@ -120,26 +120,30 @@ def figure_concepts(path, crops: np.ndarray, coeffs: np.ndarray, importance: np.
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rows = len(order)
-  fig = plt.figure(figsize=(1.5 + 1.25 * top, 1.3 * rows + 0.5), dpi=90)
-  grid = fig.add_gridspec(rows, top + 1, width_ratios=[1.6] + [1] * top, wspace=0.05, hspace=0.12)
+  fig = plt.figure(figsize=(1.8 + 1.25 * top, 1.3 * rows + 0.6), dpi=90)
+  grid = fig.add_gridspec(rows, top + 1, width_ratios=[1.6] + [1] * top, wspace=0.05, hspace=0.12,
+                          top=1 - 0.45 / (1.3 * rows + 0.6), bottom=0.35 / (1.3 * rows + 0.6))
   vmax = float(importance.max()) or 1.0
   for r, j in enumerate(order):
     ax = fig.add_subplot(grid[r, 0])
-    ax.barh([0], [importance[j]], color="#1d5fbf", height=0.5)
+    ax.barh([0], [importance[j]], color="#1d5fbf", height=0.7)
     ax.set_xlim(0, vmax * 1.05)
+    ax.set_ylim(-0.6, 1.6)  # room above the bar for its label
     ax.set_yticks([])
-    ax.set_title(f"concept {j}: {importance[j]:.2f}", fontsize=9, loc="left", pad=2)
+    ax.text(0, 1.05, f"concept {j}", fontsize=9, va="bottom", ha="left")
+    ax.text(vmax * 1.05, 1.05, f"{importance[j]:.2f}", fontsize=9, va="bottom", ha="right",
+            color="#1d5fbf")
     ax.tick_params(labelsize=7)
     if r < rows - 1:
-      ax.set_xticklabels([])
-    for s in ("top", "right", "left"):
-      ax.spines[s].set_visible(False)
+      ax.tick_params(bottom=False, labelbottom=False)
+    for side in ("top", "right", "left"):
+      ax.spines[side].set_visible(False)
     for c, i in enumerate(np.argsort(-coeffs[:, j])[:top]):
       a = fig.add_subplot(grid[r, c + 1])
       a.imshow(crops[i])
       a.set_xticks([])
       a.set_yticks([])
-  fig.suptitle(title, fontsize=11, y=0.995)
+  fig.suptitle(title, fontsize=11, y=0.998)
   fig.text(0.01, 0.002, "bar: Sobol total index (mean over crops); crops: the largest coefficients",
            fontsize=7, color="#616e7c")
   C.atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
