@@ -114,9 +114,15 @@ def sobol_indices(key: Array, fn: Callable[[Array], Array], dim: int, *, designs
   """
   dim = parallel.check_count(dim, "dim")
   designs = parallel.check_count(designs, "designs", minimum=2)
+  # One compiled program (`fn` is static, compared by identity) rather than op-by-op dispatch.
+  return _sobol_indices(key, fn, dim=dim, designs=designs,
+                        batch_size=_validation.check_batch_size(batch_size))
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "dim", "designs", "batch_size"))
+def _sobol_indices(key, fn, *, dim, designs, batch_size):
   masks = sobol_masks(key, dim, designs)
-  out = parallel.chunked_map(fn, masks, batch_size=_validation.check_batch_size(batch_size))
-  return jansen_total(out, dim, designs)
+  return jansen_total(parallel.chunked_map(fn, masks, batch_size=batch_size), dim, designs)
 
 
 def _common(tapped, x, target, concepts, layer, score):

@@ -107,16 +107,14 @@ def test_gradient_input_is_optimal_for_c_deletion_and_insertion_with_a_linear_he
   orders = np.array(list(itertools.permutations(range(5))))  # [120, 5]
   imps = np.zeros((120, 5), np.float32)
   np.put_along_axis(imps, orders, np.arange(5, 0, -1, dtype=np.float32)[None], 1)
-  xs = jnp.repeat(x1, 120, 0)
+  # Every order, and gradient x input's last (one batch: one compile per curve).
+  imps = jnp.concatenate([jnp.asarray(imps), gxi])
+  xs = jnp.repeat(x1, 121, 0)
   dele = np.asarray(C.area(C.c_deletion(tapped, xs, 0, con, imps, layer="conv", batch_size=3)))
   ins = np.asarray(C.area(C.c_insertion(tapped, xs, 0, con, imps, layer="conv")))
-  d_gxi = float(C.area(C.c_deletion(tapped, x1, 0, con, gxi, layer="conv"))[0])
-  i_gxi = float(C.area(C.c_insertion(tapped, x1, 0, con, gxi, layer="conv"))[0])
-  assert d_gxi <= dele.min() + 1e-4 and i_gxi >= ins.max() - 1e-4, (d_gxi, dele.min(), i_gxi)
+  assert dele[-1] <= dele[:-1].min() + 1e-4 and ins[-1] >= ins[:-1].max() - 1e-4, (
+      dele[-1], dele.min(), ins[-1], ins.max())
   assert dele.max() - dele.min() > 1e-2  # the order matters in this case
-  # Sobol (a variance share, unsigned) need not be optimal; it is no better than gradient x input.
-  st = C.sobol(KEY, tapped, x1, 0, con, layer="conv", designs=16)
-  assert float(C.area(C.c_deletion(tapped, x1, 0, con, st, layer="conv"))[0]) >= d_gxi - 1e-4
 
 
 def test_curves_start_and_end_where_they_must(linear_head):
@@ -165,7 +163,7 @@ def test_eight_devices_equal_one():
   res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=900)
   assert res.returncode == 0, res.stderr[-3000:]
   diffs = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(diffs) == {"fit_nmf", "fit_kmeans", "sobol", "gradient_input", "occlusion",
+  assert set(diffs) == {"fit_nmf", "sobol", "gradient_input", "occlusion",
                         "c_deletion", "concept_maps"}
   for name, d in diffs.items():
     assert d < 1e-4, (name, d)
