@@ -19,7 +19,9 @@ JAX and compiled into one program per shape:
   (FISTA, Beck and Teboulle 2009) and unit-norm atoms updated by block
   coordinate descent on the accumulated statistics (Mairal et al. 2010);
 - ``"sae"``: a TopK sparse autoencoder (Gao et al. 2024): ``U = TopK(ReLU((A -
-  b) W_enc + b_enc))``, ``Â = U W + b``, trained by Adam on minibatches.
+  b) W_enc + b_enc))``, ``Â = U W + b``, trained by Adam on minibatches; with
+  ``archetypes=m`` the Archetypal SAE (Fel et al. 2025): atoms are convex
+  combinations of m data rows plus a small relaxation.
 
 **Streaming.** Every fit reads the data chunk by chunk (`batch_size` rows or
 images at a time) inside a ``lax.scan``, so at most one chunk of activations
@@ -218,7 +220,8 @@ def _check(method, k, batch_size, epochs, data):
 def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
         features: Callable[[Array], Array] | None = None, pool: str = "mean",
         batch_size: int = 256, epochs: int = 50, code_steps: int = 100,
-        sparsity: float = 0.05, top_k: int | None = None, learning_rate: float = 1e-3) -> Concepts:
+        sparsity: float = 0.05, top_k: int | None = None, learning_rate: float = 1e-3,
+        archetypes: int = 0, relaxation: float = 0.01) -> Concepts:
   """Learns `concepts` concepts from a stream of activations, ``A ≈ U W``.
 
   Args:
@@ -241,6 +244,11 @@ def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
       reconstruction error per channel (default 0.05).
     top_k: active latents per row of the SAE (default ``max(1, k // 4)``).
     learning_rate: Adam step of the SAE (default 1e-3).
+    archetypes: for the SAE, 0 (default: a free decoder) or the number of
+      candidate rows (drawn with the key) whose convex combinations, plus a
+      relaxation of norm <= `relaxation` (default 0.01, as RA-SAE's delta), make
+      the decoder atoms: the Archetypal SAE of Fel et al. 2025. ``params`` then
+      holds ``mix`` (row-stochastic ``[k, m]``) and ``archetypes`` ``[m, c]``.
   """
   method, k, batch_size, epochs = _check(method, concepts, batch_size, epochs, data)
   pool = _validation.check_choice(pool, "pool", POOLS)
@@ -254,6 +262,11 @@ def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
     raise ValueError(f"sparsity: expected a float >= 0, got {sparsity!r}")
   if not float(learning_rate) > 0:
     raise ValueError(f"learning_rate: expected a float > 0, got {learning_rate!r}")
+  archetypes = parallel.check_count(archetypes, "archetypes", minimum=0)
+  if archetypes and method != "sae":
+    raise ValueError(f"archetypes: only the SAE has an archetypal decoder, got method={method!r}")
+  if not float(relaxation) >= 0:
+    raise ValueError(f"relaxation: expected a float >= 0, got {relaxation!r}")
   feats = M.as_data(features) if features is not None else M.as_data(_identity)
   data = jnp.asarray(data)
   shapes = _row_shape.eval_shape(feats, jax.ShapeDtypeStruct((1,) + data.shape[1:], data.dtype),
@@ -264,7 +277,8 @@ def fit(key: Array, data: Array, method: str = "nmf", concepts: int = 10, *,
     raise ValueError(f"concepts: PCA gives at most c={shapes.shape[-1]} components, got {k}")
   return _fit(key, data, feats, method=method, k=k, pool=pool,
               batch_size=min(batch_size, data.shape[0]), epochs=epochs, code_steps=code_steps,
-              sparsity=float(sparsity), top_k=top_k, learning_rate=float(learning_rate))
+              sparsity=float(sparsity), top_k=top_k, learning_rate=float(learning_rate),
+              archetypes=archetypes, relaxation=float(relaxation))
 
 
 # A jitted function so the shape check's trace is cached like the fit's.
@@ -287,9 +301,10 @@ def _row_weights(a_chunk: Array, wt: Array, rows: Array) -> Array:
 
 
 @functools.partial(jax.jit, static_argnames=("method", "k", "pool", "batch_size", "epochs",
-                                             "code_steps", "sparsity", "top_k", "learning_rate"))
+                                             "code_steps", "sparsity", "top_k", "learning_rate",
+                                             "archetypes", "relaxation"))
 def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, sparsity, top_k,
-         learning_rate):
+         learning_rate, archetypes, relaxation):
   xs, wts = _chunks(data, batch_size)
   k_init, k_train = jax.random.split(key)
   n = data.shape[0]
@@ -372,13 +387,32 @@ def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, s
   w_dec = w_dec / (jnp.linalg.norm(w_dec, axis=1, keepdims=True) + _EPS)
   # Decoder bias at the mean of the initial rows (a cheap stand-in for the
   # data mean the SAE literature starts from), encoder tied to the decoder.
-  params = {"w_dec": w_dec, "w_enc": w_dec.T, "b_enc": jnp.zeros((k,)),
-            "b_dec": init_rows.mean(0)}
+  params = {"w_enc": w_dec.T, "b_enc": jnp.zeros((k,)), "b_dec": init_rows.mean(0)}
+  if archetypes:
+    # Archetypal SAE (Fel et al. 2025, RA-SAE): each atom is a convex combination
+    # of candidate rows (drawn with the key) plus a relaxation of norm <= delta,
+    # so concepts stay inside the data's hull and vary less between runs.
+    k_cand, k_mix = jax.random.split(jax.random.fold_in(k_init, 2))
+    cand, _ = rows_of(data[jax.random.randint(k_cand, (archetypes,), 0, n)], jnp.ones((archetypes,)))
+    cand = cand.reshape(archetypes, -1, c).mean(1)
+    params.update(mix=jax.random.normal(k_mix, (k, archetypes)), relax=jnp.zeros((k, c)))
+  else:
+    params["w_dec"] = w_dec
   opt = optax.adam(learning_rate)
 
+  def clip_relax(r):
+    norm = jnp.linalg.norm(r, axis=1, keepdims=True)
+    return r * jnp.minimum(1.0, relaxation / jnp.maximum(norm, _EPS))
+
+  def dictionary_of(p):
+    if archetypes:
+      return jax.nn.softmax(p["mix"], axis=1) @ cand + p["relax"]
+    return p["w_dec"]
+
   def as_concepts(p):
-    return Concepts(p["w_dec"], {"w_enc": p["w_enc"], "b_enc": p["b_enc"], "b_dec": p["b_dec"]},
-                    "sae", **spec)
+    extra = ({"mix": jax.nn.softmax(p["mix"], axis=1), "archetypes": cand} if archetypes else {})
+    return Concepts(dictionary_of(p), {"w_enc": p["w_enc"], "b_enc": p["b_enc"],
+                                       "b_dec": p["b_dec"], **extra}, "sae", **spec)
 
   def loss(p, r, wt):
     cur = as_concepts(p)
@@ -392,8 +426,10 @@ def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, s
       g = jax.grad(loss)(p, r, wt)
       upd, s = opt.update(g, s, p)
       p = optax.apply_updates(p, upd)
-      # Unit-norm decoder rows keep the code scale identifiable (as in TopK SAEs).
-      p["w_dec"] = p["w_dec"] / (jnp.linalg.norm(p["w_dec"], axis=1, keepdims=True) + _EPS)
+      if archetypes:  # projection onto the relaxation's ball
+        p["relax"] = clip_relax(p["relax"])
+      else:  # unit-norm decoder rows keep the code scale identifiable (as in TopK SAEs)
+        p["w_dec"] = p["w_dec"] / (jnp.linalg.norm(p["w_dec"], axis=1, keepdims=True) + _EPS)
       return (p, s), None
     return jax.lax.scan(step, carry, jax.random.permutation(ekey, xs.shape[0]))[0], None
 

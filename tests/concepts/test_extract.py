@@ -123,6 +123,24 @@ def test_encode_decode_contracts(acts):
   assert int((np.asarray(C.encode(sae, acts)) > 0).sum(1).max()) <= 1
 
 
+def test_archetypal_sae_atoms_stay_in_the_hull_of_data_rows(acts):
+  con = C.fit(KEY, acts, "sae", 3, top_k=1, archetypes=16, relaxation=0.01,
+              **dict(OPTS, batch_size=25, epochs=20))
+  mix, arch = np.asarray(con.params["mix"]), np.asarray(con.params["archetypes"])
+  assert mix.shape == (3, 16) and arch.shape == (16, 12)
+  np.testing.assert_allclose(mix.sum(1), 1, atol=1e-5)
+  assert mix.min() >= 0
+  # Every candidate is a data row; every atom is their mixture up to the relaxation.
+  dist = np.abs(arch[:, None] - np.asarray(acts)[None]).max(-1).min(1)
+  assert dist.max() < 1e-5
+  off = np.linalg.norm(np.asarray(con.dictionary) - mix @ arch, axis=1)
+  assert off.max() <= 0.01 + 1e-5, off
+  err = float(C.reconstruction_error(con, acts))
+  assert err < 0.5, err
+  with pytest.raises(ValueError, match="archetypes"):
+    C.fit(KEY, acts, "nmf", 3, archetypes=4)
+
+
 def test_random_crops():
   x = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
   crops, boxes = C.random_crops(KEY, x, 5, crop_size=4, out_size=4)
