@@ -27,8 +27,6 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
-
 import numpy as np
 
 from experiments import _common as C
@@ -40,7 +38,8 @@ STAGES = ("activations", "concepts", "importance")
 def _record(config, stage: str) -> dict:
   """What a stage's result depends on (its provenance)."""
   base = {"model": config.model, "photos": list(config.photos), "layer": config.layer,
-          "seed": int(config.seed), "crops": int(config.crops), "crop_size": float(config.crop_size)}
+          "seed": int(config.seed), "crops": int(config.crops),
+          "crop_size": float(config.crop_size)}
   if stage in ("concepts", "importance"):
     base.update(method=config.method, concepts=int(config.concepts), fit=dict(config.fit),
                 errors_for=list(config.errors_for))

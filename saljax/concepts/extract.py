@@ -43,7 +43,6 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from saljax import model as M
 from saljax import parallel
@@ -142,7 +141,8 @@ def encode(concepts: Concepts, a: Array) -> Array:
 
 
 def decode(concepts: Concepts, u: Array) -> Array:
-  """Activations ``[..., c]`` rebuilt from coefficients ``u [..., k]``: ``u W`` (+ the mean or bias)."""
+  """Activations ``[..., c]`` rebuilt from coefficients ``u [..., k]``: ``u W``
+  (plus the mean for PCA, the decoder bias for the SAE)."""
   out = u @ concepts.dictionary
   if concepts.method == "pca":
     out = out + concepts.params["mean"]
@@ -393,7 +393,8 @@ def _fit(key, data, feats, *, method, k, pool, batch_size, epochs, code_steps, s
     # of candidate rows (drawn with the key) plus a relaxation of norm <= delta,
     # so concepts stay inside the data's hull and vary less between runs.
     k_cand, k_mix = jax.random.split(jax.random.fold_in(k_init, 2))
-    cand, _ = rows_of(data[jax.random.randint(k_cand, (archetypes,), 0, n)], jnp.ones((archetypes,)))
+    picked = data[jax.random.randint(k_cand, (archetypes,), 0, n)]
+    cand, _ = rows_of(picked, jnp.ones((archetypes,)))
     cand = cand.reshape(archetypes, -1, c).mean(1)
     params.update(mix=jax.random.normal(k_mix, (k, archetypes)), relax=jnp.zeros((k, c)))
   else:

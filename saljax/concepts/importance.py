@@ -272,7 +272,8 @@ def concept_maps(tapped: Any, x: Any, concepts: Concepts, *, layer: str,
   x = _validation.check_input(x)
   shape = tapped.activation_shapes(x)[layer].shape
   if len(shape) != 4:
-    raise ValueError(f"concept_maps: expected a spatial layer [B, h, w, c], {layer!r} gives {shape}")
+    raise ValueError(f"concept_maps: expected a spatial layer [B, h, w, c], {layer!r} gives"
+                     f" {shape}")
   if shape[-1] != concepts.dictionary.shape[1]:
     raise ValueError(f"concepts: the dictionary has {concepts.dictionary.shape[1]} channels, layer"
                      f" {layer!r} has {shape[-1]}")

@@ -4,7 +4,6 @@ checkerboard (pattern 0) is present; stripes and a solid disc are
 distractors, each present with probability 1/2 independently of the label.
 A two-conv CNN (taps "block1", "block2") trained on it in a few seconds."""
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -55,7 +55,7 @@ def test_figures_are_drawn(workdir):
     assert img.std() > 20, name  # not a blank canvas
   # The bar of the most important concept (first row) is the accent blue.
   img = np.asarray(Image.open(out / "concepts.png").convert("RGB")).astype(int)
-  blue = (abs(img[..., 0] - 0x1d) < 30) & (abs(img[..., 1] - 0x5f) < 30) & (abs(img[..., 2] - 0xbf) < 30)
+  blue = np.all(np.abs(img - np.array([0x1d, 0x5f, 0xbf])) < 30, axis=-1)
   rows = np.flatnonzero(blue.any(1))
   assert rows.size > 0 and rows.min() < img.shape[0] / 4
 
@@ -67,7 +67,8 @@ def test_page_renders_with_images_and_one_row_per_concept(workdir):
   assert srcs == {s: Image.open(out / s).width for s in ("concepts.png", "maps.png")}
   assert facts["rows"] == len(summary["concepts"])
   assert facts["methods"] == [f"concept_{c['id']}" for c in summary["concepts"]]
-  assert facts["title"] == "saljax concepts: efficientnet_lite0 / Egyptian <cat>"  # escaped, not markup
+  # The class name is text (escaped), not markup.
+  assert facts["title"] == "saljax concepts: efficientnet_lite0 / Egyptian <cat>"
   assert facts["std"] > 25
   html = pathlib.Path(path).read_text()
   assert "&lt;cat&gt;" in html and "<cat>" not in html
