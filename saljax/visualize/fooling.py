@@ -39,7 +39,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
-from saljax.visualize import maximize as MX
+from saljax.visualize import activation as MX
 
 Array = jax.Array
 ENCODINGS = ("direct", "cppn")

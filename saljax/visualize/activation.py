@@ -95,6 +95,8 @@ def _indices(idx: Any, what: str) -> Array:
     a = a[None]
   if a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer) or (a < 0).any():
     raise ValueError(f"{what}: expected a non-empty 1-D list of int indices >= 0, got {idx!r}")
+  if isinstance(idx, jax.Array) and idx.ndim == 1:
+    return idx.astype(jnp.int32)  # keeps its placement (sharded objectives)
   return jnp.asarray(a, jnp.int32)
 
 
