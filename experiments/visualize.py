@@ -34,7 +34,18 @@ import numpy as np
 
 from experiments import _common as C
 
-STAGES = ("classes", "channels", "maco", "facets", "fooling", "evolve")
+STAGES = ("classes", "facets", "fooling", "evolve", "maco", "channels")
+# The config fields each stage reads: a stage is redone only when one of these changed.
+_COMMON = ("seed", "model", "size", "learning_rate", "n_augment", "score", "eval_transforms")
+STAGE_FIELDS = {
+    "classes": _COMMON + ("steps", "classes"),
+    "channels": _COMMON + ("steps", "channel_layer", "channels"),
+    "maco": _COMMON + ("maco_steps", "maco_classes", "maco_crops"),
+    "facets": _COMMON + ("facet_steps", "facet_class", "facets", "facet_candidates",
+                         "embed_layer"),
+    "fooling": ("seed", "model", "size", "fool_classes", "fool_steps", "fool_learning_rate"),
+    "evolve": ("seed", "evolve_generations", "evolve_population", "digits_steps"),
+}
 
 
 def _lite(config):
@@ -107,7 +118,7 @@ def stage_maco(config, key):
   mag = V.natural_spectrum(list(bundled_photos.photos().values()), config.size, seed=config.seed)
   t = time.perf_counter()
   r = V.maco(model, V.classes(list(config.maco_classes), score=config.score), key=key,
-             size=config.size, magnitude=mag, steps=config.steps, n_crops=config.maco_crops,
+             size=config.size, magnitude=mag, steps=config.maco_steps, n_crops=config.maco_crops,
              value_range=vr)
   r.images.block_until_ready()
   sec = time.perf_counter() - t
@@ -126,12 +137,13 @@ def stage_facets(config, key):
   obj = V.classes([config.facet_class], score=config.score)
   t = time.perf_counter()
   fc = V.multifaceted(model, obj, cand, key=key, embed_layer=config.embed_layer,
-                      n_facets=config.facets, steps=config.steps, value_range=vr, batch_size=None)
+                      n_facets=config.facets, steps=config.facet_steps, value_range=vr,
+                      batch_size=None)
   fc.images.block_until_ready()
   sec_f = time.perf_counter() - t
   t = time.perf_counter()
   restarts = V.maximize(model, V.classes([config.facet_class] * config.facets, score=config.score),
-                        key=jax.random.fold_in(key, 7), size=config.size, steps=config.steps,
+                        key=jax.random.fold_in(key, 7), size=config.size, steps=config.facet_steps,
                         learning_rate=config.learning_rate, n_augment=config.n_augment,
                         value_range=vr)
   restarts.images.block_until_ready()
@@ -154,7 +166,8 @@ def stage_fooling(config, key):
   model, vr = _lite(config)
   t = time.perf_counter()
   r = V.fooling_gradient(model, list(config.fool_classes), key=key, size=config.size,
-                         steps=config.fool_steps, value_range=vr)
+                         steps=config.fool_steps, learning_rate=config.fool_learning_rate,
+                         value_range=vr)
   r.images.block_until_ready()
   sec = time.perf_counter() - t
   plain, _ = _probs(model, r.images, config.fool_classes, vr, key, 1)
@@ -286,6 +299,10 @@ def write_html(workdir, summary: dict, figs: dict) -> pathlib.Path:
     if stage in figs:
       title, about = TITLES[stage]
       facts = {k: v for k, v in summary[stage].items() if not isinstance(v, (list, dict))}
+      for enc in ("direct", "cppn"):  # evolve's per-encoding numbers
+        if isinstance(summary[stage].get(enc), dict):
+          facts.update({f"{enc} {k}": v for k, v in summary[stage][enc].items()
+                        if not isinstance(v, (list, dict))})
       sections.append({"id": stage, "title": title, "about": about, "png": figs[stage],
                        "facts": {k: (f"{v:.3f}" if isinstance(v, float) else v)
                                  for k, v in facts.items()}})
@@ -303,17 +320,19 @@ def run(config, workdir: str, *, stages=STAGES, log=print) -> dict:
   cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   path = wd / "summary.json"
   summary = json.loads(path.read_text()) if path.exists() else {}
-  if summary.get("config") != json.loads(json.dumps(cfg)):
-    summary = {"config": cfg}  # another config: start over
-  summary["model"] = config.model
+  cfg = json.loads(json.dumps(cfg))
+  summary["config"], summary["model"] = cfg, config.model
   key = jax.random.key(int(config.seed))
   for i, stage in enumerate(stages):
     if stage not in STAGES:
       raise ValueError(f"stages: unknown stage {stage!r}; expected some of {STAGES}")
-    if stage in summary and (wd / f"{stage}.npz").exists():
-      log(f"{stage}: done before, skipped")
+    used = {f: cfg[f] for f in STAGE_FIELDS[stage]}
+    done = summary.get(stage)
+    if done and done.get("config") == used and (wd / f"{stage}.npz").exists():
+      log(f"{stage}: done before with the same settings, skipped")
       continue
     arrays, rec = globals()[f"stage_{stage}"](config, jax.random.fold_in(key, i))
+    rec["config"] = used
     C.atomic_write(wd / f"{stage}.npz", lambda p: np.savez(open(p, "wb"), **arrays))
     summary[stage] = rec
     C.atomic_write_text(path, json.dumps(summary, indent=1))

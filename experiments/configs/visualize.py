@@ -27,12 +27,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_transforms = 16      # random transformations per image for the robustness check
   c.maco_classes = (130, 285, 949, 967)
   c.maco_crops = 8
+  c.maco_steps = 64
   c.facet_class = 285
   c.facets = 4
+  c.facet_steps = 64
   c.facet_candidates = 96     # random crops of the bundled photos
   c.embed_layer = "Dropout_0"  # the penultimate (pooled) features
   c.fool_classes = (0, 1, 2, 3, 4, 5, 6, 7, 8, 9)
   c.fool_steps = 60
+  c.fool_learning_rate = 0.3
   c.evolve_generations = 400
   c.evolve_population = 64
   c.digits_steps = 300
