@@ -183,3 +183,29 @@ def test_eight_devices_equal_one():
   diffs = json.loads(res.stdout.strip().splitlines()[-1])
   assert set(diffs) == {"maximize", "evolve"}
   assert all(d < 1e-4 for d in diffs.values()), diffs
+
+
+def test_visualize_page_renders_every_grid(tmp_path):
+  import _browser
+  from experiments import visualize as binary
+  rng = np.random.default_rng(0)
+  np.savez(tmp_path / "classes.npz", images=rng.uniform(size=(8, 16, 16, 3)).astype(np.float32))
+  np.savez(tmp_path / "evolve.npz", direct=rng.uniform(size=(10, 8, 8, 1)),
+           cppn=rng.uniform(size=(10, 8, 8, 1)))
+  summary = {"model": "efficientnet_lite0 <b>",
+             "classes": {"classes": list(range(8)), "prob": [0.95] * 8,
+                         "prob_transformed": [0.7] * 8, "seconds": 1.5},
+             "evolve": {"direct": {"prob": [0.995] * 10, "min_prob": 0.995},
+                        "cppn": {"prob": [0.999] * 10, "min_prob": 0.999}}}
+  figs = binary.figures(tmp_path, summary)
+  assert set(figs) == {"classes", "evolve"}
+  from PIL import Image
+  grid = np.asarray(Image.open(tmp_path / "classes.png").convert("RGB"), np.float32)
+  assert grid.std() > 20  # the random images are drawn, not a blank canvas
+  index = binary.write_html(tmp_path, summary, figs)
+  text = index.read_text()
+  assert "&lt;b&gt;" in text and "<b>" not in text.split("<body>")[1].split("</h1>")[0]
+  facts = _browser.page_facts(index)
+  assert sorted(src for src, _ in facts["images"]) == ["classes.png", "evolve.png"]
+  assert all(w > 0 for _, w in facts["images"]), facts["images"]
+  assert facts["std"] > 10 and facts["nonwhite"] > 0.1
