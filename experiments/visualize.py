@@ -213,7 +213,7 @@ def _grid_png(path, images, labels, cols=None, scale=1):
                 interpolation="nearest" if img.shape[0] < 32 else "antialiased")
       ax.set_title(labels[i], fontsize=8)
   fig.tight_layout()
-  C.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+  C.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
   plt.close(fig)
 
 
