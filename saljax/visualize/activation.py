@@ -545,11 +545,22 @@ def pairwise_distance(features: Any) -> float:
 def kmeans(x: Array, key: Array, k: int, iters: int = 50) -> tuple[Array, Array]:
   """Lloyd's k-means on rows of ``x [N, D]``: ``(centers [k, D], labels [N])``.
 
-  Starts from `k` distinct rows drawn under `key`; an empty cluster keeps its
-  center. `iters` Lloyd steps in a `lax.fori_loop`.
+  Starts from k-means++ seeds (Arthur & Vassilvitskii 2007: each next seed a
+  row drawn with probability proportional to its squared distance to the
+  nearest seed so far) drawn under `key`; an empty cluster keeps its center.
+  `iters` Lloyd steps in a `lax.fori_loop`.
   """
-  idx = jax.random.choice(key, x.shape[0], (k,), replace=False)
-  centers = x[idx]
+  keys = jax.random.split(key, k)
+  first = x[jax.random.randint(keys[0], (), 0, x.shape[0])]
+  centers = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
+
+  def seed(i, c):
+    d2 = ((x[:, None] - c[None]) ** 2).sum(-1)
+    d2 = jnp.where(jnp.arange(k)[None] < i, d2, jnp.inf).min(1)
+    j = jax.random.choice(keys[i], x.shape[0], p=d2 / jnp.maximum(d2.sum(), 1e-12))
+    return c.at[i].set(x[j])
+
+  centers = jax.lax.fori_loop(1, k, seed, centers)
 
   def assign(c):
     return jnp.argmin(((x[:, None] - c[None]) ** 2).sum(-1), axis=1)
