@@ -203,7 +203,7 @@ def _grid_png(path, images, labels, cols=None, scale=1):
   n = len(images)
   cols = cols or min(n, 8)
   rows = -(-n // cols)
-  fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols * scale, 2.1 * rows * scale),
+  fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols * scale, 2.4 * rows * scale),
                            squeeze=False)
   for i, ax in enumerate(axes.flat):
     ax.axis("off")
