@@ -169,9 +169,10 @@ def _forward_for(model: Any, objective: Objective):
 @dataclasses.dataclass(frozen=True)
 class Transforms:
   """Random transformations applied at every step (lucid's ``standard_transforms``, scaled to
-  the image size): a shift up to ``jitter`` of the side (lucid: 8 + 4 px at 224 px, ~0.04),
-  a scale in ``scale`` (lucid: 0.9 to 1.1... as 1 + (i - 5) / 50) and a rotation up to
-  ``degrees`` (lucid: 10). Pixels from outside the image are ``fill`` (lucid pads with 0.5)."""
+  the image size): a shift up to ``jitter`` of the side (lucid: 8 + 4 px at 224 px, about
+  0.04), a scale uniform in ``scale`` (lucid draws from 0.9 to 1.1 in steps of 0.02) and a
+  rotation up to ``degrees`` (lucid: 10). Pixels from outside the image are ``fill`` (lucid
+  pads with 0.5)."""
   jitter: float = 0.04
   scale: tuple[float, float] = (0.9, 1.1)
   degrees: float = 10.0
@@ -417,8 +418,8 @@ def maximize(model: Any, objective: Objective, *, key: Any, size: Any, steps: in
     objective: `classes`, `channels`, `neurons` or `directions`.
     key: a `jax.random` key (split into one per objective) or ``[K]`` keys.
     size: image side or ``(H, W)``.
-    steps: ascent steps (default 256, lucid's default for ``render_vis`` is 512; 256 suffice
-      with Adam at 0.05 on the models measured in docs/visualize.md).
+    steps: ascent steps (default 256; lucid's ``render_vis`` runs 512. Lite0's class images
+      passed the 0.9 criterion at 96 steps with a log-softmax objective: docs/visualize.md).
     learning_rate: Adam's (default 0.05, lucid's).
     value_range: the model's input range that [0, 1] images map to linearly.
     channels: image channels (3; 1 for grey models, where colour decorrelation is skipped).
