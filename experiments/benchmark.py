@@ -515,6 +515,8 @@ def model_context(name: str, model, net, model_name: str = "") -> dict:
     ctx = {"model_fn": lambda p, x: model.with_params(p)(x), "params": model.params}
     if lite:
       ctx["layer_map"] = QR.efficientnet_lite_layer_map(net)
+      if name != "random_logit":  # std-0.01 draws zero Lite0's gradient (see the init)
+        ctx["init"] = QR.matched_scale_init
     return ctx
   if name == "relative_representation_stability" and lite:
     return {"representation": ("_blocks.5", "blocks_5")}

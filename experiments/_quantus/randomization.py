@@ -164,10 +164,27 @@ def _key(seed):
   return jax.random.key(seed)
 
 
-def _random(params, seed):
+def _random(params, seed, init=None):
   import jax
   import saljax
-  return jax.tree_util.tree_map(np.asarray, saljax.metrics.random_parameters(params, _key(seed)))
+  return jax.tree_util.tree_map(np.asarray,
+                                saljax.metrics.random_parameters(params, _key(seed), init))
+
+
+def matched_scale_init(key, leaf):
+  """A leaf's random draw at the trained leaf's own scale: truncated normal (2
+  std), mean 0, std = the leaf's standard deviation. For deep networks: with
+  Adebayo et al.'s fixed std 0.01 every randomized layer shrinks the signal
+  about 100-fold, so EfficientNet-Lite0 with its 99 layers randomized has an
+  input gradient of exactly 0 in float32, and Quantus refuses all-zero maps
+  (EfficientMPRT: "The elements in the attribution vector are all equal to
+  zero"). The benchmark passes this as ``init`` on Lite0 (both libraries get
+  the same draws); the parity CNN keeps the default."""
+  import jax
+  import jax.numpy as jnp
+  std = jnp.std(leaf.astype(jnp.float32))
+  return (std * jax.random.truncated_normal(key, -2.0, 2.0, leaf.shape, jnp.float32)).astype(
+      leaf.dtype)
 
 
 def _layers(out, names):
@@ -177,19 +194,22 @@ def _layers(out, names):
 
 # --- MPRT (cascading, top-down: Adebayo et al. and Quantus' default) ---------
 
-def _mprt_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _mprt_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None,
+                 init=None):
   import saljax
   out = saljax.metrics.model_parameter_randomization(
       model_fn, x, None, y, params=params, key=_key(seed), explainer=gradient_map,
-      similarity="spearman", absolute=True, layer=_flax_layers(layer_map, top_down=True))
+      similarity="spearman", absolute=True, layer=_flax_layers(layer_map, top_down=True),
+      init=init)
   return np.asarray(out["curve"], np.float64)
 
 
-def _mprt_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _mprt_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None,
+                  init=None):
   import quantus
   metric = quantus.MPRT(layer_order="top_down", abs=True, normalise=False,
                         disable_warnings=True)
-  with saljax_draws(net, _random(params, seed), layer_map) as tnet:
+  with saljax_draws(net, _random(params, seed, init), layer_map) as tnet:
     out = metric(model=tnet, x_batch=np.asarray(x), y_batch=np.asarray(y), a_batch=None,
                  explain_func=torch_gradient_map, device="cpu", channel_first=True,
                  softmax=False)
@@ -201,12 +221,13 @@ def _mprt_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
 SMOOTH_SAMPLES = 4
 
 
-def _smooth_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _smooth_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None,
+                   init=None):
   import saljax
   out = saljax.metrics.smooth_mprt(
       model_fn, x, None, y, params=params, key=_key(seed), explainer=gradient_map,
       samples=SMOOTH_SAMPLES, noise_magnitude=0.1, similarity="spearman", absolute=True,
-      layer=_flax_layers(layer_map, top_down=False))
+      layer=_flax_layers(layer_map, top_down=False), init=init)
   return np.asarray(out["curve"], np.float64)
 
 
@@ -218,7 +239,8 @@ def _smooth_noise(x_nhwc, seed):
   return np.asarray(z).transpose(0, 1, 4, 2, 3)
 
 
-def _smooth_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _smooth_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None,
+                    init=None):
   import quantus
   z = _smooth_noise(np.asarray(x).transpose(0, 2, 3, 1), seed)
   calls = [0]
@@ -232,7 +254,7 @@ def _smooth_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
   metric = quantus.SmoothMPRT(layer_order="bottom_up", nr_samples=SMOOTH_SAMPLES,
                               noise_magnitude=0.1, abs=True, normalise=False,
                               disable_warnings=True)
-  with saljax_draws(net, _random(params, seed), layer_map) as tnet, \
+  with saljax_draws(net, _random(params, seed, init), layer_map) as tnet, \
        mock.patch.object(np.random, "randn", randn), \
        mock.patch("quantus.explain", torch_gradient_map):
     out = metric(model=tnet, x_batch=np.asarray(x), y_batch=np.asarray(y), a_batch=None,
@@ -243,19 +265,21 @@ def _smooth_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
 
 # --- EfficientMPRT (all layers randomized, bottom-up cascade's last stage) ---
 
-def _efficient_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _efficient_saljax(f, x, a, y, *, seed, model_fn, params, layer_map=None,
+                      init=None):
   import saljax
   return np.asarray(saljax.metrics.efficient_mprt(
       model_fn, x, None, y, params=params, key=_key(seed), explainer=gradient_map, bins=100,
-      absolute=False, layer=_flax_layers(layer_map, top_down=False)), np.float64)
+      absolute=False, layer=_flax_layers(layer_map, top_down=False), init=init), np.float64)
 
 
-def _efficient_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None):
+def _efficient_quantus(net, x, a, y, *, seed, model_fn, params, layer_map=None,
+                       init=None):
   import quantus
   metric = quantus.EfficientMPRT(layer_order="bottom_up", skip_layers=True,
                                  complexity_func_kwargs={"n_bins": 100}, abs=False,
                                  normalise=False, disable_warnings=True)
-  with saljax_draws(net, _random(params, seed), layer_map) as tnet:
+  with saljax_draws(net, _random(params, seed, init), layer_map) as tnet:
     out = metric(model=tnet, x_batch=np.asarray(x), y_batch=np.asarray(y), a_batch=None,
                  explain_func=torch_gradient_map, device="cpu", channel_first=True)
   return np.asarray(out, np.float64)
@@ -269,14 +293,16 @@ def _other(y, seed, n):
   return np.asarray(saljax.metrics.random_other_class(_key(seed), jnp.asarray(y, jnp.int32), n))
 
 
-def _logit_saljax(f, x, a, y, *, seed, model_fn=None, params=None, layer_map=None):
+def _logit_saljax(f, x, a, y, *, seed, model_fn=None, params=None, layer_map=None,
+                  init=None):
   import saljax
   return np.asarray(saljax.metrics.random_logit(
       f, x, None, y, key=_key(seed), explainer=gradient_map, similarity="spearman",
       absolute=False), np.float64)
 
 
-def _logit_quantus(net, x, a, y, *, seed, model_fn=None, params=None, layer_map=None):
+def _logit_quantus(net, x, a, y, *, seed, model_fn=None, params=None, layer_map=None,
+                   init=None):
   import quantus
   import torch
   y = np.asarray(y)
