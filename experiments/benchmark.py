@@ -50,7 +50,13 @@ one input gradient for metrics whose evaluations include a backward pass
 (robustness metrics re-explain); and ``max_abs_diff`` of the two scores with
 ``agrees`` (within the twin's ``atol`` and ``rtol``; None where the twin documents why
 Quantus differs). The attributions are saljax's gradient of the predicted
-class, as for the other metric rows. ``--image_size`` resizes the pretrained
+class, as for the other metric rows. ``saljax_compiles`` counts the XLA
+compilations of saljax's first call; where Quantus cannot run a metric on the
+model (InputInvariance on a first layer without a bias) the row keeps
+saljax's timing and says why in ``quantus_error``. The twins get the model's
+own context from `model_context` (the randomization twins: ``model_fn``,
+``params``, Lite0's flax <-> torch layer map and init; relative
+representation stability: a layer both models name). ``--image_size`` resizes the pretrained
 model's inputs (bilinear; the network pools globally) to keep twins whose work
 grows with the pixel count affordable.
 
