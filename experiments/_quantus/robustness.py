@@ -332,7 +332,8 @@ TWINS = [
                    "relative_output_stability", RADIUS, qkw={}),
     _sampling_twin("relative_representation_stability", "RelativeRepresentationStability",
                    "relative_representation_stability", RADIUS,
-                   qkw=dict(layer_names=[REPRESENTATION[0]]), skw=dict(layer=REPRESENTATION[1]), tapped=True),
+                   qkw=dict(layer_names=[REPRESENTATION[0]]), skw=dict(layer=REPRESENTATION[1]),
+                   tapped=True),
     QuantusTwin(metric="continuity", quantus="Continuity", run_saljax=_continuity_saljax,
                 run_quantus=_continuity_quantus,
                 evaluations=registry_count("continuity", lambda x, c: {
