@@ -622,7 +622,12 @@ def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
     if s_ours.shape == s_theirs.shape:
       diff = float(np.nanmax(np.abs(s_ours - s_theirs))) if s_ours.size else 0.0
       row["max_abs_diff"] = diff
-      row["agrees"] = None if twin.differs else twin.agrees(s_ours, s_theirs)
+      # Quantus returns NaN for an example whose prediction a perturbation
+      # changed (the robustness metrics' default); saljax scores it without that
+      # perturbation (docs/metrics.md), so agreement is judged on the rest.
+      known = np.isfinite(s_theirs)
+      row["quantus_nan"] = int((~known).sum())
+      row["agrees"] = None if twin.differs else twin.agrees(s_ours[known], s_theirs[known])
     else:
       row["max_abs_diff"] = None
       row["agrees"] = None if twin.differs else False
