@@ -50,7 +50,13 @@ one input gradient for metrics whose evaluations include a backward pass
 (robustness metrics re-explain); and ``max_abs_diff`` of the two scores with
 ``agrees`` (within the twin's ``atol`` and ``rtol``; None where the twin documents why
 Quantus differs). The attributions are saljax's gradient of the predicted
-class, as for the other metric rows. ``--image_size`` resizes the pretrained
+class, as for the other metric rows. ``saljax_compiles`` counts the XLA
+compilations of saljax's first call; where Quantus cannot run a metric on the
+model (InputInvariance on a first layer without a bias) the row keeps
+saljax's timing and says why in ``quantus_error``. The twins get the model's
+own context from `model_context` (the randomization twins: ``model_fn``,
+``params``, Lite0's flax <-> torch layer map and init; relative
+representation stability: a layer both models name). ``--image_size`` resizes the pretrained
 model's inputs (bilinear; the network pools globally) to keep twins whose work
 grows with the pixel count affordable.
 
@@ -215,6 +221,23 @@ def _torch_reference(name: str):
   path = pretrained.weight_file(name)
   net = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=str(path))
   return net.eval()
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+  """(seconds, output) of one call of `fn`, its output ready."""
+  import jax
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return time.perf_counter() - t0, out
+
+
+def _timed_median(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+  """(median seconds of `repeats` calls, the last call's output)."""
+  times, out = [], None
+  for _ in range(max(1, repeats)):
+    t, out = _timed(fn)
+    times.append(t)
+  return statistics.median(times), out
 
 
 def _time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
@@ -485,9 +508,30 @@ def _forward_counter(net):
   return rows, handle.remove
 
 
+def model_context(name: str, model, net, model_name: str = "") -> dict:
+  """What twin `name` needs to know about the model beyond ``model(x)``: the
+  randomization twins get the model as a function of its parameters
+  (``model_fn``, ``params``) and, for EfficientNet-Lite, the flax <-> torch
+  layer map; relative representation stability gets a layer both models
+  name (``representation``: torch module, saljax tap)."""
+  import saljax
+  from experiments._quantus import randomization as QR
+  lite = model_name.startswith("efficientnet_lite")
+  if saljax.metrics.entry(name).family == "randomization":
+    ctx = {"model_fn": lambda p, x: model.with_params(p)(x), "params": model.params}
+    if lite:
+      ctx["layer_map"] = QR.efficientnet_lite_layer_map(net)
+      if name != "random_logit":  # std-0.01 draws zero Lite0's gradient (see the init)
+        ctx["init"] = QR.matched_scale_init
+    return ctx
+  if name == "relative_representation_stability" and lite:
+    return {"representation": ("_blocks.5", "blocks_5")}
+  return {}
+
+
 def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
               forward_ips: float, gradient_ips: float, common: dict, rows: list,
-              out: str | None = None, seed: int = 0) -> list[dict]:
+              out: str | None = None, seed: int = 0, model_name: str = "") -> list[dict]:
   """One ``"quantus_twin"`` row per twin of `names` (see the module docstring):
   both runners on the same weights (`model` and its torch twin `net`), the same
   attributions (saljax's gradient of `target`) and the twin's shared draws."""
@@ -523,17 +567,15 @@ def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
            "torch_forward_images_per_s": torch_ips}
     try:
       ctx = twin.context(x_np, y_np, seed) if twin.context is not None else {}
+      ctx.update(model_context(name, model, net, model_name))
       ours = lambda: np.asarray(jax.block_until_ready(
           twin.run_saljax(model, x, a_nhwc, y_np, **ctx)), np.float64)
       theirs = lambda: np.asarray(twin.run_quantus(net, xq, a_nchw, y_np, **ctx), np.float64)
-      first, t_ours = _time(ours, repeats)
-      counted, remove = _forward_counter(net)
-      try:
-        q_first = theirs()
-      finally:
-        remove()
-      _, t_theirs = _time(theirs, max(1, repeats - 1))
-      s_ours, s_theirs = ours(), q_first
+      with _compiles() as first_compiles:
+        first, _ = _timed(ours)
+      # The median of `repeats` calls after the compiling one (the last one's
+      # scores are compared with Quantus').
+      t_ours, s_ours = _timed_median(ours, repeats)
     except Exception as e:  # report and go on: one twin must not stop the run
       logging.error("quantus twin %s failed: %s", name, e)
       row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -541,29 +583,56 @@ def twin_rows(model, x, target, net, x_nchw, names: Sequence[str], repeats: int,
       made.append(row)
       continue
     entry = _entry(name)
+    try:
+      twin_evals = twin.evals(model, x, ctx)
+    except Exception as e:  # a count the registry cannot give for these options
+      logging.warning("no evaluation count for twin %s: %s", name, e)
+      twin_evals = 0
     registry = _registry_evals(name, model, x)
-    evals = twin.evaluations or registry or 0
-    row.update(saljax_s=t_ours, quantus_s=t_theirs, saljax_first_call_s=first,
-               ratio=t_theirs / t_ours, twin_evals=twin.evaluations, registry_evals=registry,
-               quantus_evals_measured=counted[0] / batch, model_evals=evals,
-               model_evals_source="twin" if twin.evaluations else (
-                   "registry" if registry else None),
+    evals = twin_evals or registry or 0
+    row.update(saljax_s=t_ours, saljax_first_call_s=first, saljax_compiles=first_compiles["n"],
+               twin_evals=twin_evals, registry_evals=registry, model_evals=evals,
+               model_evals_source="twin" if twin_evals else ("registry" if registry else None),
                differs=twin.differs or None)
+    if evals:
+      row["saljax_evals_per_s"] = evals * batch / t_ours
+      # Perturbation metrics run forwards (robustness ones re-explain: gradients).
+      kind = "gradient" if entry.backward else "forward"
+      row["yardstick"] = kind
+      row[f"saljax_{kind}_fraction"] = row["saljax_evals_per_s"] / (
+          gradient_ips if entry.backward else forward_ips)
+    try:  # Quantus in its own try: a metric Quantus cannot run still has saljax's row
+      # Quantus compiles nothing (the torch twin is warm from the yardstick):
+      # its first call counts the rows it forwards and is timed with the rest.
+      counted, remove = _forward_counter(net)
+      try:
+        t_first, s_theirs = _timed(theirs)
+      finally:
+        remove()
+      t_more = [_timed(theirs)[0] for _ in range(max(0, repeats - 1))]
+      t_theirs = statistics.median([t_first] + t_more)
+    except Exception as e:
+      logging.error("quantus side of twin %s failed: %s", name, e)
+      row["quantus_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+      _emit(row, rows, out)
+      made.append(row)
+      continue
+    row.update(quantus_s=t_theirs, ratio=t_theirs / t_ours,
+               quantus_evals_measured=counted[0] / batch)
     if s_ours.shape == s_theirs.shape:
       diff = float(np.nanmax(np.abs(s_ours - s_theirs))) if s_ours.size else 0.0
       row["max_abs_diff"] = diff
-      row["agrees"] = None if twin.differs else twin.agrees(s_ours, s_theirs)
+      # Quantus returns NaN for an example whose prediction a perturbation
+      # changed (the robustness metrics' default); saljax scores it without that
+      # perturbation (docs/metrics.md), so agreement is judged on the rest.
+      known = np.isfinite(s_theirs)
+      row["quantus_nan"] = int((~known).sum())
+      row["agrees"] = None if twin.differs else twin.agrees(s_ours[known], s_theirs[known])
     else:
       row["max_abs_diff"] = None
       row["agrees"] = None if twin.differs else False
     if evals:
-      row["saljax_evals_per_s"] = evals * batch / t_ours
       row["quantus_evals_per_s"] = evals * batch / t_theirs
-      # Perturbation metrics run forwards (robustness ones re-explain: gradients).
-      kind = "gradient" if entry.backward else "forward"
-      ours_yard = gradient_ips if entry.backward else forward_ips
-      row["yardstick"] = kind
-      row[f"saljax_{kind}_fraction"] = row["saljax_evals_per_s"] / ours_yard
       if not entry.backward:
         row["quantus_forward_fraction"] = row["quantus_evals_per_s"] / torch_ips
     _emit(row, rows, out)
@@ -721,7 +790,7 @@ def run(model_name: str, methods: list[str], batch: int, steps: int, chunk: int 
       common = {"model": model_name, "device": device.device_kind, "platform": device.platform,
                 "batch": batch, "dtype": dtype, "date": time.strftime("%Y-%m-%d")}
       twin_rows(model, x, target, net, x_nchw, names, repeats, forward_ips, gradient_ips,
-                common, rows, out)
+                common, rows, out, model_name=model_name)
   return rows
 
 

@@ -35,7 +35,11 @@ class QuantusTwin:
     differs: empty when the two agree; otherwise why Quantus differs from the
       paper (naming the line of Quantus 0.6), and the parity test asserts the
       paper's version on a known answer instead.
-    evaluations: model evaluations per example (for the benchmark's rate).
+    evaluations: model evaluations per example of saljax's side (for the
+      benchmark's rate): an int, or ``(f, x_nhwc, ctx) -> int`` where the
+      count depends on the input's shape or the context (pixel counts,
+      patches, segments); `registry_count` builds the usual one, the
+      registry's count for the options the twin passes. 0: unknown.
     atol, rtol: the two agree where ``|ours - theirs| <= atol + rtol * |theirs|``
       (numpy's `allclose` rule; the parity tests and the benchmark both use
       `agrees`).
@@ -46,7 +50,7 @@ class QuantusTwin:
   run_quantus: Callable[..., Any]
   context: Callable[..., dict] | None = None
   differs: str = ""
-  evaluations: int = 0
+  evaluations: int | Callable[..., int] = 0
   atol: float = 1e-4
   rtol: float = 0.0
 
@@ -54,6 +58,25 @@ class QuantusTwin:
     """Whether saljax's scores `ours` equal Quantus's `theirs` within tolerance."""
     import numpy as np
     return bool(np.allclose(ours, theirs, rtol=self.rtol, atol=self.atol))
+
+  def evals(self, f, x, ctx: dict | None = None) -> int:
+    """Model evaluations per example when `run_saljax` runs on model `f`,
+    inputs `x` (NHWC) and context `ctx` (see `evaluations`)."""
+    if callable(self.evaluations):
+      return int(self.evaluations(f, x, dict(ctx or {})))
+    return int(self.evaluations)
+
+
+def registry_count(metric: str, options: dict | Callable[..., dict] | None = None):
+  """``(f, x, ctx) -> int``: the registry's count of model evaluations per
+  example (`Entry.cost`) for `metric` with the options a twin passes;
+  `options` is a dict, or ``(x, ctx) -> dict`` where they depend on the input
+  (``steps = H * W``) or on the shared context (segments, sample counts)."""
+  def count(f, x, ctx):
+    import saljax
+    opts = options(x, ctx) if callable(options) else dict(options or {})
+    return saljax.metrics.entry(metric).cost(f, x, **opts)
+  return count
 
 
 def twins() -> dict[str, QuantusTwin]:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._quantus import QuantusTwin
+from experiments._quantus import QuantusTwin, registry_count
 
 Q_PATH = ".venv/lib/python3.11/site-packages/quantus"
 
@@ -392,30 +392,44 @@ MONOTONICITY_DIFFERS = (
     " asserts 1 for the target the region model's evidence supports and 0 for the other"
     " (and Quantus' all-True on the same case).")
 
-# `evaluations`: model evaluations per example on the 4x4 parity case
-# (tests/metrics/test_quantus_faithfulness.py); pixel and patch counts scale with H * W.
+# `evaluations`: the registry's count for the options each twin passes (pixel,
+# patch and segment counts follow the input's shape).
+_R = registry_count
+
+
+def _pixel_steps(x, ctx):
+  return {"steps": int(x.shape[1] * x.shape[2])}
+
+
 TWINS = [
     QuantusTwin("faithfulness_estimate", "FaithfulnessEstimate", _estimate_saljax,
-                _estimate_quantus, evaluations=17),
+                _estimate_quantus, evaluations=_R("faithfulness_estimate")),
     QuantusTwin("monotonicity", "Monotonicity", _monotonicity_saljax, _monotonicity_quantus,
-                differs=MONOTONICITY_DIFFERS, evaluations=16),
+                differs=MONOTONICITY_DIFFERS, evaluations=_R("monotonicity")),
     QuantusTwin("monotonicity_correlation", "MonotonicityCorrelation", _monocorr_saljax,
-                _monocorr_quantus, context=_monocorr_context, evaluations=1 + 16 * 3),
+                _monocorr_quantus, context=_monocorr_context,
+                evaluations=_R("monotonicity_correlation", lambda x, c: {"samples": c["samples"]})),
     QuantusTwin("region_perturbation", "RegionPerturbation", _region_saljax, _region_quantus,
-                evaluations=5),
+                evaluations=_R("region_perturbation", {"patch_size": 2, "regions": 10})),
     QuantusTwin("selectivity", "Selectivity", _selectivity_saljax, _selectivity_quantus,
-                evaluations=5),
+                evaluations=_R("selectivity", {"patch_size": 2})),
     QuantusTwin("irof", "IROF", _irof_saljax, _irof_quantus, context=_irof_context,
-                evaluations=9),
+                evaluations=_R("irof", lambda x, c: {"segments": c["segments"], "fill": 0.0})),
     QuantusTwin("sufficiency", "Sufficiency", _sufficiency_saljax, _sufficiency_quantus,
-                evaluations=1),
-    QuantusTwin("pixel_flipping", "PixelFlipping", _pf_saljax, _pf_quantus, evaluations=17),
+                evaluations=_R("sufficiency")),
+    QuantusTwin("pixel_flipping", "PixelFlipping", _pf_saljax, _pf_quantus,
+                evaluations=_R("pixel_flipping", _pixel_steps)),
     QuantusTwin("faithfulness_correlation", "FaithfulnessCorrelation", _fc_saljax, _fc_quantus,
-                context=_fc_context, evaluations=13),
+                context=_fc_context, evaluations=_R(
+                    "faithfulness_correlation",
+                    lambda x, c: {"samples": c["samples"], "subset_size": c["subset_size"]})),
     QuantusTwin("infidelity", "Infidelity", _infid_saljax, _infid_quantus,
-                context=_infid_context, evaluations=5),
+                context=_infid_context, evaluations=_R(
+                    "infidelity", lambda x, c: {"samples": c["samples"],
+                                                "noise_scale": c["noise_scale"]})),
     QuantusTwin("road", "ROAD", _road_saljax, _road_quantus, context=_road_context,
-                evaluations=len(ROAD_FRACTIONS)),
+                evaluations=_R("road", {"percentages": ROAD_FRACTIONS})),
     QuantusTwin("sensitivity_n", "SensitivityN", _sn_saljax, _sn_quantus, context=_sn_context,
-                differs=SENSITIVITY_N_DIFFERS, evaluations=17),
+                differs=SENSITIVITY_N_DIFFERS,
+                evaluations=_R("sensitivity_n", {"samples": 8, "n_values": (4, 16)})),
 ]

@@ -20,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._quantus import QuantusTwin
+from experiments._quantus import QuantusTwin, registry_count
+
+# The representation layer of relative_representation_stability on the parity
+# CNN, ``(torch module, saljax tap)``; on another model the caller puts its own
+# pair in the context as ``representation`` (Lite0: ("_blocks.5", "blocks_5"),
+# whose outputs agree to 2e-5 of activations up to 24).
+REPRESENTATION = ("conv1", "conv1")
 
 # Relative tolerance where float32 rounding is amplified: the relative
 # stabilities divide by near-zero gradient entries and small input/logit
@@ -111,38 +117,52 @@ def _q(name):
 def _sampling_twin(metric: str, qname: str, kind: str, radius: float, *, qkw: dict,
                    skw: dict | None = None, which: str = "gradient",
                    tapped: bool = False, differs: str = "") -> QuantusTwin:
-  def run_saljax(f, x, a, y, *, draws, seed):
+  def run_saljax(f, x, a, y, *, draws, seed, representation=None):
     import saljax
     explainer, _ = _explainers(which)
     model = tapped_of(f) if tapped else f
+    more = dict(skw or {})
+    if representation is not None:  # (torch module, saljax tap) of another model
+      more["layer"] = representation[1]
     out = saljax.metrics.get(metric)(
         model, jnp.asarray(x), jnp.asarray(a), jnp.asarray(y),
         key=jax.random.key(SEED_KEY + seed), explainer=explainer, samples=SAMPLES,
-        **{_radius_name(metric): radius}, **(skw or {}))
+        **{_radius_name(metric): radius}, **more)
     return np.asarray(out)
 
-  def run_quantus(net, x, a, y, *, draws, seed):
+  def run_quantus(net, x, a, y, *, draws, seed, representation=None):
     _, explain = _explainers(which)
+    more = dict(qkw)
+    if representation is not None:
+      more["layer_names"] = [representation[0]]
     m = _q(qname)(nr_samples=SAMPLES, perturb_func=_Feed(draws), normalise=False, abs=False,
-                  **qkw, **_COMMON)
+                  **more, **_COMMON)
     return np.asarray(m(model=net, x_batch=x, y_batch=y, a_batch=a, explain_func=explain,
                         **_CALL), np.float64)
 
+  def evaluations(f, x, ctx):
+    # A prediction, then one explanation per sample (and one forward per
+    # sample for the relative stabilities): the registry's count.
+    import saljax
+    explainer, _ = _explainers(which)
+    return saljax.metrics.entry(metric).cost(f, x, samples=SAMPLES, explainer=explainer)
+
   return QuantusTwin(metric=metric, quantus=qname, run_saljax=run_saljax,
                      run_quantus=run_quantus, context=_ctx(kind, radius), differs=differs,
-                     # A prediction, then one gradient per sample (and one forward
-                     # per sample for the relative stabilities).
-                     evaluations=1 + SAMPLES * (2 if kind.startswith("relative") else 1),
+                     evaluations=evaluations,
                      rtol=RELATIVE_RTOL if kind.startswith("relative") else 0.0)
 
 
 def tapped_of(f):
-  """The `Tapped` model behind `f`: `f` itself, or the tapped model whose
+  """The `Tapped` model behind `f`: `f` itself, the tapped model whose
   ``as_model()`` `f` is (how `small_twin` and `from_linen(...).as_model()` build
-  the plain model), so a runner given the plain model can read its layers."""
+  the plain model), or a pretrained classifier's ``.tapped``, so a runner given
+  the plain model can read its layers."""
   from saljax import model as M
   if isinstance(f, M.Tapped):
     return f
+  if isinstance(getattr(f, "tapped", None), M.Tapped):
+    return f.tapped
   inner = f.unwrap() if isinstance(f, M.Model) else f
   args = getattr(inner, "args", ())
   if getattr(inner, "func", None) is M._tapped_logits and args and isinstance(args[0], M.Tapped):
@@ -158,7 +178,13 @@ def _radius_name(metric: str) -> str:
 # ----------------------------------------------------------------------------
 # Continuity (translations; no draws).
 
-CONTINUITY_STEPS = 5  # 8-pixel-wide twin: shifts -5, -2, 1, 4, 7
+# Quantus' Continuity takes shifts -W + k * dx, k = 1..steps, dx = (2W + 1) // steps
+# (continuity.py L325-337); when `steps` divides 2W + 1 the last shift is W + 1
+# pixels and `batched_translation` indexes out of the image (perturb_func.py
+# L698: np.arange(-|dx|, 0) on an axis of W) -- 5 steps fail at W = 32, 7 at
+# W = 24. An even count never divides the odd 2W + 1, so the twin runs at any
+# width; 6 keeps the parity case cheap (Quantus' default, 28, is even too).
+CONTINUITY_STEPS = 6  # 8-pixel-wide twin: shifts -6, -4, -2, 0, 2, 4
 
 
 def _continuity_saljax(f, x, a, y, **_):
@@ -180,7 +206,8 @@ def _continuity_quantus(net, x, a, y, **_):
 # maps never share their top features, so both would score trivially. The
 # context makes rows 0-2 share row 0's attribution and moves row 2 to another
 # class (channel 1 lowered by 2: class 4 on `small_twin`), row 3 alone:
-# expected [0.5, 0.5, 0, 0].
+# expected [0.5, 0.5, 0, 0]. Any batch size: rows 0..min(3, B)-1 share row 0's
+# map, the class move applies where there is a third row.
 
 CONSISTENCY_TOP_K = 5
 
@@ -190,7 +217,8 @@ def _consistency_ctx(x_nhwc, y, seed):
   rows = np.arange(b)
   rows[:3] = 0
   dx = np.zeros((b, 1, 1, x_nhwc.shape[-1]), np.float32)
-  dx[2, 0, 0, 1] = -2.0
+  if b > 2 and x_nhwc.shape[-1] > 1:
+    dx[2, 0, 0, 1] = -2.0
   return {"rows": rows, "dx": dx}
 
 
@@ -269,6 +297,14 @@ def _invariance_saljax(f, x, a, y, **_):
 
 
 def _invariance_quantus(net, x, a, y, **_):
+  first = next(m for name, m in net.named_modules() if name)
+  if getattr(first, "bias", None) is None:
+    # Quantus shifts the first module's bias (pytorch_model.py L403-412); a
+    # first convolution without one (EfficientNet-Lite's stem: batch norm
+    # follows) fails inside Quantus with "'NoneType' object is not subscriptable".
+    raise NotImplementedError(
+        f"Quantus' InputInvariance needs a first layer with a bias; {type(net).__name__}'s first"
+        f" module ({type(first).__name__}) has none, so Quantus cannot run this metric on it")
   m = _q("InputInvariance")(input_shift=-1, normalise=False, abs=False, **_COMMON)
   return np.asarray(m(model=net, x_batch=x, y_batch=y, a_batch=a, explain_func=torch_gradient,
                       **_CALL), np.float64)
@@ -296,17 +332,25 @@ TWINS = [
                    "relative_output_stability", RADIUS, qkw={}),
     _sampling_twin("relative_representation_stability", "RelativeRepresentationStability",
                    "relative_representation_stability", RADIUS,
-                   qkw=dict(layer_names=["conv1"]), skw=dict(layer="conv1"), tapped=True),
+                   qkw=dict(layer_names=[REPRESENTATION[0]]), skw=dict(layer=REPRESENTATION[1]),
+                   tapped=True),
     QuantusTwin(metric="continuity", quantus="Continuity", run_saljax=_continuity_saljax,
-                run_quantus=_continuity_quantus, evaluations=CONTINUITY_STEPS),
+                run_quantus=_continuity_quantus,
+                evaluations=registry_count("continuity", lambda x, c: {
+                    "steps": CONTINUITY_STEPS, "explainer": _explainers("gradient")[0]})),
     QuantusTwin(metric="consistency", quantus="Consistency", run_saljax=_consistency_saljax,
-                run_quantus=_consistency_quantus, context=_consistency_ctx, evaluations=1),
+                run_quantus=_consistency_quantus, context=_consistency_ctx,
+                evaluations=registry_count("consistency")),
     QuantusTwin(metric="completeness", quantus="Completeness", run_saljax=_completeness_saljax,
-                run_quantus=_completeness_quantus, evaluations=2),
+                run_quantus=_completeness_quantus,
+                evaluations=registry_count("completeness", {"baseline": "min"})),
     QuantusTwin(metric="non_sensitivity", quantus="NonSensitivity",
                 run_saljax=_non_sensitivity_saljax, run_quantus=_non_sensitivity_quantus,
-                context=_non_sensitivity_ctx),
+                context=_non_sensitivity_ctx,
+                evaluations=registry_count("non_sensitivity", {"fill": "min"})),
     QuantusTwin(metric="input_invariance", quantus="InputInvariance",
                 run_saljax=_invariance_saljax, run_quantus=_invariance_quantus,
-                differs=INPUT_INVARIANCE_DIFFERS, evaluations=1),
+                differs=INPUT_INVARIANCE_DIFFERS,
+                evaluations=registry_count("input_invariance", lambda x, c: {
+                    "explainer": _explainers("gradient")[0], "shift": -1.0})),
 ]

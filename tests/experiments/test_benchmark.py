@@ -144,6 +144,14 @@ def _standin_twins():
       QuantusTwin("complexity", "Complexity", lambda f, x, a, y: np.zeros(len(a)),
                   lambda net, x, a, y: np.ones(len(a)), differs="stand-in: Quantus differs"),
       QuantusTwin("insertion", "Insertion", broken, broken, evaluations=3),
+      # saljax runs, Quantus cannot (as InputInvariance on Lite0).
+      QuantusTwin("input_invariance", "InputInvariance", lambda f, x, a, y: np.ones(len(a)),
+                  broken, evaluations=lambda f, x, ctx: 1 + x.shape[1]),
+      # Quantus returns NaN for row 0 (a perturbation changed the prediction).
+      QuantusTwin("max_sensitivity", "MaxSensitivity",
+                  lambda f, x, a, y: np.arange(len(a), dtype=float),
+                  lambda net, x, a, y: np.where(np.arange(len(a)) == 0, np.nan,
+                                                np.arange(len(a), dtype=float))),
   ]
   return mod
 
@@ -164,9 +172,16 @@ def test_quantus_twin_rows(monkeypatch):
                        twins=["all"])
   assert [(r.get("kind"), r["method"]) for r in rows] == [
       ("throughput", "deletion"), ("quantus_twin", "complexity"), ("quantus_twin", "infidelity"),
-      ("quantus_twin", "insertion"), ("quantus_twin", "sparseness")], rows
+      ("quantus_twin", "input_invariance"), ("quantus_twin", "insertion"),
+      ("quantus_twin", "max_sensitivity"), ("quantus_twin", "sparseness")], rows
   assert rows[0]["baseline_max_abs_diff"] < 1e-4, rows[0]  # the existing row still holds
-  complexity, infid, broken, sparse = rows[1:]
+  complexity, infid, no_quantus, broken, nan, sparse = rows[1:]
+  # Quantus failing leaves saljax's timing and a count that follows the input (64 px).
+  assert "error" not in no_quantus and "stand-in failure" in no_quantus["quantus_error"]
+  assert no_quantus["saljax_s"] > 0 and no_quantus["model_evals"] == 65, no_quantus
+  assert "ratio" not in no_quantus, no_quantus
+  # A NaN from Quantus is counted and left out of the agreement.
+  assert nan["agrees"] is True and nan["quantus_nan"] == 1 and nan["max_abs_diff"] == 0, nan
   assert infid["agrees"] is True and infid["max_abs_diff"] < 1e-2, infid
   assert infid["ratio"] == pytest.approx(infid["quantus_s"] / infid["saljax_s"]), infid
   assert infid["model_evals"] == 2 and infid["model_evals_source"] == "twin", infid
