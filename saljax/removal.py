@@ -289,3 +289,48 @@ def removed_logits(f: Any, x: Array, keep: Array, removal: Any = "constant", *,
   batch_size = V.check_batch_size(batch_size)
   model = mask_forward(f, removal.kind) if removal.needs_model else M.as_model(f)
   return _removed_logits(model, x, keep, removal, batch_size)
+
+
+# ----------------------------------------------------------------------------
+# Threading a strategy through the removal-based explainers and metrics.
+
+
+def resolve(removal: Any, f: Any, fill: Any, blur_sigma: float, method: str
+            ) -> tuple[Any, float, KeepChannel | None]:
+  """``(fill, blur_sigma, keep_model)`` for a method's ``removal=`` option.
+
+  None: `fill` and `blur_sigma` unchanged, no model (today's behaviour). A
+  pixel strategy: its fill shorthand (and its sigma for blur). A model
+  strategy: `fill` unchanged and the `KeepChannel` model of `f` (checked
+  here, before any work; `augment` checks `x`).
+  """
+  rem = as_removal(removal)
+  if rem is None:
+    return fill, blur_sigma, None
+  if not rem.needs_model:
+    return rem.fill(), (rem.blur_sigma if rem.kind == "blur" else blur_sigma), None
+  try:
+    fwd = mask_forward(f, rem.kind)
+  except TypeError as e:
+    raise TypeError(f"{method}: {e}") from None
+  return fill, blur_sigma, KeepChannel(fwd)
+
+
+def augment(x: Array, fill: Array, labels: Array | None = None, method: str = "removal"):
+  """`x` and `fill` with a keep channel (1 and 0) appended, and `labels` (when
+  shaped like `x`) with the first channel's labels for it."""
+  if x.ndim != 4:
+    raise ValueError(f"{method}: removal='token_drop'/'layer_mask' masks NHWC images"
+                     f" [B, H, W, C], got an input of shape {tuple(x.shape)}")
+  xa = add_keep_channel(x, 1.0)
+  fa = add_keep_channel(jnp.broadcast_to(fill, x.shape).astype(x.dtype), 0.0)
+  if labels is not None and labels.shape == x.shape:
+    labels = jnp.concatenate([labels, labels[..., :1]], -1)
+  return xa, fa, labels
+
+
+def strip(out: Any) -> Any:
+  """A result computed on the augmented input, without the keep channel."""
+  if isinstance(out, tuple):
+    return tuple(strip(o) for o in out)
+  return out[..., :-1]
