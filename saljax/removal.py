@@ -69,12 +69,13 @@ class Removal:
     kind: one of `KINDS`; default ``"constant"``.
     value: the constant for ``"constant"`` (default 0.0, the usual black
       baseline in the model's input space).
-    blur_sigma: Gaussian sigma in pixels for ``"blur"`` (default 10.0, the
-      explainers' default).
+    blur_sigma: Gaussian sigma in pixels for ``"blur"``; default None: each
+      function's own default (10 for the explainers, 5 for the metrics, RISE's
+      insertion; 10 in `removed_logits`).
   """
   kind: str = "constant"
   value: float = 0.0
-  blur_sigma: float = 10.0
+  blur_sigma: float | None = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -84,7 +85,9 @@ class Removal:
       raise TypeError(f"Removal: value must be a float, got {V.describe(self.value)}")
     if not np.isfinite(self.value):
       raise ValueError(f"Removal: value must be finite, got {self.value!r}")
-    if not (isinstance(self.blur_sigma, (int, float)) and self.blur_sigma > 0):
+    if self.blur_sigma is not None and not (
+        isinstance(self.blur_sigma, (int, float)) and not isinstance(self.blur_sigma, bool)
+        and self.blur_sigma > 0):
       raise ValueError(f"Removal: blur_sigma must be a positive float, got {self.blur_sigma!r}")
 
   @property
@@ -239,8 +242,8 @@ def _pixel_fill(x: Array, removal: Removal) -> Array:
   if removal.kind == "mean":
     return jnp.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape)
   from saljax import ops
-  return ops.gaussian_blur(x, float(removal.blur_sigma), max_sigma=float(removal.blur_sigma),
-                           mode="reflect")
+  sigma = 10.0 if removal.blur_sigma is None else float(removal.blur_sigma)
+  return ops.gaussian_blur(x, sigma, max_sigma=sigma, mode="reflect")
 
 
 @M.jit(static_argnames=("removal", "batch_size"))
@@ -308,7 +311,8 @@ def resolve(removal: Any, f: Any, fill: Any, blur_sigma: float, method: str
   if rem is None:
     return fill, blur_sigma, None
   if not rem.needs_model:
-    return rem.fill(), (rem.blur_sigma if rem.kind == "blur" else blur_sigma), None
+    sigma = rem.blur_sigma if rem.kind == "blur" and rem.blur_sigma is not None else blur_sigma
+    return rem.fill(), sigma, None
   try:
     fwd = mask_forward(f, rem.kind)
   except TypeError as e:
