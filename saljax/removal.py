@@ -32,7 +32,10 @@ finds it on a model that provides one:
 - a `saljax.model.Tapped` built by ``from_linen`` or a
   `saljax.models.Classifier` whose linen module takes ``keep=``.
 
-Anything else is refused with an error that says so. The explainers and
+Anything else is refused with an error that says so. Both model kinds call
+that one method: the kind names what it does (saljax's ViT drops tokens, its
+CNN masks layers), so a user's model decides which it implements. The
+explainers and
 metrics take ``removal=`` (a `Removal` or its kind's name); their ``fill=``
 stays the shorthand for the pixel strategies, and ``removal=None`` (the
 default) changes nothing. With a model strategy, pixels the model still sees
@@ -42,7 +45,6 @@ function's `fill`.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from typing import Any
 
@@ -222,14 +224,6 @@ class KeepChannel:
 def add_keep_channel(x: Array, value: float = 1.0) -> Array:
   """`x` ``[B, H, W, C]`` with a constant channel appended: ``[B, H, W, C + 1]``."""
   return jnp.concatenate([x, jnp.full(x.shape[:-1] + (1,), value, x.dtype)], -1)
-
-
-def check_model_removal(removal: Removal, f: Any, x: Array, method: str) -> KeepChannel:
-  """The `KeepChannel` model for a model strategy, after checking `x` is NHWC images."""
-  if getattr(x, "ndim", None) != 4:
-    raise ValueError(f"{method}: removal={removal.kind!r} masks NHWC images [B, H, W, C], got"
-                     f" an input of shape {tuple(np.shape(x))}")
-  return KeepChannel(mask_forward(f, removal.kind))
 
 
 # ----------------------------------------------------------------------------
