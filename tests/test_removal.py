@@ -107,6 +107,28 @@ def test_layer_mask_output_independent_of_masked_pixels(cnn_model):
                                 module.apply(variables, x))
 
 
+def test_resnet_layer_mask_output_independent_of_masked_pixels():
+  from saljax.models.resnet import ResNet
+  # Basic blocks, the ImageNet stem (strided conv and pool), a strided projection block.
+  module = ResNet((1, 1), False, 3, 4, False)
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  variables = module.init(jax.random.key(1), x)
+  # Running statistics away from (0, 1), so batch norm's shift is not zero.
+  variables = jax.tree_util.tree_map(lambda a: a + 0.3, variables)
+  keep = np.ones((2, 16, 16), bool)
+  keep[0, 3:9, 2:12] = False
+  keep[1, :, 10:] = False
+  noise = 100.0 * jax.random.normal(jax.random.key(5), x.shape)
+  a = module.apply(variables, x, keep=keep)
+  np.testing.assert_allclose(
+      a, module.apply(variables, jnp.where(keep[..., None], x, noise), keep=keep), atol=1e-4)
+  np.testing.assert_array_equal(module.apply(variables, x, keep=np.ones((2, 16, 16))),
+                                module.apply(variables, x))
+  assert np.abs(a - module.apply(variables, x)).max() > 1e-3
+  with pytest.raises(ValueError, match="use train=False"):
+    module.apply(variables, x, train=True, keep=keep, mutable=["batch_stats"])
+
+
 def test_neighbor_pad_known_values():
   # One channel, 1x5 row kept at both ends: the holes fill from kept neighbours.
   x = jnp.asarray([1.0, 9.0, 9.0, 9.0, 5.0]).reshape(1, 1, 5, 1)
