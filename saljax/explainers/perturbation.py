@@ -28,6 +28,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.explainers import _incremental
 from saljax.explainers import _masking as MK
 from saljax.explainers import _qmc as QMC
@@ -153,7 +154,7 @@ def _group_occlusion(f, x, target, fill, labels, m, score, batch_size):
 def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
               segments: Any = None, fill: Any = 0.0, blur_sigma: float = 10.0,
               score: str = "logit", batch_size: int | None = DEFAULT_BATCH,
-              incremental: bool | str = False) -> Array:
+              incremental: bool | str = False, removal: Any = None) -> Array:
   """Occlusion (Zeiler and Fergus 2014, "Visualizing and Understanding
   Convolutional Networks", arXiv:1311.2901), with Captum's `Occlusion` semantics,
   on any input ``[B, ...]``.
@@ -195,10 +196,16 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
       to float rounding). True raises a ValueError for a model that mixes
       positions (a ViT), for `segments` and for non-image inputs; ``"auto"``
       then runs plain occlusion.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show.
 
   Returns:
     attributions shaped like `x` (equal across channels for windows).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, "occlusion")
   f, x, target = prepare(f, x, target)
   M.check_score(score)
   if segments is not None and (window is not None or stride is not None):
@@ -212,6 +219,16 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
   if segments is None:  # windows are checked before any fill is computed
     starts, win = _occlusion_starts(x.shape, window, stride)
   groups, fillv = MK.groups_or_default(x, segments, fill, "occlusion", blur_sigma=blur_sigma)
+  if keep_model is not None:
+    if incremental is True:
+      raise ValueError("incremental: recomputes the cone of a window of a plain forward; not with"
+                       " removal='token_drop'/'layer_mask' (use incremental=False or 'auto')")
+    x, fillv, labels = R.augment(x, fillv, None if groups is None else groups.labels, "occlusion")
+    if groups is not None:
+      return R.strip(_group_occlusion(keep_model, x, target, fillv, labels, groups.m, score,
+                                      batch_size))
+    return R.strip(_occlusion(keep_model, x, target, fillv, jnp.asarray(starts), win, score,
+                              batch_size))
   if groups is not None:
     return _group_occlusion(f, x, target, fillv, groups.labels, groups.m, score, batch_size)
   if wanted and x.ndim == 4:
@@ -292,7 +309,8 @@ def _rise(f, x, target, key, fill, p, masks, cells, score, batch_size, labels=No
     evaluations=lambda o, f, x: o["masks"], backward=False, smoke={"masks": 16, "cells": 4})
 def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float = 0.5,
          segments: Any = None, fill: Any = 0.0, score: str = "probability",
-         batch_size: int | None = DEFAULT_BATCH, sampler: str = "qmc") -> Array:
+         batch_size: int | None = DEFAULT_BATCH, sampler: str = "qmc",
+         removal: Any = None) -> Array:
   """RISE (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
 
@@ -332,10 +350,17 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
       tests/explainers/test_ig_nodes.py holds both cases). ``"mc"``:
       independent uniforms from ``fold_in(key, i)``, the draws of the
       authors' code and of saljax before the option.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show. The mask-aware forwards read
+      RISE's soft masks as ``> 0.5``.
 
   Returns:
     saliency shaped like `x` (equal across channels, or over each group).
   """
+  fill, _, keep_model = R.resolve(removal, f, fill, 10.0, "rise")
   f, x, target = prepare(f, x, target)
   key = require_key(key, "rise")
   M.check_score(score)
@@ -346,6 +371,10 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
                                        image_default=f"its default {cells} x {cells} mask grid")
   labels, m = (None, None) if groups is None else (groups.labels, groups.m)
   V.check_choice(sampler, "sampler", QMC.SAMPLERS)
+  if keep_model is not None:
+    xa, fa, la = R.augment(x, fillv, labels, "rise")
+    return R.strip(_rise(keep_model, xa, target, key, fa, jnp.asarray(p, x.dtype), masks, cells,
+                         score, V.check_batch_size(batch_size), labels=la, m=m, sampler=sampler))
   return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
                V.check_batch_size(batch_size), labels=labels, m=m, sampler=sampler)
 
@@ -422,7 +451,7 @@ def _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma):
 def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quickshift",
          segmentation_options: dict | None = None, fill: Any = "mean", blur_sigma: float = 10.0,
          kernel_width: float = 0.25, alpha: float = 1.0, score: str = "probability",
-         batch_size: int | None = DEFAULT_BATCH) -> Array:
+         batch_size: int | None = DEFAULT_BATCH, removal: Any = None) -> Array:
   """LIME over superpixels (Ribeiro, Singh, Guestrin 2016, "Why Should I Trust
   You?", arXiv:1602.04938), with the defaults of the authors' `lime_image`.
 
@@ -450,7 +479,13 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
     score: ``"probability"`` (default, as lime's ``classifier_fn``) or ``"logit"``.
     batch_size: coalitions per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, "lime")
   f, x, target = prepare(f, x, target)
   key = require_key(key, "lime")
   M.check_score(score)
@@ -459,6 +494,11 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
     raise ValueError(f"kernel_width and alpha: expected positive floats, got {kernel_width!r}, {alpha!r}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   MK.check_design(samples, m, "lime")
+  if keep_model is not None:
+    x, fillv, labels = R.augment(x, fillv, labels, "lime")
+    return R.strip(_lime(keep_model, x, target, key, fillv, labels, counts,
+                         jnp.asarray(kernel_width, x.dtype), jnp.asarray(alpha, x.dtype), samples,
+                         m, score, V.check_batch_size(batch_size)))
   return _lime(f, x, target, key, fillv, labels, counts, jnp.asarray(kernel_width, x.dtype),
                jnp.asarray(alpha, x.dtype), samples, m, score, V.check_batch_size(batch_size))
 
@@ -563,7 +603,8 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
                 sampling: str = "kernel", segments: Any = "slic",
                 segmentation_options: dict | None = None, fill: Any = 0.0,
                 blur_sigma: float = 10.0, score: str = "logit",
-                batch_size: int | None = DEFAULT_BATCH, return_stderr: bool = False):
+                batch_size: int | None = DEFAULT_BATCH, return_stderr: bool = False,
+                removal: Any = None):
   """KernelSHAP over feature groups (Lundberg and Lee 2017, "A Unified Approach
   to Interpreting Model Predictions", arXiv:1705.07874).
 
@@ -610,10 +651,17 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       ``"leverage"`` with its finite-population correction
       (`shapley.kernel_stderr`); zeros with ``exact``. A CLT estimate: it
       needs a few dozen units to be calibrated.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show. The empty coalition is then
+      the model with every patch removed.
 
   Returns:
     attributions shaped like `x`, or ``(attributions, stderr)``.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, "kernel_shap")
   f, x, target = prepare(f, x, target)
   M.check_score(score)
   exact = bool(exact)
@@ -625,18 +673,22 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       raise ValueError(f"samples: sampling={sampling!r} draws coalitions in complementary pairs,"
                        f" so samples must be even, got {samples}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
+  if keep_model is not None:
+    f = keep_model
+    x, fillv, labels = R.augment(x, fillv, labels, "kernel_shap")
+  done = R.strip if keep_model is not None else (lambda out: out)
   if exact:
     m = int(counts.max())  # no padding: 2^M coalitions
     if m > 16:
       raise ValueError(f"exact=True enumerates 2^M coalitions and needs M <= 16 groups, got M = {m}")
-    out = _kernel_shap_exact(f, x, target, fillv, labels, counts, m, score,
-                             V.check_batch_size(batch_size))
+    out = done(_kernel_shap_exact(f, x, target, fillv, labels, counts, m, score,
+                                  V.check_batch_size(batch_size)))
     return (out, jnp.zeros_like(out)) if return_stderr else out
   MK.check_design(samples, m, "kernel_shap")
   if sampling == "leverage" and m < 2:
     sampling = "paired"  # one group: the constraint alone decides it
-  return _kernel_shap(f, x, target, key, fillv, labels, counts, samples, m, sampling, score,
-                      V.check_batch_size(batch_size), bool(return_stderr))
+  return done(_kernel_shap(f, x, target, key, fillv, labels, counts, samples, m, sampling, score,
+                           V.check_batch_size(batch_size), bool(return_stderr)))
 
 
 # ----------------------------------------------------------------------------

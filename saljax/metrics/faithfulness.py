@@ -33,6 +33,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.metrics import _common as C
 from saljax.metrics._registry import REGISTRY
 
@@ -193,7 +194,8 @@ def _check_segments(segments, x, patch_size):
 
 
 def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_size, score,
-                  batch_size, order, insert, blur_sigma=5.0, segments=None):
+                  batch_size, order, insert, blur_sigma=5.0, segments=None, removal=None):
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, method)
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   V.check_choice(order, "order", ("morf", "lerf"))
@@ -209,6 +211,10 @@ def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_
   key = C.check_key(key, method, required=False)
   fill = C.make_fill(x, fill, blur_sigma=blur_sigma)
   fmap = C.feature_map(attribution, x)
+  if keep_model is not None:
+    # The keep channel (1 kept, 0 removed) is swept with the pixels (saljax.removal).
+    f = keep_model
+    x, fill, _ = R.augment(x, fill, None, method)
   return _perturbation_curve(f, x, fmap, fill, target, key, segments, steps, p, order == "morf",
                              insert, score, batch_size, num_segments)
 
@@ -217,7 +223,7 @@ def _curve_metric(method, f, x, attribution, target, key, *, steps, fill, patch_
     evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction="lower")
 def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "zeros",
              patch_size: int = 1, segments=None, score: str = "probability",
-             batch_size: int | None = None):
+             batch_size: int | None = None, removal: Any = None):
   """Deletion (Petsiuk, Das, Saenko 2018, "RISE: Randomized Input Sampling for
   Explanation of Black-box Models", arXiv:1806.07421).
 
@@ -248,6 +254,11 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
       segments sweep theirs in the same number of steps.
     score: ``"probability"`` (default, softmax as RISE) or ``"logit"``.
     batch_size: steps evaluated together (None: all steps at once).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward on the removed pixels (`saljax.removal`), NHWC
+      images only, `fill` being what partly removed patches still show.
 
   Returns:
     ``{"score": AUC [B], "curve": [B, steps + 1]}``, the AUC by the trapezoid
@@ -255,31 +266,33 @@ def deletion(f, x, attribution, target, *, key=None, steps: int | None = None, f
   """
   return _curve_metric("deletion", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order="morf",
-                       insert=False, segments=segments)
+                       insert=False, segments=segments, removal=removal)
 
 
 @REGISTRY.register("insertion", family="faithfulness", returns="curve",
     evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction="higher")
 def insertion(f, x, attribution, target, *, key=None, steps: int | None = None, fill: Any = "blur",
               blur_sigma: float = 5.0, patch_size: int = 1, segments=None,
-              score: str = "probability", batch_size: int | None = None):
+              score: str = "probability", batch_size: int | None = None, removal: Any = None):
   """Insertion (Petsiuk, Das, Saenko 2018, RISE, arXiv:1806.07421).
 
   Starts from `fill` (default: the image blurred with sigma `blur_sigma` = 5
   pixels on an 11x11 kernel, RISE's setting) and puts the original pixels
-  back most relevant first; HIGHER is better. Arguments and return value as in
-  `deletion`.
+  back most relevant first; HIGHER is better. Arguments (``removal=`` too:
+  the start is then the model with every pixel removed) and return value as
+  in `deletion`.
   """
   return _curve_metric("insertion", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order="morf",
-                       insert=True, blur_sigma=blur_sigma, segments=segments)
+                       insert=True, blur_sigma=blur_sigma, segments=segments, removal=removal)
 
 
 @REGISTRY.register("pixel_flipping", family="faithfulness", returns="curve",
     evaluations=_curve_evaluations, backward=False, smoke={"steps": 8}, direction=_morf_lower)
 def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
                    steps: int | None = None, fill: Any = "zeros", patch_size: int = 1,
-                   segments=None, score: str = "probability", batch_size: int | None = None):
+                   segments=None, score: str = "probability", batch_size: int | None = None,
+                   removal: Any = None):
   """Pixel flipping / region perturbation (Bach et al. 2015, "On Pixel-Wise
   Explanations for Non-Linear Classifier Decisions by Layer-Wise Relevance
   Propagation", PLoS ONE; Samek et al. 2017, "Evaluating the Visualization of
@@ -288,11 +301,12 @@ def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
   ``order="morf"`` removes the most relevant features first (lower AUC is
   better; identical to `deletion`), ``"lerf"`` the least relevant first
   (higher is better). `patch_size` > 1 gives Samek et al.'s region
-  perturbation. Other arguments and the return value as in `deletion`.
+  perturbation. Other arguments (``removal=`` too) and the return value as in
+  `deletion`.
   """
   return _curve_metric("pixel_flipping", f, x, attribution, target, key, steps=steps, fill=fill,
                        patch_size=patch_size, score=score, batch_size=batch_size, order=order,
-                       insert=False, segments=segments)
+                       insert=False, segments=segments, removal=removal)
 
 
 @REGISTRY.register("area_between_curves", family="faithfulness", returns="curve",
@@ -300,15 +314,16 @@ def pixel_flipping(f, x, attribution, target, *, key=None, order: str = "morf",
     direction="higher")
 def area_between_curves(f, x, attribution, target, *, key=None, steps: int | None = None,
                         fill: Any = "zeros", patch_size: int = 1, segments=None,
-                        score: str = "probability", batch_size: int | None = None):
+                        score: str = "probability", batch_size: int | None = None,
+                        removal: Any = None):
   """Area between the LeRF and MoRF perturbation curves (ABPC; Samek et al.
   2017, arXiv:1509.06321): ``AUC(LeRF) - AUC(MoRF)``, higher is better.
 
   Returns ``{"score": [B], "curve": [B, steps + 1]}`` with the curve
-  ``LeRF - MoRF`` per step. Arguments as in `deletion`.
+  ``LeRF - MoRF`` per step. Arguments (``removal=`` too) as in `deletion`.
   """
   kw = dict(steps=steps, fill=fill, patch_size=patch_size, score=score, batch_size=batch_size,
-            insert=False, segments=segments)
+            insert=False, segments=segments, removal=removal)
   morf = _curve_metric("area_between_curves", f, x, attribution, target, key, order="morf", **kw)
   lerf = _curve_metric("area_between_curves", f, x, attribution, target, key, order="lerf", **kw)
   return {"score": lerf["score"] - morf["score"], "curve": lerf["curve"] - morf["curve"]}
@@ -361,8 +376,9 @@ def linear_imputation(x: Array, removed: Array, *, tol: float = 1e-6,
 
 
 @M.jit(static_argnames=("counts", "descending", "score", "batch_size",
-                                             "maxiter"))
-def _road(f, x, fmap, target, key, noise, counts, descending, score, batch_size, maxiter):
+                                             "maxiter", "keep_channel"))
+def _road(f, x, fmap, target, key, noise, counts, descending, score, batch_size, maxiter,
+          fill=None, keep_channel=False):
   b = x.shape[0]
   tie_key, noise_key = jax.random.split(key)
   rank = C.ranks(fmap, tie_key, descending=descending)
@@ -372,9 +388,14 @@ def _road(f, x, fmap, target, key, noise, counts, descending, score, batch_size,
   def one(args):
     count, k = args
     removed = rank < count
-    xi = impute(x, removed)
-    eps = noise * jax.random.normal(k, x.shape, x.dtype)
-    xi = xi + jnp.where(C.expand(removed, x), eps, 0.0)
+    if fill is None:  # ROAD's own removal: noisy linear imputation
+      xi = impute(x, removed)
+      eps = noise * jax.random.normal(k, x.shape, x.dtype)
+      xi = xi + jnp.where(C.expand(removed, x), eps, 0.0)
+    else:  # a pixel strategy of `removal=`
+      xi = jnp.where(C.expand(removed, x), fill, x)
+    if keep_channel:  # a model strategy: the mask-aware forward reads the keep-mask
+      xi = jnp.concatenate([xi, (~removed)[..., None].astype(x.dtype)], -1)
     if score == "accuracy":
       return (jnp.argmax(f(xi), -1) == target).astype(jnp.float32)
     return C.target_score(f, xi, target, score)
@@ -393,7 +414,7 @@ ROAD_PERCENTAGES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
     smoke={"percentages": (0.2, 0.5)}, direction=_morf_lower)
 def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, order: str = "morf",
          noise: float = 0.01, score: str = "accuracy", batch_size: int | None = None,
-         maxiter: int | None = None):
+         maxiter: int | None = None, removal: Any = None):
   """ROAD: Remove And Debias (Rong, Leemann, Borisov, Kasneci, Kasneci 2022,
   "A Consistent and Efficient Evaluation Strategy for Attribution Methods",
   ICML, arXiv:2202.00449), without retraining.
@@ -422,10 +443,18 @@ def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, o
       `target`), ``"probability"`` or ``"logit"``.
     batch_size: fractions evaluated together.
     maxiter: conjugate-gradient iterations cap (default ``max(100, 8 max(H, W))``).
+    removal: None (default: ROAD's noisy linear imputation), a
+      `saljax.removal.Removal` or a kind's name: ``"constant"``/``"blur"``/
+      ``"mean"`` fill the removed pixels instead of imputing them (no noise);
+      ``"token_drop"``/``"layer_mask"`` run the model's mask-aware forward on
+      the imputed image with the removed pixels marked (`saljax.removal`).
 
   Returns:
     ``{"score": mean of the curve [B], "curve": [B, len(percentages)]}``.
   """
+  rem = R.as_removal(removal)
+  fill, blur_sigma, keep_model = (None, 5.0, None) if rem is None else R.resolve(
+      rem, f, None, 5.0, "road")
   f, x, target = C.prepare_model(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"road: expected NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
@@ -440,8 +469,10 @@ def road(f, x, attribution, target, *, key=None, percentages=ROAD_PERCENTAGES, o
   n = x.shape[1] * x.shape[2]
   counts = tuple(int(np.floor(p * n)) for p in percentages)
   fmap = C.feature_map(attribution, x)
-  return _road(f, x, fmap, target, key, jnp.asarray(noise, x.dtype), counts, order == "morf",
-               score, batch_size, maxiter)
+  fillv = None if fill is None else C.make_fill(x, fill, blur_sigma=blur_sigma)
+  return _road(keep_model if keep_model is not None else f, x, fmap, target, key,
+               jnp.asarray(noise, x.dtype), counts, order == "morf", score, batch_size, maxiter,
+               fillv, keep_model is not None)
 
 
 # ----------------------------------------------------------------------------

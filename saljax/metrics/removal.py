@@ -32,6 +32,7 @@ import jax.numpy as jnp
 
 from saljax import _validation as V
 from saljax import model as M
+from saljax import removal as R
 from saljax.metrics import _common as C
 from saljax.metrics._registry import REGISTRY
 
@@ -104,7 +105,8 @@ def _correct(f, x, target):
 @REGISTRY.register("roar", family="removal", returns="scores", evaluations=1, backward=False,
     smoke={"fraction": 0.3}, direction=lambda o: "lower" if o["remove"] == "top" else "higher")
 def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: str = "top",
-         fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False):
+         fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False,
+         removal: Any = None):
   """ROAR score of a (retrained) model (Hooker et al. 2019, arXiv:1806.10758):
   1.0 where ``f`` still predicts `target` (the true label) on `x` with
   `fraction` of its features removed by `remove_by_attribution`, else 0.0.
@@ -113,13 +115,31 @@ def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: 
   original model gives the no-retraining variant). Defaults: half the
   pixels removed (Hooker et al. sweep 10%..90%).
 
+  ``removal``: None (default: `fill` decides), a `saljax.removal.Removal` or
+  a kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+  ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+  mask-aware forward with the removed pixels marked (`saljax.removal`; NHWC
+  images, per pixel: not with `per_coordinate`).
+
   Returns:
     ``[B]``.
   """
+  fill, _, keep_model = R.resolve(removal, f, fill, 5.0, "roar")
   f, x, target = C.prepare_model(f, x, target)
-  masked = remove_by_attribution(x, attribution, fraction, remove=remove, fill=fill,
-                                 absolute=absolute, per_coordinate=per_coordinate, key=key)
-  return _correct(f, masked, target)
+  if keep_model is None:
+    masked = remove_by_attribution(x, attribution, fraction, remove=remove, fill=fill,
+                                   absolute=absolute, per_coordinate=per_coordinate, key=key)
+    return _correct(f, masked, target)
+  if per_coordinate:
+    raise ValueError("roar: removal='token_drop'/'layer_mask' removes whole pixels; use"
+                     " per_coordinate=False")
+  x, attribution, fraction, fillv, key = _check(x, attribution, fraction, remove, fill, key, "roar")
+  # The keep channel (1 kept, 0 removed) is removed with the pixels; ranking by
+  # the channel-summed relevance equals `_relevance`'s for pixels.
+  rel = _relevance(attribution, x, bool(absolute), False)
+  xa, fa, _ = R.augment(x, fillv, None, "roar")
+  masked = _remove(xa, rel, jnp.float32(fraction), fa, key, remove, False, False)
+  return _correct(keep_model, masked, target)
 
 
 @REGISTRY.register("diffroar", family="removal", returns="scores", evaluations=2, backward=False,

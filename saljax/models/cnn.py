@@ -7,12 +7,60 @@ randomize layer by layer.
 Tappable layers: ``conv_<i>`` (each block's conv + ReLU, before pooling),
 ``conv_<i>/conv``, ``dense`` (the hidden dense layer after ReLU), ``out``.
 Default CAM layer: the last conv block.
+
+Layer masking (Balasubramanian and Feizi, ICCV 2023, "Towards Improved Input
+Masking for Convolutional Neural Networks", arXiv:2211.14646):
+``CNN(...)(x, keep=mask)`` with a pixel keep-mask ``[B, H, W]`` runs the
+network on the kept pixels only. The mask travels with the activations: each
+conv and pool sees its input multiplied by the mask and then neighbour-padded
+(`neighbor_pad`: masked positions take the mean of their kept 3x3
+neighbours, a few rounds, as the paper's Fig. 1), the mask goes through a
+max pool of the layer's kernel and stride (a position is kept when its
+receptive field holds a kept position), each output is multiplied by its
+mask, and the global average pool averages the kept positions only. So the
+logits do not depend on the masked pixels' values at all.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Rounds of neighbour padding: the paper's code uses 4, enough for the 3x3
+# receptive field of the dilated mask at every layer here.
+NEIGHBOR_ROUNDS = 4
+
+
+def neighbor_pad(x: jax.Array, mask: jax.Array, rounds: int = NEIGHBOR_ROUNDS) -> jax.Array:
+  """`x` ``[B, H, W, C]`` with masked positions filled from kept neighbours.
+
+  Each round, every position outside the current mask ``[B, H, W, 1]`` with
+  at least one kept 3x3 neighbour takes their mean and joins the mask;
+  positions still unreached after `rounds` are 0. Kept positions keep their
+  value exactly. Only kept values enter, so the result does not depend on
+  the masked values of `x`.
+  """
+  ones = jnp.ones((3, 3, 1, 1), x.dtype)
+  dn = ("NHWC", "HWIO", "NHWC")
+  c = x.shape[-1]
+
+  def body(_, carry):
+    v, m = carry
+    sums = jax.lax.conv_general_dilated(v * m, jnp.tile(ones, (1, 1, 1, c)), (1, 1), "SAME",
+                                        dimension_numbers=dn, feature_group_count=c)
+    counts = jax.lax.conv_general_dilated(m, ones, (1, 1), "SAME", dimension_numbers=dn)
+    fill = jnp.where(counts > 0, sums / jnp.maximum(counts, 1), 0)
+    return jnp.where(m > 0, v, fill), jnp.maximum(m, (counts > 0).astype(m.dtype))
+
+  v, _ = jax.lax.fori_loop(0, rounds, body, (x * mask, mask))
+  return v
+
+
+def mask_pool(mask: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
+  """The mask after a layer of this kernel and stride: max pool (kept if any input is)."""
+  return nn.max_pool(mask, (window, window), (stride, stride), padding=padding)
 
 
 class ConvReLU(nn.Module):
@@ -53,13 +101,35 @@ class CNN(nn.Module):
     return f"conv_{len(self.features) - 1}"
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, keep=None):
+    """Logits ``[B, num_classes]``; with `keep` (a pixel keep-mask ``[B, H, W]``,
+    bool or float read as ``> 0.5``) the layer-masked forward (module docstring)."""
     n = len(self.features)
+    m = None
+    if keep is not None:
+      keep = jnp.asarray(keep)
+      if keep.shape != x.shape[:3]:
+        raise ValueError(f"CNN: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])}, got"
+                         f" shape {tuple(keep.shape)}")
+      m = ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
     for i, c in enumerate(self.features):
+      if m is not None:
+        x = neighbor_pad(x, m)
       x = ConvReLU(c, self.kernel_size, name=f"conv_{i}")(x)
+      if m is not None:
+        m = mask_pool(m, self.kernel_size, 1, "SAME")
+        x = x * m
       if i < n - 1:
+        if m is not None:
+          x = neighbor_pad(x, m)
+          m = mask_pool(m, 2, 2, "VALID")
         x = nn.max_pool(x, (2, 2), (2, 2))
-    x = x.mean(axis=(1, 2))
+        if m is not None:
+          x = x * m
+    if m is None:
+      x = x.mean(axis=(1, 2))
+    else:  # pool over kept positions only; nothing kept gives zeros
+      x = (x * m).sum(axis=(1, 2)) / jnp.maximum(m.sum(axis=(1, 2)), 1)
     x = DenseReLU(self.hidden, name="dense")(x)
     return nn.Dense(self.num_classes, name="out")(x)
 

@@ -8,6 +8,15 @@ the CIFAR stem (one 3x3/1 conv, no pool).
 Tappable layers: ``stem``, ``stage<s>_block<b>`` (each residual block's output
 after its ReLU; s = 1..4), their ``conv<k>``/``bn<k>`` and ``fc``. Default CAM
 layer: the last block of stage 4 (Grad-CAM's usual ``layer4`` choice).
+
+Layer masking (Balasubramanian and Feizi, ICCV 2023, arXiv:2211.14646), as in
+`saljax.models.cnn`: ``ResNet(...)(x, keep=mask)`` with a pixel keep-mask
+``[B, H, W]`` neighbour-pads the input of every conv and pool whose kernel is
+larger than 1x1, max-pools the mask with each layer's kernel, stride and
+padding, multiplies every (batch-normed) output by its mask, adds the masked
+shortcut, and averages the kept positions only at the end. Batch norm is
+read in inference mode (running averages), so it is per-position and commutes
+with the mask: the logits do not depend on the masked pixels' values.
 """
 from __future__ import annotations
 
@@ -16,21 +25,50 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from saljax.models.cnn import neighbor_pad
+
+
+def _pool_mask(m, window: int, stride: int, pad: int):
+  """The mask after a layer of this kernel, stride and (symmetric) padding."""
+  return nn.max_pool(m, (window, window), (stride, stride), padding=[(pad, pad), (pad, pad)])
+
+
+def _check_masked_train(train: bool, m) -> None:
+  if m is not None and train:
+    raise ValueError("ResNet: keep= (layer masking) runs batch norm on running averages;"
+                     " use train=False")
+
 
 class StemBlock(nn.Module):
   features: int = 64
   small_inputs: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, m=None):
+    _check_masked_train(train, m)
+    if m is not None:
+      x = neighbor_pad(x, m)
     if self.small_inputs:
       x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv")(x)
     else:
       x = nn.Conv(self.features, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, name="conv")(x)
     x = nn.relu(nn.BatchNorm(use_running_average=not train, name="bn")(x))
+    if m is not None:
+      m = _pool_mask(m, 3, 1, 1) if self.small_inputs else _pool_mask(m, 7, 2, 3)
+      x = x * m
     if not self.small_inputs:
+      if m is not None:
+        x = neighbor_pad(x, m)
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+      if m is not None:
+        x = x * _pool_mask(m, 3, 2, 1)
     return x
+
+  def out_mask(self, m):
+    """The stem's output mask."""
+    if self.small_inputs:
+      return _pool_mask(m, 3, 1, 1)
+    return _pool_mask(_pool_mask(m, 7, 2, 3), 3, 2, 1)
 
 
 class BasicBlock(nn.Module):
@@ -39,17 +77,26 @@ class BasicBlock(nn.Module):
   stride: int = 1
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, m=None):
+    _check_masked_train(train, m)
     bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
+    pad = (lambda v, mm: v) if m is None else neighbor_pad
+    times = (lambda v, mm: v) if m is None else (lambda v, mm: v * mm)
+    m1 = None if m is None else _pool_mask(m, 3, self.stride, 1)
     h = nn.Conv(self.features, (3, 3), (self.stride,) * 2, padding=[(1, 1), (1, 1)], use_bias=False,
-                name="conv1")(x)
-    h = nn.relu(bn("bn1")(h))
-    h = nn.Conv(self.features, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, name="conv2")(h)
+                name="conv1")(pad(x, m))
+    h = times(nn.relu(bn("bn1")(h)), m1)
+    h = nn.Conv(self.features, (3, 3), padding=[(1, 1), (1, 1)], use_bias=False, name="conv2")(
+        pad(h, m1))
     h = bn("bn2")(h)
     if x.shape[-1] != self.features or self.stride != 1:
       x = nn.Conv(self.features, (1, 1), (self.stride,) * 2, use_bias=False, name="proj")(x)
       x = bn("proj_bn")(x)
-    return nn.relu(h + x)
+    return times(nn.relu(h + x), None if m is None else self.out_mask(m))
+
+  def out_mask(self, m):
+    """The block's output mask for input mask `m`."""
+    return _pool_mask(_pool_mask(m, 3, self.stride, 1), 3, 1, 1)
 
 
 class Bottleneck(nn.Module):
@@ -58,17 +105,27 @@ class Bottleneck(nn.Module):
   stride: int = 1
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, m=None):
+    _check_masked_train(train, m)
     bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
     h = nn.relu(bn("bn1")(nn.Conv(self.features, (1, 1), use_bias=False, name="conv1")(x)))
+    if m is not None:  # 1x1: same positions; pad for the 3x3
+      h = neighbor_pad(h * m, m)
     h = nn.Conv(self.features, (3, 3), (self.stride,) * 2, padding=[(1, 1), (1, 1)], use_bias=False,
                 name="conv2")(h)
     h = nn.relu(bn("bn2")(h))
+    if m is not None:
+      h = h * self.out_mask(m)
     h = bn("bn3")(nn.Conv(self.features * 4, (1, 1), use_bias=False, name="conv3")(h))
     if x.shape[-1] != self.features * 4 or self.stride != 1:
       x = nn.Conv(self.features * 4, (1, 1), (self.stride,) * 2, use_bias=False, name="proj")(x)
       x = bn("proj_bn")(x)
-    return nn.relu(h + x)
+    out = nn.relu(h + x)
+    return out if m is None else out * self.out_mask(m)
+
+  def out_mask(self, m):
+    """The block's output mask for input mask `m`."""
+    return _pool_mask(m, 3, self.stride, 1)
 
 
 class ResNet(nn.Module):
@@ -92,14 +149,33 @@ class ResNet(nn.Module):
     return f"stage{len(self.stages)}_block{self.stages[-1] - 1}"
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = StemBlock(self.width, self.small_inputs, name="stem")(x, train)
+  def __call__(self, x, train: bool = False, keep=None):
+    """Logits; with `keep` (a pixel keep-mask ``[B, H, W]``, bool or float read
+    as ``> 0.5``) the layer-masked forward (module docstring)."""
+    m = None
+    if keep is not None:
+      keep = jnp.asarray(keep)
+      if keep.shape != x.shape[:3]:
+        raise ValueError(f"ResNet: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])},"
+                         f" got shape {tuple(keep.shape)}")
+      m = ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
+      x = x * m
+    stem = StemBlock(self.width, self.small_inputs, name="stem")
+    x = stem(x, train, m) if m is not None else stem(x, train)
+    m = None if m is None else stem.out_mask(m)
     block = Bottleneck if self.bottleneck else BasicBlock
     for s, n in enumerate(self.stages):
       for b in range(n):
         stride = 2 if s > 0 and b == 0 else 1
-        x = block(self.width * 2 ** s, stride, name=f"stage{s + 1}_block{b}")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
+        blk = block(self.width * 2 ** s, stride, name=f"stage{s + 1}_block{b}")
+        if m is None:
+          x = blk(x, train)
+        else:
+          x, m = blk(x, train, m), blk.out_mask(m)
+    if m is None:
+      x = jnp.mean(x, axis=(1, 2))
+    else:  # pool over kept positions only
+      x = (x * m).sum(axis=(1, 2)) / jnp.maximum(m.sum(axis=(1, 2)), 1)
     return nn.Dense(self.num_classes, name="fc")(x)
 
 

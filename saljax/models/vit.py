@@ -13,6 +13,17 @@ sum to 1), plus ``patch_embed``, ``blocks_<i>/attn``, ``blocks_<i>/mlp``,
 ``norm`` and ``head``. Default CAM layer: the block before the last
 (``blocks_<depth-2>``): the last block's tokens barely mix, so Grad-CAM there
 is uninformative (DESIGN.md; pytorch-grad-cam's ViT example).
+
+Token dropping (Jain et al. 2022, "Missingness Bias in Model Debugging",
+arXiv:2204.08945): ``ViT(...)(x, keep=mask)`` runs the model as if the
+removed patches were not in the image. ``keep`` is a pixel keep-mask
+``[B, H, W]`` (or a patch mask ``[B, H/p, W/p]``); a patch token is dropped
+when none of its pixels is kept. Dropped tokens are excluded from attention
+as keys (their softmax weight is exactly 0), so every mask of one shape runs
+in one compiled program; the class token (the only thing the head reads) is
+then equal to running the ViT on the kept tokens only, which
+``ViT(...)(x, tokens=index)`` does directly (gathers the kept patch tokens
+with their position embeddings; a shape per number of kept tokens).
 """
 from __future__ import annotations
 
@@ -32,8 +43,12 @@ class AttentionProbs(nn.Module):
   """softmax(q k^T / sqrt(d)) as a module, so its output can be tapped."""
 
   @nn.compact
-  def __call__(self, q, k):
+  def __call__(self, q, k, key_mask=None):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+    if key_mask is not None:
+      # -inf, not a large negative: dropped keys then get exactly zero weight,
+      # so the kept tokens' outputs equal a run without the dropped ones.
+      logits = jnp.where(key_mask[:, None, None, :], logits, -jnp.inf)
     return jax.nn.softmax(logits, axis=-1)
 
 
@@ -41,12 +56,12 @@ class SelfAttention(nn.Module):
   num_heads: int
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, key_mask=None):
     b, t, d = x.shape
     hd = d // self.num_heads
     qkv = nn.DenseGeneral((3, self.num_heads, hd), name="qkv")(x)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    p = AttentionProbs(name="probs")(q, k)
+    p = AttentionProbs(name="probs")(q, k, key_mask)
     out = jnp.einsum("bhqk,bkhd->bqhd", p, v)
     return nn.DenseGeneral(d, axis=(-2, -1), name="out")(out)
 
@@ -65,8 +80,8 @@ class EncoderBlock(nn.Module):
   mlp_dim: int
 
   @nn.compact
-  def __call__(self, x):
-    x = x + SelfAttention(self.num_heads, name="attn")(nn.LayerNorm(name="norm1")(x))
+  def __call__(self, x, key_mask=None):
+    x = x + SelfAttention(self.num_heads, name="attn")(nn.LayerNorm(name="norm1")(x), key_mask)
     return x + MlpBlock(self.mlp_dim, name="mlp")(nn.LayerNorm(name="norm2")(x))
 
 
@@ -91,20 +106,53 @@ class ViT(nn.Module):
     return f"blocks_{max(self.depth - 2, 0)}"
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, keep=None, tokens=None):
+    """Logits ``[B, num_classes]``.
+
+    Args:
+      x: NHWC images whose sides are multiples of `patch`.
+      keep: optional keep-mask, pixels ``[B, H, W]`` or patches
+        ``[B, H/patch, W/patch]`` (bool, or float read as ``> 0.5``): patch
+        tokens with no kept pixel are dropped from attention (token dropping,
+        module docstring). ``None``: every token is kept.
+      tokens: optional int index ``[B, K]`` of the patch tokens to keep (row-
+        major patch order): only these tokens and the class token are run.
+    """
     b, h, w, _ = x.shape
     if h % self.patch or w % self.patch:
       raise ValueError(f"ViT: input {h}x{w} is not a multiple of the patch size {self.patch}")
+    if keep is not None and tokens is not None:
+      raise ValueError("ViT: pass keep= (a mask) or tokens= (an index), not both")
     x = nn.Conv(self.dim, (self.patch,) * 2, (self.patch,) * 2, padding="VALID", name="patch_embed")(x)
     x = x.reshape(b, -1, self.dim)
     cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
     x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)).astype(x.dtype), x], axis=1)
     pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
     x = x + pos.astype(x.dtype)
+    key_mask = None
+    if keep is not None:
+      key_mask = self.token_keep(keep, h, w)
+    if tokens is not None:
+      idx = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), jnp.asarray(tokens, jnp.int32) + 1], 1)
+      x = jnp.take_along_axis(x, idx[:, :, None], axis=1)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, name=f"blocks_{i}")(x)
+      x = EncoderBlock(self.num_heads, self.mlp_dim, name=f"blocks_{i}")(x, key_mask)
     x = nn.LayerNorm(name="norm")(x)
     return nn.Dense(self.num_classes, name="head")(x[:, 0])
+
+  def token_keep(self, keep, h: int, w: int):
+    """``[B, 1 + h*w/patch^2]`` bool: which tokens a keep-mask keeps (class token always)."""
+    keep = jnp.asarray(keep)
+    gh, gw = h // self.patch, w // self.patch
+    if keep.ndim != 3 or tuple(keep.shape[1:]) not in ((h, w), (gh, gw)):
+      raise ValueError(
+          f"ViT: keep must be a pixel mask [B, {h}, {w}] or a patch mask [B, {gh}, {gw}], got"
+          f" shape {tuple(keep.shape)}")
+    kb = keep > 0.5 if keep.dtype != jnp.bool_ else keep
+    if keep.shape[1:] == (h, w):  # a patch is kept when any of its pixels is
+      kb = kb.reshape(kb.shape[0], gh, self.patch, gw, self.patch).any(axis=(2, 4))
+    kb = kb.reshape(kb.shape[0], gh * gw)
+    return jnp.concatenate([jnp.ones((kb.shape[0], 1), bool), kb], axis=1)
 
 
 def vit(name: str = "vit_tiny", num_classes: int = 1000, **overrides) -> ViT:
