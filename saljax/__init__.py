@@ -43,7 +43,8 @@ __all__ = [
     "squaregrad", "vargrad", "vit_gradcam", "xgradcam", "xrai",
 ]
 
-_LAZY = ("models", "data", "viz", "plots", "attacks", "meta", "blindspots", "safety")
+_LAZY = ("models", "data", "viz", "plots", "attacks", "meta", "blindspots", "safety", "concepts",
+         "visualize", "removal")
 
 
 def __getattr__(name):
