@@ -90,7 +90,7 @@ def block_layers(f: M.Tapped, x: Array, num_prefix_tokens: int = 1) -> list[str]
     m = _BLOCK_RE.search(name)
     if m and len(s.shape) == 3:
       try:
-        cam.token_grid(s.shape, name, num_prefix_tokens)
+        cam.token_grid(s.shape, name, num_prefix_tokens, cam.image_hw(x))
       except ValueError:
         continue
       found.append((int(m.group(1)), name))
@@ -103,7 +103,7 @@ def attention_layers(f: M.Tapped, x: Array, num_prefix_tokens: int = 1) -> list[
   for name, s in cam.layer_shapes(f, x).items():
     if len(s.shape) == 4 and s.shape[-1] == s.shape[-2] and _ATTN_RE.search(name):
       try:
-        cam.token_grid((s.shape[0], s.shape[-1], 1), name, num_prefix_tokens)
+        cam.token_grid((s.shape[0], s.shape[-1], 1), name, num_prefix_tokens, cam.image_hw(x))
       except ValueError:
         continue
       out.append(name)
@@ -127,7 +127,7 @@ def _check_attention(f, x, layers, num_prefix_tokens):
     if len(s) != 4 or s[-1] != s[-2]:
       raise ValueError(
           f"layer: {k!r} is not an attention-probability layer [B, heads, T, T], got shape {s}")
-    g = cam.token_grid((s[0], s[-1], 1), k, num_prefix_tokens)
+    g = cam.token_grid((s[0], s[-1], 1), k, num_prefix_tokens, cam.image_hw(x))
     if grid is not None and g != grid:
       raise ValueError(f"layer: attention layers disagree on the token grid: {grid} vs {g}")
     grid = g

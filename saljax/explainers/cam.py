@@ -51,14 +51,23 @@ def _scorecam_evaluations(o, f, x) -> int:
 # Layer handling shared by every layer method (attention.py uses these too).
 
 
-def token_grid(shape: Sequence[int], name: str, num_prefix_tokens: int | None = None
-               ) -> tuple[int, int, int]:
+def image_hw(x: Any) -> tuple[int, int] | None:
+  """``(H, W)`` of an image batch ``[B, H, W, C]``, else None (tokens, tables)."""
+  shape = getattr(x, "shape", ())
+  return (int(shape[1]), int(shape[2])) if len(shape) == 4 else None
+
+
+def token_grid(shape: Sequence[int], name: str, num_prefix_tokens: int | None = None,
+               image_hw: Sequence[int] | None = None) -> tuple[int, int, int]:
   """``(h, w, prefix)`` of an activation shape, or a ValueError.
 
   ``[B, h, w, C]`` -> ``(h, w, 0)``. ViT tokens ``[B, T, D]``: with
   ``num_prefix_tokens=None`` the first token is taken as a class token when
   ``T - 1`` is a square, else no prefix when ``T`` is a square; with an int,
-  ``T - num_prefix_tokens`` must be a square.
+  ``T - num_prefix_tokens`` must be a square. Given the input's ``(H, W)``
+  (`image_hw`), a non-square grid of square patches is found too: ``h * w``
+  tokens with ``h / w = H / W`` (a 56x28 BlockMNIST image in 7 px patches
+  is an 8x4 grid).
   """
   shape = tuple(int(s) for s in shape)
   if len(shape) == 4:
@@ -71,10 +80,21 @@ def token_grid(shape: Sequence[int], name: str, num_prefix_tokens: int | None = 
       s = math.isqrt(n) if n > 0 else 0
       if n > 0 and s * s == n:
         return s, s, p
+    if image_hw is not None:
+      hh, ww = (int(v) for v in image_hw)
+      for p in prefixes:
+        n = t - p
+        if n <= 0 or hh <= 0 or ww <= 0:
+          continue
+        gw = max(1, round(math.sqrt(n * ww / hh)))
+        if n % gw == 0 and (n // gw) * ww == gw * hh:
+          return n // gw, gw, p
     want = ("T - 1 (class token first) or T" if num_prefix_tokens is None
             else f"T - {num_prefix_tokens}")
     raise ValueError(
-        f"layer {name!r}: ViT tokens [B, T, D] need a square patch grid ({want} = h*w),"
+        f"layer {name!r}: ViT tokens [B, T, D] need a square patch grid ({want} = h*w)"
+        + (f" or one shaped like the {image_hw[0]}x{image_hw[1]} image" if image_hw is not None
+           else "") + ","
         f" got T = {t} (activation shape {shape}); tap a transformer block output")
   raise ValueError(
       f"layer {name!r}: expected a spatial activation [B, h, w, C] (NHWC) or ViT tokens"
@@ -118,7 +138,7 @@ def resolve_layers(f: M.Tapped, x: Array, layer, *, num_prefix_tokens: int | Non
   if layer is None:
     for name in reversed(list(shapes)):
       try:
-        token_grid(shapes[name].shape, name, num_prefix_tokens)
+        token_grid(shapes[name].shape, name, num_prefix_tokens, image_hw(x))
       except ValueError:
         continue
       layer = name
@@ -132,7 +152,7 @@ def resolve_layers(f: M.Tapped, x: Array, layer, *, num_prefix_tokens: int | Non
   missing = [k for k in names if k not in shapes]
   if missing:
     raise ValueError(f"layer: {missing} produced no activation for this input")
-  grids = {k: token_grid(shapes[k].shape, k, num_prefix_tokens) for k in names}
+  grids = {k: token_grid(shapes[k].shape, k, num_prefix_tokens, image_hw(x)) for k in names}
   return names, single, grids
 
 

@@ -135,3 +135,28 @@ def test_one_compile_per_shape(vit):
   saljax.attention_rollout(tapped, x3, discard_ratio=0.1)
   saljax.attention_rollout(tapped, x3 * 2, discard_ratio=0.3)
   assert attention._rollout._cache_size() == n0 + 1
+
+
+def test_non_square_images_get_a_patch_grid_shaped_like_the_image():
+  # 16x8 images in 4 px patches: an 8-token 4x2 grid (BlockMNIST's 2:1 digits
+  # pairs are such images); T - 1 = 8 is not a square, so only the image's
+  # aspect can say which grid it is. Row-major order is checked by hand.
+  _, _, tapped = tiny_vit(shape=(2, 16, 8, 3))
+  x = jax.random.normal(jax.random.key(3), (2, 16, 8, 3))
+  assert attention.block_layers(tapped, x) == ["blocks_0", "blocks_1", "blocks_2"]
+  t = 9
+  roll = np.broadcast_to(np.eye(t), (2, t, t))
+  for p in _probs(tapped, x):
+    a = 0.5 * p.mean(1) + 0.5 * np.eye(t)
+    roll = (a / a.sum(-1, keepdims=True)) @ roll
+  np.testing.assert_allclose(saljax.attention_rollout(tapped, x), roll[:, 0, 1:].reshape(2, 4, 2),
+                             rtol=1e-5, atol=1e-7)
+  last = _probs(tapped, x)[2]
+  np.testing.assert_allclose(saljax.class_token_attention(tapped, x),
+                             last.mean(1)[:, 0, 1:].reshape(2, 4, 2), rtol=1e-5, atol=1e-7)
+  g = saljax.vit_gradcam(tapped, x, 0)
+  assert g.shape[:3] == (2, 4, 2) or g.shape[1:3] == (16, 8), g.shape
+  # A token count that fits neither a square nor the image's aspect is refused.
+  from saljax.explainers import cam
+  with pytest.raises(ValueError, match="patch grid"):
+    cam.token_grid((2, 12, 8), "blocks_0", None, (16, 8))
