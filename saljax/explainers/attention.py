@@ -140,13 +140,19 @@ def _check_attention(f, x, layers, num_prefix_tokens):
 HEAD_FUSIONS = ("mean", "max", "min")
 
 
+def _f32_or_wider(a: Array) -> Array:
+  """Attention probabilities in float32 at least: bf16 is promoted, float64 (x64
+  models) kept, so maps and their gradients keep the model's precision."""
+  return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
 @M.jit(static_argnames=("names", "grid", "head_fusion", "query"))
 def _rollout(f, x, names, grid, head_fusion, discard_ratio, query):
   h, w, p = grid
   _, acts = f(x)
   rollout = None
   for name in names:
-    a = acts[name].astype(jnp.float32)
+    a = _f32_or_wider(acts[name])
     a = {"mean": a.mean, "max": a.max, "min": a.min}[head_fusion](axis=1)   # [B, T, T]
     b, t, _ = a.shape
     # jacobgil/vit-explain: zero the weakest fraction of entries, never the
@@ -246,7 +252,7 @@ def vit_gradcam(f, x, target, *, key=None, layer: Any = None, relu: bool = True,
 def _token_attention(f, x, query, layer, grid, per_head):
   h, w, p = grid
   _, acts = f(x)
-  a = acts[layer].astype(jnp.float32)                                    # [B, H, T, T]
+  a = _f32_or_wider(acts[layer])                                         # [B, H, T, T]
   rows = jnp.take_along_axis(a, query[:, None, None, None], axis=2)[:, :, 0, p:]
   maps = rows.reshape(a.shape[0], a.shape[1], h, w)
   return maps if per_head else maps.mean(1)

@@ -83,7 +83,7 @@ def _prompt_cam(f, x, target, layer, grid, per_head, normalize, batch_size):
 
   def one(xt):
     xi, ti = xt
-    a = f(xi[None])[1][layer][0].astype(jnp.float32)       # [heads, T, T]
+    a = attention._f32_or_wider(f(xi[None])[1][layer][0])  # [heads, T, T]
     rows = a[:, ti, p:]                                     # prompt ti -> patches, [heads, h*w]
     if normalize:  # a distribution over patches: the mass on prompts/cls is not a place
       rows = rows / jnp.maximum(rows.sum(-1, keepdims=True), 1e-12)
