@@ -31,10 +31,14 @@ x = jax.random.uniform(jax.random.key(3), (16, 6, 6, 3))
 xs, _ = parallel.shard_batch(x, parallel.make_mesh())
 assert len(xs.sharding.device_set) == 8
 out = {}
-# One streaming fit (the others share its scan over chunks).
+# Every fit method on the sharded stream (few epochs/steps: the check is
+# sharded == unsharded, not convergence).
+for method in C.METHODS:
+  opts = dict(features=features, batch_size=8, epochs=3, code_steps=10)
+  one = C.fit(key, x, method, 4, **opts)
+  eight = C.fit(key, xs, method, 4, **opts)
+  out[f"fit_{method}"] = float(jnp.abs(one.dictionary - eight.dictionary).max())
 con = C.fit(key, x, "nmf", 4, features=features, batch_size=8, epochs=5)
-many = C.fit(key, xs, "nmf", 4, features=features, batch_size=8, epochs=5)
-out["fit_nmf"] = float(jnp.abs(con.dictionary - many.dictionary).max())
 t = jnp.arange(16) % 3
 cases = {
     "sobol": lambda z: C.sobol(key, tapped, z, t, con, layer="conv", designs=8),

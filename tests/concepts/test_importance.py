@@ -164,10 +164,12 @@ def test_eight_devices_equal_one():
   res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=900)
   assert res.returncode == 0, res.stderr[-3000:]
   diffs = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(diffs) == {"fit_nmf", "sobol", "gradient_input", "occlusion",
-                        "c_deletion", "concept_maps"}
+  assert set(diffs) == {"fit_nmf", "fit_pca", "fit_kmeans", "fit_dictionary", "fit_sae", "sobol",
+                        "gradient_input", "occlusion", "c_deletion", "concept_maps"}
   for name, d in diffs.items():
-    assert d < 1e-4, (name, d)
+    # PCA's components are eigenvectors of a covariance summed in another order
+    # across devices: float32 rounding over the eigengap (1.3e-4 measured).
+    assert d < (1e-3 if name == "fit_pca" else 1e-4), (name, d)
 
 
 def test_bad_input(linear_head):
