@@ -36,19 +36,8 @@ from absl import logging
 
 from experiments import _common as C
 from saljax import attacks, models
-from saljax.data import synthetic
+from experiments.generalizability import shapes_data  # the planted-shape images, one definition
 from saljax.models import quick
-
-
-def shapes_data(config, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Images ``[N, S, S, 3]`` in [0, 1] with one planted shape, and its class."""
-  d = config.data
-  n = int(d.n_train if split == "train" else d.n_test)
-  out = synthetic.segmentation(n, split=split, seed=int(config.seed), size=int(d.size),
-                               num_classes=int(d.num_classes), max_shapes=1,
-                               noise=float(d.noise))
-  labels = out["mask"].reshape(n, -1).max(1) - 1
-  return out["image"].astype(np.float32), labels.astype(np.int32)
 
 
 def train_model(config) -> tuple[models.Classifier, float]:
