@@ -58,6 +58,16 @@ def neighbor_pad(x: jax.Array, mask: jax.Array, rounds: int = NEIGHBOR_ROUNDS) -
   return v
 
 
+def pixel_keep_mask(keep, x: jax.Array, who: str) -> jax.Array:
+  """`keep` (a pixel mask ``[B, H, W]``, bool or float read as ``> 0.5``) as a
+  ``[B, H, W, 1]`` mask in `x`'s dtype, or a ValueError naming `who`."""
+  keep = jnp.asarray(keep)
+  if keep.shape != x.shape[:3]:
+    raise ValueError(f"{who}: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])}, got"
+                     f" shape {tuple(keep.shape)}")
+  return ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
+
+
 def mask_pool(mask: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
   """The mask after a layer of this kernel and stride: max pool (kept if any input is)."""
   return nn.max_pool(mask, (window, window), (stride, stride), padding=padding)
@@ -107,11 +117,7 @@ class CNN(nn.Module):
     n = len(self.features)
     m = None
     if keep is not None:
-      keep = jnp.asarray(keep)
-      if keep.shape != x.shape[:3]:
-        raise ValueError(f"CNN: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])}, got"
-                         f" shape {tuple(keep.shape)}")
-      m = ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
+      m = pixel_keep_mask(keep, x, "CNN")
     for i, c in enumerate(self.features):
       if m is not None:
         x = neighbor_pad(x, m)

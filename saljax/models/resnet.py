@@ -25,7 +25,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from saljax.models.cnn import neighbor_pad
+from saljax.models.cnn import neighbor_pad, pixel_keep_mask
 
 
 def _pool_mask(m, window: int, stride: int, pad: int):
@@ -154,11 +154,7 @@ class ResNet(nn.Module):
     as ``> 0.5``) the layer-masked forward (module docstring)."""
     m = None
     if keep is not None:
-      keep = jnp.asarray(keep)
-      if keep.shape != x.shape[:3]:
-        raise ValueError(f"ResNet: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])},"
-                         f" got shape {tuple(keep.shape)}")
-      m = ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
+      m = pixel_keep_mask(keep, x, "ResNet")
       x = x * m
     stem = StemBlock(self.width, self.small_inputs, name="stem")
     x = stem(x, train, m) if m is not None else stem(x, train)
