@@ -29,11 +29,15 @@ class Block(nn.Module):
 
 
 class PlantedCNN(nn.Module):
+  """Conv "block1", strided conv "block2", global mean, dense `head` (2 classes)."""
+  widths: tuple = (8, 8)
+  head: str = "dense"
+
   @nn.compact
   def __call__(self, x):
-    a = Block(8, name="block1")(x)
-    a = Block(8, strides=2, name="block2")(a)
-    return nn.Dense(2, name="dense")(a.mean((1, 2)))
+    a = Block(self.widths[0], name="block1")(x)
+    a = Block(self.widths[1], strides=2, name="block2")(a)
+    return nn.Dense(2, name=self.head)(a.mean((1, 2)))
 
 
 def background(rng, n):

@@ -3,11 +3,12 @@ cells of a 2x2 grid on a dark noisy background; the label is whether the
 checkerboard (pattern 0) is present; stripes and a solid disc are
 distractors, each present with probability 1/2 independently of the label.
 A two-conv CNN (taps "block1", "block2") trained on it in a few seconds."""
-import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
 from saljax import model as M
+
+import _planted  # noqa: E402  (the tiny CNN the TCAV/CRP tests share)
 
 SIZE, PATCH = 16, 6
 
@@ -44,22 +45,8 @@ def planted(n: int, seed: int):
   return np.clip(x, 0, 1), present[:, 0].astype(np.int32), region
 
 
-class Block(nn.Module):
-  features: int
-  strides: int = 1
-
-  @nn.compact
-  def __call__(self, x):
-    return nn.relu(nn.Conv(self.features, (3, 3), strides=self.strides, name="conv")(x))
-
-
-class PlantedCNN(nn.Module):
-
-  @nn.compact
-  def __call__(self, x):
-    a = Block(8, name="block1")(x)
-    a = Block(16, strides=2, name="block2")(a)
-    return nn.Dense(2, name="head")(a.mean((1, 2)))
+def PlantedCNN():  # noqa: N802  (a module, as the TCAV/CRP tests' CNN, wider)
+  return _planted.PlantedCNN(widths=(8, 16), head="head")
 
 
 def train(seed: int = 0, n: int = 512, steps: int = 200):
