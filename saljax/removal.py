@@ -327,6 +327,16 @@ def augment(x: Array, fill: Array, labels: Array | None = None, method: str = "r
   return xa, fa, labels
 
 
+def switch(keep_model: Any, f: Any, x: Array, fill: Array, labels: Array | None, method: str):
+  """``(f, x, fill, labels, done)`` an explainer runs with: unchanged and
+  ``done`` the identity without a model kind; else the mask-aware model, the
+  inputs with their keep channel (`augment`) and ``done = strip``."""
+  if keep_model is None:
+    return f, x, fill, labels, (lambda out: out)
+  x, fill, labels = augment(x, fill, labels, method)
+  return keep_model, x, fill, labels, strip
+
+
 def strip(out: Any) -> Any:
   """A result computed on the augmented input, without the keep channel."""
   if isinstance(out, tuple):

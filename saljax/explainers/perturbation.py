@@ -223,18 +223,15 @@ def occlusion(f, x, target, *, key=None, window: Any = None, stride: Any = None,
     if incremental is True:
       raise ValueError("incremental: recomputes the cone of a window of a plain forward; not with"
                        " removal='token_drop'/'layer_mask' (use incremental=False or 'auto')")
-    x, fillv, labels = R.augment(x, fillv, None if groups is None else groups.labels, "occlusion")
-    if groups is not None:
-      return R.strip(_group_occlusion(keep_model, x, target, fillv, labels, groups.m, score,
-                                      batch_size))
-    return R.strip(_occlusion(keep_model, x, target, fillv, jnp.asarray(starts), win, score,
-                              batch_size))
+    wanted = False  # 'auto': the cone recompute is a plain forward's, so plain occlusion
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv,
+                                       None if groups is None else groups.labels, "occlusion")
   if groups is not None:
-    return _group_occlusion(f, x, target, fillv, groups.labels, groups.m, score, batch_size)
+    return done(_group_occlusion(f, x, target, fillv, labels, groups.m, score, batch_size))
   if wanted and x.ndim == 4:
     return _incremental.occlusion(f, x, target, fillv, starts, win, score, batch_size,
                                   mode=incremental, plain=_occlusion)
-  return _occlusion(f, x, target, fillv, jnp.asarray(starts), win, score, batch_size)
+  return done(_occlusion(f, x, target, fillv, jnp.asarray(starts), win, score, batch_size))
 
 
 # ----------------------------------------------------------------------------
@@ -371,12 +368,9 @@ def rise(f, x, target, *, key=None, masks: int = 4000, cells: int = 7, p: float 
                                        image_default=f"its default {cells} x {cells} mask grid")
   labels, m = (None, None) if groups is None else (groups.labels, groups.m)
   V.check_choice(sampler, "sampler", QMC.SAMPLERS)
-  if keep_model is not None:
-    xa, fa, la = R.augment(x, fillv, labels, "rise")
-    return R.strip(_rise(keep_model, xa, target, key, fa, jnp.asarray(p, x.dtype), masks, cells,
-                         score, V.check_batch_size(batch_size), labels=la, m=m, sampler=sampler))
-  return _rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
-               V.check_batch_size(batch_size), labels=labels, m=m, sampler=sampler)
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "rise")
+  return done(_rise(f, x, target, key, fillv, jnp.asarray(p, x.dtype), masks, cells, score,
+                    V.check_batch_size(batch_size), labels=labels, m=m, sampler=sampler))
 
 
 # ----------------------------------------------------------------------------
@@ -494,13 +488,9 @@ def lime(f, x, target, *, key=None, samples: int = 1000, segments: Any = "quicks
     raise ValueError(f"kernel_width and alpha: expected positive floats, got {kernel_width!r}, {alpha!r}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   MK.check_design(samples, m, "lime")
-  if keep_model is not None:
-    x, fillv, labels = R.augment(x, fillv, labels, "lime")
-    return R.strip(_lime(keep_model, x, target, key, fillv, labels, counts,
-                         jnp.asarray(kernel_width, x.dtype), jnp.asarray(alpha, x.dtype), samples,
-                         m, score, V.check_batch_size(batch_size)))
-  return _lime(f, x, target, key, fillv, labels, counts, jnp.asarray(kernel_width, x.dtype),
-               jnp.asarray(alpha, x.dtype), samples, m, score, V.check_batch_size(batch_size))
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "lime")
+  return done(_lime(f, x, target, key, fillv, labels, counts, jnp.asarray(kernel_width, x.dtype),
+                    jnp.asarray(alpha, x.dtype), samples, m, score, V.check_batch_size(batch_size)))
 
 
 # ----------------------------------------------------------------------------
@@ -673,10 +663,7 @@ def kernel_shap(f, x, target, *, key=None, samples: int = 1000, exact: bool = Fa
       raise ValueError(f"samples: sampling={sampling!r} draws coalitions in complementary pairs,"
                        f" so samples must be even, got {samples}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
-  if keep_model is not None:
-    f = keep_model
-    x, fillv, labels = R.augment(x, fillv, labels, "kernel_shap")
-  done = R.strip if keep_model is not None else (lambda out: out)
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "kernel_shap")
   if exact:
     m = int(counts.max())  # no padding: 2^M coalitions
     if m > 16:
