@@ -43,6 +43,14 @@ def atomic_write_text(path, text: str) -> None:
   atomic_write(path, lambda p: p.write_text(text))
 
 
+def save_figure(fig, path, **savefig_kwargs) -> None:
+  """Writes a matplotlib figure as PNG atomically, then closes it (a binary
+  that draws many figures would otherwise keep every one in memory)."""
+  import matplotlib.pyplot as plt
+  atomic_write(path, lambda p: fig.savefig(p, format="png", **savefig_kwargs))
+  plt.close(fig)
+
+
 # The temporary names atomic_write gives: `.<name>.<8 hex>.tmp<suffix>`.
 _TMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?$")
 

@@ -162,7 +162,7 @@ def _write(workdir: str, res: dict, images, maps) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  from experiments._common import atomic_write, atomic_write_text
+  from experiments._common import atomic_write_text, save_figure
   os.makedirs(workdir, exist_ok=True)
   atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(res, indent=2))
   n = len(images)
@@ -181,8 +181,7 @@ def _write(workdir: str, res: dict, images, maps) -> None:
                f" relative TV {res['baseline']['relative_tv']:.3f} vs"
                f" {res['prior']['relative_tv']:.3f}", fontsize=8)
   fig.tight_layout()
-  atomic_write(os.path.join(workdir, "maps.png"), lambda p: fig.savefig(p, dpi=110, format="png"))
-  plt.close(fig)
+  save_figure(fig, os.path.join(workdir, "maps.png"), dpi=110)
 
 
 def main(argv):

@@ -87,7 +87,6 @@ def _concepts_from(config, acts):
 
 def _importance(config, clf, crops, con):
   import jax
-  import jax.numpy as jnp
 
   from saljax import concepts as K
   xs = crops[:int(config.importance_crops)]
@@ -145,8 +144,7 @@ def figure_concepts(path, crops: np.ndarray, coeffs: np.ndarray, importance: np.
   fig.suptitle(title, fontsize=11, y=0.998)
   fig.text(0.01, 0.002, "bar: Sobol total index (mean over crops); crops: the largest coefficients",
            fontsize=7, color="#616e7c")
-  C.atomic_write(path, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
-  plt.close(fig)
+  C.save_figure(fig, path, bbox_inches="tight")
 
 
 def figure_maps(path, images: np.ndarray, maps: np.ndarray, concepts: list[int],
@@ -169,8 +167,7 @@ def figure_maps(path, images: np.ndarray, maps: np.ndarray, concepts: list[int],
     a.set_xticks([])
     a.set_yticks([])
   fig.tight_layout()
-  C.atomic_write(path, lambda q: fig.savefig(q, format="png", bbox_inches="tight"))
-  plt.close(fig)
+  C.save_figure(fig, path, bbox_inches="tight")
 
 
 def write_page(workdir, summary: dict) -> pathlib.Path:

@@ -164,9 +164,7 @@ def _save_overlays(workdir, name, images, maps, n):
     for a in ax:
       a.axis("off")
     ax[1].set_title(name, fontsize=7)
-    C.atomic_write(os.path.join(out, f"{name}_{i}.png"),
-                   lambda p: fig.savefig(p, dpi=80, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    C.save_figure(fig, os.path.join(out, f"{name}_{i}.png"), dpi=80, bbox_inches="tight")
 
 
 def provenance(config, trained: C.Trained, what: str, c: int, n: int, methods=(),

@@ -159,10 +159,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   C.atomic_write_text(os.path.join(workdir, "level_sets.jsonl"),
                       "".join(json.dumps(r) + "\n" for r in rows + [summary]))
   fig = figure(arrays, summary)
-  C.atomic_write(os.path.join(workdir, "level_sets.png"),
-                 lambda p: fig.savefig(p, dpi=100, format="png"))
-  import matplotlib.pyplot as plt
-  plt.close(fig)
+  C.save_figure(fig, os.path.join(workdir, "level_sets.png"), dpi=100)
   return {"rows": rows, "summary": summary}
 
 

@@ -224,9 +224,7 @@ def _figure(workdir, method, curve):
   ax.set_xlabel("k (fraction of unmasked coordinates)")
   ax.set_ylabel("DiffROAR = acc(top-k) - acc(bottom-k)")
   ax.legend(fontsize=7)
-  C.atomic_write(os.path.join(workdir, "roar.png"),
-                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
-  plt.close(fig)
+  C.save_figure(fig, os.path.join(workdir, "roar.png"), dpi=90, bbox_inches="tight")
 
 
 if __name__ == "__main__":

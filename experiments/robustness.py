@@ -161,10 +161,7 @@ def run(config, workdir: str) -> dict[str, Any]:
   C.atomic_write_text(os.path.join(workdir, "robustness.jsonl"),
                       "".join(json.dumps(r) + "\n" for r in rows))
   fig = figure(rows, f"CNN on planted shapes ({len(yt)} test images, clean accuracy {acc:.3f})")
-  C.atomic_write(os.path.join(workdir, "robustness.png"),
-                 lambda p: fig.savefig(p, dpi=100, format="png"))
-  import matplotlib.pyplot as plt
-  plt.close(fig)
+  C.save_figure(fig, os.path.join(workdir, "robustness.png"), dpi=100)
   return {"rows": rows, "accuracy": acc}
 
 

@@ -120,8 +120,7 @@ def _png(path, x, mcts, rnd, rows: int):
       a.set_xticks([])
       a.set_yticks([])
   fig.tight_layout()
-  C.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-  plt.close(fig)
+  C.save_figure(fig, path, dpi=100)
 
 
 def run(config, workdir: str) -> dict[str, Any]:

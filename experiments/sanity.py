@@ -290,9 +290,7 @@ def _data_figure(workdir, methods, x, target, trained, rand, config, count=3):
           ax.set_title(f"{m}\n{tag} labels", fontsize=7)
   for ax in axes.ravel():
     ax.axis("off")
-  C.atomic_write(os.path.join(workdir, "sanity_data_maps.png"),
-                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
-  plt.close(fig)
+  C.save_figure(fig, os.path.join(workdir, "sanity_data_maps.png"), dpi=90, bbox_inches="tight")
 
 
 def _figures(workdir, results, layers, mode, methods, x, target, model_fn, params, config):
@@ -311,9 +309,7 @@ def _figures(workdir, results, layers, mode, methods, x, target, model_fn, param
     ax.set_ylabel("similarity to trained map")
     ax.set_title(f"{m}: {mode} randomization", fontsize=9)
     ax.legend(fontsize=7)
-    C.atomic_write(os.path.join(workdir, f"sanity_{m}.png"),
-                   lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
-    plt.close(fig)
+    C.save_figure(fig, os.path.join(workdir, f"sanity_{m}.png"), dpi=90, bbox_inches="tight")
   # The trained maps of the first example, for reference.
   f = M.bind(model_fn, params)
   fig, axes = plt.subplots(1, len(methods) + 1, figsize=(2 * (len(methods) + 1), 2.4))
@@ -330,9 +326,7 @@ def _figures(workdir, results, layers, mode, methods, x, target, model_fn, param
     ax.set_title(m, fontsize=8)
   for ax in axes:
     ax.axis("off")
-  C.atomic_write(os.path.join(workdir, "sanity_maps.png"),
-                 lambda p: fig.savefig(p, dpi=90, bbox_inches="tight", format="png"))
-  plt.close(fig)
+  C.save_figure(fig, os.path.join(workdir, "sanity_maps.png"), dpi=90, bbox_inches="tight")
 
 
 if __name__ == "__main__":

@@ -21,12 +21,9 @@ Then ``<stage>.png`` grids and ``index.html`` (the demo report's style).
 """
 from __future__ import annotations
 
-import html
-import io
 import json
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -213,8 +210,7 @@ def _grid_png(path, images, labels, cols=None, scale=1):
                 interpolation="nearest" if img.shape[0] < 32 else "antialiased")
       ax.set_title(labels[i], fontsize=8)
   fig.tight_layout()
-  C.atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100, bbox_inches="tight"))
-  plt.close(fig)
+  C.save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def _name(i):

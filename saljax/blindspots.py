@@ -87,6 +87,22 @@ def _lst(f, source, target, label, step_size, correction, steps, bounds, batch_s
                               batch_size=batch_size)
 
 
+def _check_pairs(f, source, other, name):
+  """The checks both public functions make: a model, and one `other` input
+  per source of the same shape. Returns ``(model, source, other,
+  num_classes)``."""
+  if not callable(f):
+    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
+  source = V.check_input(source, name="source")
+  other = V.check_input(other, name=name)
+  if other.shape != source.shape:
+    raise ValueError(f"{name}: expected one per source, shape {tuple(source.shape)},"
+                     f" got {tuple(other.shape)}")
+  f = M.as_model(f)
+  _, num_classes = M.output_shape(f, source)
+  return f, source, other, num_classes
+
+
 def level_set_traversal(f, source, target_images, *, key=None, label=None, steps: int = 200,
                         step_size: float = 0.02, correction: float = 1.0, bounds=(0.0, 1.0),
                         batch_size: int | None = None):
@@ -127,15 +143,7 @@ def level_set_traversal(f, source, target_images, *, key=None, label=None, steps
     [B, steps + 1], "l2_to_target": [B, steps + 1], "label": [B]}`` along
     the path (index 0: the source).
   """
-  if not callable(f):
-    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
-  source = V.check_input(source, name="source")
-  target_images = V.check_input(target_images, name="target_images")
-  if target_images.shape != source.shape:
-    raise ValueError(f"target_images: expected one target per source, shape {tuple(source.shape)},"
-                     f" got {tuple(target_images.shape)}")
-  f = M.as_model(f)
-  _, num_classes = M.output_shape(f, source)
+  f, source, target_images, num_classes = _check_pairs(f, source, target_images, "target_images")
   if label is None:
     label = jnp.argmax(_predict(f, source), -1).astype(jnp.int32)
   label = V.check_target(label, source.shape[0], num_classes)
@@ -183,15 +191,7 @@ def segment_confidence(f, source, ends, label, *, points: int = 21,
   Default 21 points (t in steps of 0.05), one model call of `points` inputs
   per pair; `batch_size` pairs at once.
   """
-  if not callable(f):
-    raise TypeError(f"f: expected a model x[B, ...] -> logits[B, C], got {V.describe(f)}")
-  source = V.check_input(source, name="source")
-  ends = V.check_input(ends, name="ends")
-  if ends.shape != source.shape:
-    raise ValueError(f"ends: expected shape {tuple(source.shape)} (one per source), got"
-                     f" {tuple(ends.shape)}")
-  f = M.as_model(f)
-  _, num_classes = M.output_shape(f, source)
+  f, source, ends, num_classes = _check_pairs(f, source, ends, "ends")
   label = V.check_target(label, source.shape[0], num_classes)
   points = parallel.check_count(points, "points", minimum=2)
   return _segments(f, source, ends.astype(source.dtype), label, points,
