@@ -29,6 +29,7 @@ import os
 import time
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -46,6 +47,29 @@ def pairs(config, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   rng = np.random.default_rng([int(config.seed), 7])
   tgt = [int(rng.choice(np.flatnonzero(y != y[i]))) for i in range(n)]
   return np.arange(n), np.asarray(tgt)
+
+
+def perceptual(config, a, b) -> np.ndarray | None:
+  """LPIPS-style distance (`blindspots.feature_distance`) of each pair under
+  the pretrained ``lst.feature_model`` at ``lst.feature_size`` px, on its
+  ``lst.feature_layers``; None when ``lst.feature_model`` is empty. The [0, 1]
+  images are resized bilinearly and normalized as the model's own
+  preprocessing does."""
+  c = config.lst
+  if not c.feature_model:
+    return None
+  from saljax.models import pretrained
+  clf = pretrained.load_pretrained(c.feature_model)
+  spec = pretrained._spec(c.feature_model)
+  mean, std = jnp.asarray(spec.mean), jnp.asarray(spec.std)
+  s = int(c.feature_size)
+
+  def prep(z):
+    z = jax.image.resize(z, (z.shape[0], s, s, z.shape[-1]), "bilinear")
+    return (z * 255.0 - mean) / std
+
+  return np.asarray(blindspots.feature_distance(clf, prep(a), prep(b), tuple(c.feature_layers),
+                                                batch_size=int(c.batch_size)))
 
 
 def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, dict]:
@@ -66,6 +90,7 @@ def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, 
                                                  batch_size=int(c.batch_size)))
   ssim_end = np.asarray(blindspots.ssim(end, tgt))
   ssim_src = np.asarray(blindspots.ssim(src, tgt))
+  feat_end, feat_src = perceptual(config, end, tgt), perceptual(config, src, tgt)
   l2 = np.asarray(info["l2_to_target"])
   rows = []
   for k in range(len(si)):
@@ -77,6 +102,8 @@ def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, 
                  "held": held, "ssim_source_target": float(ssim_src[k]),
                  "ssim_end_target": float(ssim_end[k]), "l2_source_target": float(l2[k, 0]),
                  "l2_end_target": float(l2[k, -1]), "min_segment_confidence": float(seg[k].min()),
+                 **({"lpips_source_target": float(feat_src[k]), "lpips_end_target": float(feat_end[k])}
+                    if feat_end is not None else {}),
                  "criterion": bool(held and ssim_end[k] > 0.8)})
   summary = {"summary": True, "pairs": len(rows),
              "criterion_rate": float(np.mean([r["criterion"] for r in rows])),
@@ -84,6 +111,9 @@ def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, 
              "median_ssim_end_target": float(np.median(ssim_end)),
              "median_ssim_source_target": float(np.median(ssim_src)),
              "median_l2_end_over_start": float(np.median(l2[:, -1] / l2[:, 0])),
+             **({"median_lpips_end_target": float(np.median(feat_end)),
+                 "median_lpips_source_target": float(np.median(feat_src))}
+                if feat_end is not None else {}),
              "median_min_segment_confidence": float(np.median(seg.min(1))),
              "median_start_confidence": float(np.median(conf[:, 0])),
              "steps": int(c.steps), "step_size": float(c.step_size),
@@ -151,6 +181,11 @@ def figure(arrays: dict, summary: dict, title: str = ""):
 
 def run(config, workdir: str) -> dict[str, Any]:
   workdir = C.check_workdir(workdir)
+  if config.lst.feature_model:  # a wrong name or layer fails here, before training
+    from saljax import model as M
+    from saljax.models import pretrained
+    M.check_layers(pretrained.load_pretrained(config.lst.feature_model).tapped,
+                   tuple(config.lst.feature_layers))
   f, acc = R.train_model(config)
   x, y = R.shapes_data(config, "test")
   rows, summary, arrays = measure(config, f, x, y)

@@ -110,3 +110,54 @@ def test_bad_inputs():
     B.ssim(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 4, 3)))
   with pytest.raises(ValueError, match="ends"):
     B.segment_confidence(f, s, jnp.zeros((1, 4, 4, 3)), jnp.array([0, 1]))
+
+
+class _TwoConv:
+  """Built lazily: a linen CNN with two conv layers and a dense head."""
+
+  @staticmethod
+  def make():
+    import flax.linen as nn
+
+    class Net(nn.Module):
+      @nn.compact
+      def __call__(self, x):
+        h = nn.relu(nn.Conv(4, (3, 3), name="c1")(x))
+        h = nn.relu(nn.Conv(6, (3, 3), strides=2, name="c2")(h))
+        return nn.Dense(3, name="fc")(h.reshape(h.shape[0], -1))
+
+    return Net()
+
+
+def test_feature_distance_is_lpips_baseline_formula():
+  import saljax
+  net = _TwoConv.make()
+  x = jax.random.uniform(jax.random.key(0), (5, 8, 8, 3))
+  v = net.init(jax.random.key(1), x[:1])
+  tapped = saljax.from_linen(net, v, example=x[:1])
+  a, b = x, jax.random.uniform(jax.random.key(2), x.shape)
+  layers = ("c1", "c2", "fc")
+  d = np.asarray(B.feature_distance(tapped, a, b, layers))
+  # The formula by hand in numpy: unit channel vectors, squared L2, spatial mean, layer sum.
+  _, ra = tapped(a)
+  _, rb = tapped(b)
+  want = np.zeros(5)
+  for k in layers:
+    ua, ub = (np.asarray(r[k], np.float64) for r in (ra, rb))
+    ua = ua / (np.linalg.norm(ua, axis=-1, keepdims=True) + 1e-10)
+    ub = ub / (np.linalg.norm(ub, axis=-1, keepdims=True) + 1e-10)
+    want += ((ua - ub) ** 2).sum(-1).reshape(5, -1).mean(1)
+  np.testing.assert_allclose(d, want, rtol=1e-5)
+  assert (d > 0).all() and (d <= 2 * len(layers)).all()
+  np.testing.assert_allclose(B.feature_distance(tapped, a, a, layers), 0.0, atol=1e-6)
+  np.testing.assert_allclose(B.feature_distance(tapped, b, a, layers), d, rtol=1e-6)
+  # Chunked == unchunked.
+  np.testing.assert_allclose(B.feature_distance(tapped, a, b, layers, batch_size=2), d, rtol=1e-6)
+  with pytest.raises(ValueError, match="unknown layer"):
+    B.feature_distance(tapped, a, b, ("c9",))
+  with pytest.raises(ValueError, match="layers"):
+    B.feature_distance(tapped, a, b, "c1")
+  with pytest.raises(ValueError, match="shape of a"):
+    B.feature_distance(tapped, a, b[:2], layers)
+  with pytest.raises(TypeError, match="Tapped"):
+    B.feature_distance(lambda z: z, a, b, layers)

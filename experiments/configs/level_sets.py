@@ -19,4 +19,10 @@ def get_config():
   # image of another class as its target (seeded).
   c.lst = ml_collections.ConfigDict(dict(pairs=64, steps=200, step_size=0.02, correction=1.0,
                                          segment_points=21, batch_size=64))
+  # LPIPS-style distance to the target (saljax.blindspots.feature_distance):
+  # the pretrained Lite0 at 64 px, the last output of each resolution stage
+  # (LPIPS uses AlexNet's five conv stages); '' turns it off.
+  c.lst.feature_model = "efficientnet_lite0"
+  c.lst.feature_size = 64
+  c.lst.feature_layers = ("stem", "blocks_2", "blocks_4", "blocks_10", "blocks_15")
   return c

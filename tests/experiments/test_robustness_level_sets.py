@@ -65,6 +65,8 @@ def test_level_sets_binary(tmp_path):
     assert r["target_class"] != r["source_true_class"]
     assert r["l2_end_target"] < r["l2_source_target"]
     assert r["ssim_end_target"] > r["ssim_source_target"]
+    # Closer to the target to the pretrained network's features too.
+    assert 0.0 < r["lpips_end_target"] < r["lpips_source_target"], r
   assert summary["criterion_rate"] >= 0.75, summary
   img = _png(tmp_path / "level_sets.png")
   assert (img > 0.95).all(-1).mean() > 0.4
