@@ -80,7 +80,11 @@ def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, 
   t0 = time.perf_counter()
   end, info = blindspots.level_set_traversal(f, src, tgt, steps=int(c.steps),
                                              step_size=float(c.step_size),
-                                             correction=float(c.correction),
+                                             correction=float(c.correction), method=c.method,
+                                             pthresh=float(c.pthresh),
+                                             adv_step_size=float(c.adv_step_size),
+                                             init_noise=float(c.init_noise),
+                                             key=jax.random.key(int(config.seed)),
                                              batch_size=int(c.batch_size))
   conf = np.asarray(info["confidence"])
   seconds = time.perf_counter() - t0
@@ -116,7 +120,7 @@ def measure(config, f, x: np.ndarray, y: np.ndarray) -> tuple[list[dict], dict, 
                 if feat_end is not None else {}),
              "median_min_segment_confidence": float(np.median(seg.min(1))),
              "median_start_confidence": float(np.median(conf[:, 0])),
-             "steps": int(c.steps), "step_size": float(c.step_size),
+             "method": c.method, "steps": int(c.steps), "step_size": float(c.step_size),
              "correction": float(c.correction), "seconds": round(seconds, 2)}
   arrays = {"conf": conf, "seg": seg, "l2": l2, "src": np.asarray(src), "tgt": np.asarray(tgt),
             "end": np.asarray(end), "ssim_end": ssim_end}

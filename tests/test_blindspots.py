@@ -161,3 +161,27 @@ def test_feature_distance_is_lpips_baseline_formula():
     B.feature_distance(tapped, a, b[:2], layers)
   with pytest.raises(TypeError, match="Tapped"):
     B.feature_distance(lambda z: z, a, b, layers)
+
+
+def test_reference_update_keeps_its_threshold_and_reaches_the_target(cnn):
+  """The authors' update (method="reference"): every step it keeps stays
+  within `pthresh` of the clean source's confidence, by its acceptance rule,
+  and the paths still end near the target."""
+  f, _, x, y = cnn
+  si, ti = _pairs(y)
+  src, tgt = x[si], x[ti]
+  end, info = B.level_set_traversal(f, src, tgt, method="reference", steps=60, step_size=0.08,
+                                    pthresh=0.02, init_noise=0.0)
+  conf = np.asarray(info["confidence"])
+  assert (conf[:, 1:] > conf[:, :1] - 0.02 - 1e-6).all(), conf.min(1)
+  sim = np.asarray(B.ssim(end, tgt))
+  assert (sim > 0.8).mean() >= 0.9, sim
+  # With noise: keyed, deterministic under the key; no key is refused before work.
+  k = jax.random.key(3)
+  a, _ = B.level_set_traversal(f, src[:4], tgt[:4], method="reference", steps=5, key=k)
+  b, _ = B.level_set_traversal(f, src[:4], tgt[:4], method="reference", steps=5, key=k)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with pytest.raises(ValueError, match="key"):
+    B.level_set_traversal(f, src, tgt, method="reference")
+  with pytest.raises(ValueError, match="method"):
+    B.level_set_traversal(f, src, tgt, method="adam")
