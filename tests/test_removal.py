@@ -142,6 +142,30 @@ def test_neighbor_pad_known_values():
                              [1.0, 1.0, 1.0, 0.0, 0.0])
 
 
+def test_masked_max_pool_takes_the_largest_kept_value():
+  from saljax.models.cnn import masked_max_pool
+  x = jnp.asarray([[-3.0, -1.0, 4.0, 8.0], [-2.0, -9.0, 5.0, 6.0]]).reshape(1, 2, 4, 1)
+  m = jnp.asarray([[1.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]).reshape(1, 2, 4, 1)
+  out, pm = masked_max_pool(x, m, 2, 2, "VALID")
+  # Kept values of window 1 are -3 and -2 (a plain max pool gives -1, one over
+  # zeroed inputs 0); window 2 keeps nothing: 0, and its mask is 0.
+  np.testing.assert_array_equal(np.asarray(out).ravel(), [-2.0, 0.0])
+  np.testing.assert_array_equal(np.asarray(pm).ravel(), [1.0, 0.0])
+
+
+def test_resnet_block_masks_do_not_grow():
+  """A residual block's output mask is its shortcut's (the input mask,
+  subsampled by the stride), as in the authors' Bottleneck: one kept
+  position stays one kept position through any number of blocks."""
+  from saljax.models.resnet import BasicBlock, Bottleneck
+  m = np.zeros((1, 16, 16, 1), np.float32)
+  m[0, 4, 6] = 1.0
+  for block in (BasicBlock, Bottleneck):
+    np.testing.assert_array_equal(block(4, 1).out_mask(m), m)
+    out = np.asarray(block(4, 2).out_mask(m))
+    assert out.shape == (1, 8, 8, 1) and out.sum() == 1.0 and out[0, 2, 3, 0] == 1.0
+
+
 def test_cnn_keep_shape_error(cnn_model):
   module, variables, x = cnn_model
   with pytest.raises(ValueError, match=r"keep must be a pixel mask \[B, H, W\] = \[3, 8, 8\]"):

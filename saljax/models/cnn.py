@@ -11,14 +11,16 @@ Default CAM layer: the last conv block.
 Layer masking (Balasubramanian and Feizi, ICCV 2023, "Towards Improved Input
 Masking for Convolutional Neural Networks", arXiv:2211.14646):
 ``CNN(...)(x, keep=mask)`` with a pixel keep-mask ``[B, H, W]`` runs the
-network on the kept pixels only. The mask travels with the activations: each
-conv and pool sees its input multiplied by the mask and then neighbour-padded
+network on the kept pixels only. The mask travels with the activations, as
+in the authors' code (github.com/SriramB-98/layer_masking, ``sal_layers.py``):
+each conv sees its input multiplied by the mask and then neighbour-padded
 (`neighbor_pad`: masked positions take the mean of their kept 3x3
-neighbours, a few rounds, as the paper's Fig. 1), the mask goes through a
+neighbours, as many rounds as the kernel is wide), the mask goes through a
 max pool of the layer's kernel and stride (a position is kept when its
 receptive field holds a kept position), each output is multiplied by its
-mask, and the global average pool averages the kept positions only. So the
-logits do not depend on the masked pixels' values at all.
+mask, a max pool takes the largest kept value of its window (`masked_max_pool`;
+no padding), and the global average pool averages the kept positions only.
+So the logits do not depend on the masked pixels' values at all.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-# Rounds of neighbour padding: the paper's code uses 4, enough for the 3x3
-# receptive field of the dilated mask at every layer here.
+# Rounds of neighbour padding when none is given: the authors' code pads as
+# many rounds as the conv kernel is wide (its fill routine defaults to 4, but
+# every conv passes its kernel width); a k x k conv whose output mask is the
+# max-pooled input mask reads at most k - 1 positions beyond the kept ones.
 NEIGHBOR_ROUNDS = 4
 
 
@@ -66,6 +70,21 @@ def pixel_keep_mask(keep, x: jax.Array, who: str) -> jax.Array:
     raise ValueError(f"{who}: keep must be a pixel mask [B, H, W] = {list(x.shape[:3])}, got"
                      f" shape {tuple(keep.shape)}")
   return ((keep > 0.5) if keep.dtype != jnp.bool_ else keep).astype(x.dtype)[..., None]
+
+
+def masked_max_pool(x: jax.Array, mask: jax.Array, window: int, stride: int,
+                    padding) -> tuple[jax.Array, jax.Array]:
+  """Max pool over kept positions only: ``(pooled x, pooled mask)``, pooled
+  x zero where the window holds no kept position. The authors' code pools
+  the masked (zeroed) post-ReLU activations, which is the same for
+  non-negative inputs; taking the max over kept values only makes it hold
+  for any sign. Neighbour padding is not used here: a filled value could
+  exceed every kept value of the window."""
+  low = jnp.finfo(x.dtype).min
+  pooled = nn.max_pool(jnp.where(mask > 0, x, low), (window, window), (stride, stride),
+                       padding=padding)
+  pm = nn.max_pool(mask, (window, window), (stride, stride), padding=padding)
+  return jnp.where(pm > 0, pooled, 0), pm
 
 
 def mask_pool(mask: jax.Array, window: int, stride: int, padding: str) -> jax.Array:
@@ -120,18 +139,16 @@ class CNN(nn.Module):
       m = pixel_keep_mask(keep, x, "CNN")
     for i, c in enumerate(self.features):
       if m is not None:
-        x = neighbor_pad(x, m)
+        x = neighbor_pad(x, m, rounds=self.kernel_size)
       x = ConvReLU(c, self.kernel_size, name=f"conv_{i}")(x)
       if m is not None:
         m = mask_pool(m, self.kernel_size, 1, "SAME")
         x = x * m
       if i < n - 1:
-        if m is not None:
-          x = neighbor_pad(x, m)
-          m = mask_pool(m, 2, 2, "VALID")
-        x = nn.max_pool(x, (2, 2), (2, 2))
-        if m is not None:
-          x = x * m
+        if m is None:
+          x = nn.max_pool(x, (2, 2), (2, 2))
+        else:
+          x, m = masked_max_pool(x, m, 2, 2, "VALID")
     if m is None:
       x = x.mean(axis=(1, 2))
     else:  # pool over kept positions only; nothing kept gives zeros

@@ -11,12 +11,18 @@ layer: the last block of stage 4 (Grad-CAM's usual ``layer4`` choice).
 
 Layer masking (Balasubramanian and Feizi, ICCV 2023, arXiv:2211.14646), as in
 `saljax.models.cnn`: ``ResNet(...)(x, keep=mask)`` with a pixel keep-mask
-``[B, H, W]`` neighbour-pads the input of every conv and pool whose kernel is
-larger than 1x1, max-pools the mask with each layer's kernel, stride and
-padding, multiplies every (batch-normed) output by its mask, adds the masked
-shortcut, and averages the kept positions only at the end. Batch norm is
-read in inference mode (running averages), so it is per-position and commutes
-with the mask: the logits do not depend on the masked pixels' values.
+``[B, H, W]`` neighbour-pads the input of every conv whose kernel is larger
+than 1x1 (as many rounds as the kernel is wide), max-pools the mask with each
+layer's kernel, stride and padding, multiplies every (batch-normed) output by
+its mask, max-pools over kept positions only, and averages the kept positions
+only at the end. A residual block's output mask is the intersection of its
+conv path's mask and its shortcut's, which is the shortcut's: the block's
+input mask, subsampled by the stride. So the mask does not grow from block to
+block; the authors' code (github.com/SriramB-98/layer_masking,
+``sal_resnet.py``, its Bottleneck) does this; its BasicBlock has no masked
+path, and the same rule is used here. Batch norm is read in inference mode
+(running averages), so it is per-position and commutes with the mask: the
+logits do not depend on the masked pixels' values.
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from saljax.models.cnn import neighbor_pad, pixel_keep_mask
+from saljax.models.cnn import masked_max_pool, neighbor_pad, pixel_keep_mask
 
 
 def _pool_mask(m, window: int, stride: int, pad: int):
@@ -47,7 +53,7 @@ class StemBlock(nn.Module):
   def __call__(self, x, train: bool = False, m=None):
     _check_masked_train(train, m)
     if m is not None:
-      x = neighbor_pad(x, m)
+      x = neighbor_pad(x, m, rounds=3 if self.small_inputs else 7)
     if self.small_inputs:
       x = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False, name="conv")(x)
     else:
@@ -57,11 +63,10 @@ class StemBlock(nn.Module):
       m = _pool_mask(m, 3, 1, 1) if self.small_inputs else _pool_mask(m, 7, 2, 3)
       x = x * m
     if not self.small_inputs:
-      if m is not None:
-        x = neighbor_pad(x, m)
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
-      if m is not None:
-        x = x * _pool_mask(m, 3, 2, 1)
+      if m is None:
+        x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+      else:
+        x, _ = masked_max_pool(x, m, 3, 2, [(1, 1), (1, 1)])
     return x
 
   def out_mask(self, m):
@@ -80,7 +85,7 @@ class BasicBlock(nn.Module):
   def __call__(self, x, train: bool = False, m=None):
     _check_masked_train(train, m)
     bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
-    pad = (lambda v, mm: v) if m is None else neighbor_pad
+    pad = (lambda v, mm: v) if m is None else (lambda v, mm: neighbor_pad(v, mm, rounds=3))
     times = (lambda v, mm: v) if m is None else (lambda v, mm: v * mm)
     m1 = None if m is None else _pool_mask(m, 3, self.stride, 1)
     h = nn.Conv(self.features, (3, 3), (self.stride,) * 2, padding=[(1, 1), (1, 1)], use_bias=False,
@@ -95,8 +100,9 @@ class BasicBlock(nn.Module):
     return times(nn.relu(h + x), None if m is None else self.out_mask(m))
 
   def out_mask(self, m):
-    """The block's output mask for input mask `m`."""
-    return _pool_mask(_pool_mask(m, 3, self.stride, 1), 3, 1, 1)
+    """The block's output mask for input mask `m`: the conv path's (dilated)
+    mask intersected with the shortcut's, i.e. `m` subsampled by the stride."""
+    return _pool_mask(m, 1, self.stride, 0)
 
 
 class Bottleneck(nn.Module):
@@ -110,12 +116,12 @@ class Bottleneck(nn.Module):
     bn = lambda name: nn.BatchNorm(use_running_average=not train, name=name)
     h = nn.relu(bn("bn1")(nn.Conv(self.features, (1, 1), use_bias=False, name="conv1")(x)))
     if m is not None:  # 1x1: same positions; pad for the 3x3
-      h = neighbor_pad(h * m, m)
+      h = neighbor_pad(h * m, m, rounds=3)
     h = nn.Conv(self.features, (3, 3), (self.stride,) * 2, padding=[(1, 1), (1, 1)], use_bias=False,
                 name="conv2")(h)
     h = nn.relu(bn("bn2")(h))
     if m is not None:
-      h = h * self.out_mask(m)
+      h = h * _pool_mask(m, 3, self.stride, 1)
     h = bn("bn3")(nn.Conv(self.features * 4, (1, 1), use_bias=False, name="conv3")(h))
     if x.shape[-1] != self.features * 4 or self.stride != 1:
       x = nn.Conv(self.features * 4, (1, 1), (self.stride,) * 2, use_bias=False, name="proj")(x)
@@ -124,8 +130,10 @@ class Bottleneck(nn.Module):
     return out if m is None else out * self.out_mask(m)
 
   def out_mask(self, m):
-    """The block's output mask for input mask `m`."""
-    return _pool_mask(m, 3, self.stride, 1)
+    """The block's output mask for input mask `m`: the intersection of the
+    conv path's and the shortcut's, i.e. `m` subsampled by the stride (the
+    authors' Bottleneck)."""
+    return _pool_mask(m, 1, self.stride, 0)
 
 
 class ResNet(nn.Module):
