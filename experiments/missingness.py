@@ -220,7 +220,8 @@ def run_photos(config, workdir: str) -> dict[str, Any]:
   name = str(config.model)
   rows = []
   for kind in config.removals:
-    removal = R.Removal(kind, blur_sigma=float(config.blur_sigma)) if kind == "blur" else R.Removal(kind)
+    removal = (R.Removal(kind, blur_sigma=float(config.blur_sigma)) if kind == "blur"
+               else R.Removal(kind))
     for i, f in enumerate(fractions):
       t0 = time.perf_counter()
       r = measure(model, x, y, keep[i], removal, int(config.batch_size))

@@ -141,7 +141,7 @@ class MBConv(nn.Module):
       # 1x1 conv + batch norm: per position, no padding needed (module docstring).
       h = ConvBNAct(mid, 1, name="expand")(h, train)
     if m is not None:
-      h = neighbor_pad(h, m)  # multiplies by m first: the expand's masked outputs go
+      h = neighbor_pad(h, m)  # multiplies by m first: drops the expand's masked outputs
     h = ConvBNAct(mid, a.kernel, a.stride, depthwise=True, impl=self.impl, name="depthwise")(h, train)
     h = ConvBNAct(a.out_filters, 1, act=None, name="project")(h, train)
     if m is not None:  # batch norm's shift is not zero at masked positions

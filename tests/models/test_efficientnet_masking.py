@@ -17,7 +17,8 @@ from saljax.models import pretrained as P
 def _jitter(tree, key, scale):
   leaves, treedef = jax.tree_util.tree_flatten(tree)
   keys = jax.random.split(key, len(leaves))
-  return treedef.unflatten([a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
+  return treedef.unflatten(
+      [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
