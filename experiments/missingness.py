@@ -29,6 +29,19 @@ Writes ``missingness.jsonl`` (one row per model, strategy and fraction),
 the fraction removed), and returns ``{"rows", "accuracy", "done"}`` where
 ``done`` says whether the model strategy flips fewer predictions than
 blacking at every fraction, per model.
+
+The pretrained EfficientNet-Lite0 setting (a config with a ``model`` field,
+``experiments/configs/missingness_lite0.py``) measures the same on the six
+bundled real photos (`saljax.data.bundled_photos`) with nothing trained:
+
+    python -m experiments.missingness --config=experiments/configs/missingness_lite0.py \
+        --workdir=runs/missingness_lite0
+
+Random cells of a ``cell``-pixel grid over the model's 224x224 crop are
+removed; strategies ``constant`` (0 after the model's normalization, i.e.
+grey 127), ``mean``, ``blur`` and ``layer_mask`` (Lite0's layer-masked
+forward, `saljax.models.efficientnet`). Accuracy is against the hand-labelled
+class of each photo (``bundled_boxes.json``, Lite0's own top class).
 """
 from __future__ import annotations
 
@@ -48,6 +61,7 @@ from experiments.generalizability import shapes_data  # the planted-shape images
 from saljax.models import quick
 
 MODEL_REMOVAL = {"vit": "token_drop", "cnn": "layer_mask"}
+TITLES = {"vit": "ViT", "cnn": "CNN", "efficientnet_lite0": "EfficientNet-Lite0"}
 
 
 def check(config) -> None:
@@ -124,6 +138,8 @@ def measure(model, x, y, keep, removal, batch_size: int) -> dict[str, float]:
 
 
 def run(config, workdir: str) -> dict[str, Any]:
+  if "model" in config:
+    return run_photos(config, workdir)
   workdir = C.check_workdir(workdir)
   check(config)
   x_train, y_train = shapes_data(config, "train")
@@ -160,6 +176,70 @@ def run(config, workdir: str) -> dict[str, Any]:
   return {"rows": rows, "accuracy": accuracy, "done": done}
 
 
+def load_photo_model(name: str):
+  """The pretrained classifier the photo setting measures (a seam for tests)."""
+  return models.load_pretrained(name)
+
+
+def check_photos(config, image_size: int) -> None:
+  """Refuses a photo-setting config the protocol cannot run, before any model call."""
+  cell = int(config.cell)
+  if cell < 1 or image_size % cell:
+    raise ValueError(f"cell: expected a positive divisor of the model's input size {image_size},"
+                     f" got {config.cell!r}")
+  fr = tuple(float(f) for f in config.fractions)
+  if not fr or any(not 0.0 < f < 1.0 for f in fr):
+    raise ValueError(f"fractions: expected fractions in (0, 1), got {config.fractions!r}")
+  if int(config.draws) < 1:
+    raise ValueError(f"draws: expected a positive int, got {config.draws!r}")
+  for k in config.removals:
+    if k not in R.KINDS:
+      raise ValueError(f"removals: expected kinds of {list(R.KINDS)}, got {k!r}")
+
+
+def run_photos(config, workdir: str) -> dict[str, Any]:
+  """The pretrained-model setting (module docstring): same rows, table and figure."""
+  from saljax.data import bundled_photos
+  workdir = C.check_workdir(workdir)
+  model = load_photo_model(str(config.model))
+  size = int(model.input_shape[0])
+  check_photos(config, size)
+  names = tuple(config.photos) if config.photos else bundled_photos.NAMES
+  x = model.preprocess([bundled_photos.photos(names)[n] for n in names])
+  truth = bundled_photos.boxes(names, image_size=size)
+  y = np.asarray([truth[n]["class"] for n in names])
+  clean = np.asarray(jnp.argmax(model(x), -1))
+  accuracy = float((clean == y).mean())
+  logging.info("%s clean predictions %s, labels %s", config.model, clean.tolist(), y.tolist())
+  cell = int(config.cell)
+  g = size // cell
+  fractions = tuple(float(f) for f in config.fractions)
+  cells = cell_masks(jax.random.key(int(config.seed) + 1), fractions, int(config.draws), len(x),
+                     (g, g))
+  keep = jnp.repeat(jnp.repeat(cells, cell, -2), cell, -1)  # [F, D, N, H, W]
+  name = str(config.model)
+  rows = []
+  for kind in config.removals:
+    removal = (R.Removal(kind, blur_sigma=float(config.blur_sigma)) if kind == "blur"
+               else R.Removal(kind))
+    for i, f in enumerate(fractions):
+      t0 = time.perf_counter()
+      r = measure(model, x, y, keep[i], removal, int(config.batch_size))
+      rows.append({"model": name, "removal": kind, "fraction": f,
+                   "removed_cells": int(round(f * g * g)), "cells": g * g,
+                   "n": int(config.draws) * len(x), "clean_accuracy": accuracy,
+                   **{k: round(v, 5) for k, v in r.items()}, "seed": int(config.seed)})
+      logging.info("%s %s %.3f: %s (%.1f s)", name, kind, f, r, time.perf_counter() - t0)
+  flip = {(r["removal"], r["fraction"]): r["flip_rate"] for r in rows}
+  done = {name: all(flip[("layer_mask", f)] < flip[("constant", f)] for f in fractions)
+          if {"layer_mask", "constant"} <= set(config.removals) else None}
+  C.atomic_write_text(os.path.join(workdir, "missingness.jsonl"),
+                      "".join(json.dumps(r) + "\n" for r in rows))
+  C.atomic_write_text(os.path.join(workdir, "missingness.md"), table(rows))
+  C.atomic_write(os.path.join(workdir, "missingness.png"), lambda p: figure(rows, p))
+  return {"rows": rows, "accuracy": {name: accuracy}, "done": done}
+
+
 def table(rows) -> str:
   """The rows as a markdown table (flips, KL, accuracy on removed images)."""
   out = ["| model | removal | fraction removed | flips | KL(clean ‖ removed) | accuracy |",
@@ -178,7 +258,9 @@ def figure(rows, path) -> None:
 
   names = list(dict.fromkeys(r["model"] for r in rows))
   fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.4), squeeze=False)
-  style = {"constant": ("black", "o", "black fill"), "mean": ("tab:gray", "s", "mean fill"),
+  # "constant" is 0 in the model's input space: black for the models trained
+  # here, grey (127) after the pretrained Lite0's (x - 127) / 128.
+  style = {"constant": ("black", "o", "constant fill (0)"), "mean": ("tab:gray", "s", "mean fill"),
            "blur": ("tab:olive", "^", "blur fill"),
            "token_drop": ("tab:blue", "D", "token dropping"),
            "layer_mask": ("tab:orange", "D", "layer masking")}
@@ -190,7 +272,7 @@ def figure(rows, path) -> None:
       axes[0, j].plot(fr, [r["flip_rate"] for r in rr], color=c, marker=m, label=label)
       axes[1, j].plot(fr, [r["kl"] for r in rr], color=c, marker=m, label=label)
     acc = next(r["clean_accuracy"] for r in rows if r["model"] == name)
-    axes[0, j].set_title(f"{ {'vit': 'ViT', 'cnn': 'CNN'}.get(name, name)} (clean accuracy {acc:.2f})")
+    axes[0, j].set_title(f"{TITLES.get(name, name)} (clean accuracy {acc:.2f})")
     axes[0, j].set_ylabel("predictions changed")
     axes[1, j].set_ylabel("KL(clean || removed)")
     axes[1, j].set_xlabel("fraction of patches removed")
@@ -199,7 +281,8 @@ def figure(rows, path) -> None:
     for a in axes[:, j]:
       a.grid(alpha=0.3)
       a.legend(fontsize=8)
-  fig.suptitle("Random patch removal: blacking vs token dropping / layer masking")
+  title = "Random patch removal: pixel fills vs token dropping / layer masking"
+  fig.suptitle(title.replace(": ", ":\n") if len(names) == 1 else title)
   fig.tight_layout()
   fig.savefig(path, format="png", dpi=110)
   plt.close(fig)

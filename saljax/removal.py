@@ -18,7 +18,8 @@ moves for reasons that have nothing to do with the removed content
 - ``"layer_mask"`` (Balasubramanian and Feizi, ICCV 2023, "Towards Improved
   Input Masking for Convolutional Neural Networks", arXiv:2211.14646): a CNN
   carries the mask through its layers with neighbour padding, so it only
-  processes the kept pixels (`saljax.models.cnn`, `saljax.models.resnet`).
+  processes the kept pixels (`saljax.models.cnn`, `saljax.models.resnet`,
+  `saljax.models.efficientnet`, so the pretrained Lite0 too).
 
 The first three are pixel strategies, ``f(x * m + fill * (1 - m))`` for a
 keep-mask ``m``, and work with any model. The last two need the model's
@@ -27,8 +28,8 @@ finds it on a model that provides one:
 
 - an object with a ``masked(x, keep)`` method (a pytree, so its arrays are
   data: `MaskAware` is one, ``mask_aware(module, variables)`` builds it for a
-  linen module whose ``__call__`` takes ``keep=``, as saljax's `ViT`, `CNN`
-  and `ResNet` do);
+  linen module whose ``__call__`` takes ``keep=``, as saljax's `ViT`, `CNN`,
+  `ResNet` and `EfficientNetLite` do);
 - a `saljax.model.Tapped` built by ``from_linen`` or a
   `saljax.models.Classifier` whose linen module takes ``keep=``.
 
@@ -190,8 +191,9 @@ def mask_forward(f: Any, kind: str = "token_drop") -> Any:
   raise TypeError(
       f"removal={kind!r} needs the model's mask-aware forward masked(x, keep[B, H, W]) -> logits;"
       f" got {V.describe(f)}, which has none. Pass saljax.removal.mask_aware(module, variables)"
-      " for a linen module whose __call__ takes keep= (saljax.models ViT for token_drop, CNN and"
-      " ResNet for layer_mask), or any pytree callable with a masked(x, keep) method")
+      " for a linen module whose __call__ takes keep= (saljax.models ViT for token_drop; CNN,"
+      " ResNet and EfficientNetLite for layer_mask), or any pytree callable with a"
+      " masked(x, keep) method")
 
 
 @jax.tree_util.register_pytree_node_class

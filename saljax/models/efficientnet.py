@@ -13,6 +13,25 @@ Tappable layers (`saljax.model.from_linen` names): ``stem``, ``blocks_<i>``
 ``blocks_<i>/depthwise``, ``blocks_<i>/project`` (and their ``/conv`` and
 ``/bn``), ``head`` (the last conv feature map, 7x7x1280 at 224 px) and ``fc``
 (the logits). The default CAM layer is ``head``.
+
+Layer masking (Balasubramanian and Feizi, ICCV 2023, "Towards Improved Input
+Masking for Convolutional Neural Networks", arXiv:2211.14646), as in
+`saljax.models.cnn` and `saljax.models.resnet`: ``EfficientNetLite(...)(x,
+keep=mask)`` with a pixel keep-mask ``[B, H, W]`` runs the network on the kept
+pixels only. Every spatial conv (the 3x3/2 stem, each block's k x k depthwise
+conv) sees its input multiplied by the current mask and neighbour-padded
+(`neighbor_pad`); the mask then goes through a max pool of that conv's
+kernel, stride and TF-SAME padding (a position is kept when its receptive
+field holds a kept position), and the layer's output is multiplied by it.
+The 1x1 convs (expand, project, head) and batch norm (inference mode: running
+averages) act on each position alone, so they need no padding: a masked
+position's output depends only on that position's (zeroed or later
+re-padded) value, and the next mask multiply or neighbour pad discards it.
+The residual adds the block input, zero outside its mask. The global average
+pool averages the kept positions only. So the logits do not depend on the
+masked pixels' values at all, and an all-ones mask is exactly the plain
+forward. The Lite models have no squeeze-and-excitation, so there is no
+inner global pool to mask.
 """
 from __future__ import annotations
 
@@ -22,6 +41,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax.numpy as jnp
 
+from saljax.models.cnn import neighbor_pad, pixel_keep_mask
 from saljax.models.layers import ConvBNAct
 
 
@@ -55,6 +75,19 @@ LITE_PARAMS = {
 }
 
 DEFAULT_LAYER = "head"
+
+
+def _pool_mask(m, kernel: int, stride: int):
+  """The mask after a conv of this kernel and stride with TF-SAME padding: a
+  max pool with the same window, stride and padding (lax "SAME" pads as
+  `saljax.models.layers.same_pads`, the odd pixel at the end)."""
+  return nn.max_pool(m, (kernel, kernel), (stride, stride), padding="SAME")
+
+
+def _check_masked_train(train: bool, m) -> None:
+  if m is not None and train:
+    raise ValueError("EfficientNetLite: keep= (layer masking) runs batch norm on running"
+                     " averages; use train=False")
 
 
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
@@ -98,17 +131,28 @@ class MBConv(nn.Module):
   impl: str | None = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, m=None):
+    """The block's output; with a mask `m` ``[B, H, W, 1]`` (`x` zero outside
+    it) the layer-masked block, zero outside `out_mask(m)`."""
     a = self.args
     h = x
     mid = a.in_filters * a.expand
     if a.expand != 1:
+      # 1x1 conv + batch norm: per position, no padding needed (module docstring).
       h = ConvBNAct(mid, 1, name="expand")(h, train)
+    if m is not None:
+      h = neighbor_pad(h, m)  # multiplies by m first: drops the expand's masked outputs
     h = ConvBNAct(mid, a.kernel, a.stride, depthwise=True, impl=self.impl, name="depthwise")(h, train)
     h = ConvBNAct(a.out_filters, 1, act=None, name="project")(h, train)
+    if m is not None:  # batch norm's shift is not zero at masked positions
+      h = h * self.out_mask(m)
     if a.stride == 1 and a.in_filters == a.out_filters:
       h = h + x  # drop-connect is a training-time regularizer; not applied here
     return h
+
+  def out_mask(self, m):
+    """The block's output mask for input mask `m` (its depthwise conv's)."""
+    return _pool_mask(m, self.args.kernel, self.args.stride)
 
 
 class EfficientNetLite(nn.Module):
@@ -136,13 +180,28 @@ class EfficientNetLite(nn.Module):
   default_layer = DEFAULT_LAYER
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, keep=None):
+    """Logits ``[B, num_classes]``; with `keep` (a pixel keep-mask ``[B, H, W]``,
+    bool or float read as ``> 0.5``) the layer-masked forward (module docstring)."""
     blocks = self.blocks if self.blocks is not None else lite_blocks(self.width, self.depth)
-    x = ConvBNAct(blocks[0].in_filters, 3, 2, name="stem")(x, train)
-    for i, a in enumerate(blocks):
-      x = MBConv(a, impl=self.impl, name=f"blocks_{i}")(x, train)
-    x = ConvBNAct(self.head_features, 1, name="head")(x, train)
-    x = jnp.mean(x, axis=(1, 2))
+    if keep is None:  # the plain forward, unchanged
+      x = ConvBNAct(blocks[0].in_filters, 3, 2, name="stem")(x, train)
+      for i, a in enumerate(blocks):
+        x = MBConv(a, impl=self.impl, name=f"blocks_{i}")(x, train)
+      x = ConvBNAct(self.head_features, 1, name="head")(x, train)
+      x = jnp.mean(x, axis=(1, 2))
+    else:
+      m = pixel_keep_mask(keep, x, "EfficientNetLite")
+      _check_masked_train(train, m)
+      x = ConvBNAct(blocks[0].in_filters, 3, 2, name="stem")(neighbor_pad(x, m), train)
+      m = _pool_mask(m, 3, 2)
+      x = x * m
+      for i, a in enumerate(blocks):
+        block = MBConv(a, impl=self.impl, name=f"blocks_{i}")
+        x, m = block(x, train, m), block.out_mask(m)
+      # 1x1 head: per position; only kept positions enter the pool.
+      x = ConvBNAct(self.head_features, 1, name="head")(x, train)
+      x = (x * m).sum(axis=(1, 2)) / jnp.maximum(m.sum(axis=(1, 2)), 1)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="fc")(x)
 
