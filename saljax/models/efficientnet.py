@@ -20,9 +20,12 @@ Masking for Convolutional Neural Networks", arXiv:2211.14646), as in
 keep=mask)`` with a pixel keep-mask ``[B, H, W]`` runs the network on the kept
 pixels only. Every spatial conv (the 3x3/2 stem, each block's k x k depthwise
 conv) sees its input multiplied by the current mask and neighbour-padded
-(`neighbor_pad`); the mask then goes through a max pool of that conv's
-kernel, stride and TF-SAME padding (a position is kept when its receptive
-field holds a kept position), and the layer's output is multiplied by it.
+(`neighbor_pad`, as many rounds as the kernel is wide); the mask then goes
+through a max pool of that conv's kernel, stride and TF-SAME padding (a
+position is kept when its receptive field holds a kept position), and the
+layer's output is multiplied by it. A residual block's output mask is its
+input mask (the intersection of the conv path's and the shortcut's, as the
+authors' code), so the mask grows only at the strided, non-residual blocks.
 The 1x1 convs (expand, project, head) and batch norm (inference mode: running
 averages) act on each position alone, so they need no padding: a masked
 position's output depends only on that position's (zeroed or later
@@ -141,18 +144,28 @@ class MBConv(nn.Module):
       # 1x1 conv + batch norm: per position, no padding needed (module docstring).
       h = ConvBNAct(mid, 1, name="expand")(h, train)
     if m is not None:
-      h = neighbor_pad(h, m)  # multiplies by m first: drops the expand's masked outputs
+      # Multiplies by m first (drops the expand's masked outputs), then pads as
+      # many rounds as the kernel is wide, as the authors' code.
+      h = neighbor_pad(h, m, rounds=a.kernel)
     h = ConvBNAct(mid, a.kernel, a.stride, depthwise=True, impl=self.impl, name="depthwise")(h, train)
     h = ConvBNAct(a.out_filters, 1, act=None, name="project")(h, train)
     if m is not None:  # batch norm's shift is not zero at masked positions
       h = h * self.out_mask(m)
-    if a.stride == 1 and a.in_filters == a.out_filters:
+    if self._residual:
       h = h + x  # drop-connect is a training-time regularizer; not applied here
     return h
 
+  @property
+  def _residual(self) -> bool:
+    return self.args.stride == 1 and self.args.in_filters == self.args.out_filters
+
   def out_mask(self, m):
-    """The block's output mask for input mask `m` (its depthwise conv's)."""
-    return _pool_mask(m, self.args.kernel, self.args.stride)
+    """The block's output mask for input mask `m`: its depthwise conv's
+    (dilated) mask, intersected with the input mask when the block is
+    residual, as the authors' MBConv (github.com/SriramB-98/layer_masking,
+    ``efficientnet.py``) does, so the mask does not grow through residual
+    blocks."""
+    return m if self._residual else _pool_mask(m, self.args.kernel, self.args.stride)
 
 
 class EfficientNetLite(nn.Module):
@@ -193,7 +206,7 @@ class EfficientNetLite(nn.Module):
     else:
       m = pixel_keep_mask(keep, x, "EfficientNetLite")
       _check_masked_train(train, m)
-      x = ConvBNAct(blocks[0].in_filters, 3, 2, name="stem")(neighbor_pad(x, m), train)
+      x = ConvBNAct(blocks[0].in_filters, 3, 2, name="stem")(neighbor_pad(x, m, rounds=3), train)
       m = _pool_mask(m, 3, 2)
       x = x * m
       for i, a in enumerate(blocks):

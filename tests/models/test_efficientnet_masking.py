@@ -80,6 +80,19 @@ def test_mask_follows_each_convs_receptive_field(size, kernel, stride):
   assert 0 < float(got.mean()) < 1
 
 
+def test_residual_block_masks_do_not_grow():
+  # The authors' MBConv: a residual block's mask is its input's (conv path
+  # intersected with the shortcut); a strided block's is its depthwise conv's.
+  m = np.zeros((1, 16, 16, 1), np.float32)
+  m[0, 6, 6] = 1.0
+  residual = E.MBConv(E.BlockArgs(1, 5, 1, 6, 8, 8))
+  np.testing.assert_array_equal(residual.out_mask(m), m)
+  strided = E.MBConv(E.BlockArgs(1, 5, 2, 6, 8, 16))
+  np.testing.assert_array_equal(strided.out_mask(m), E._pool_mask(m, 5, 2))
+  # TF-SAME, 16 px, 5x5/2: output i reads inputs 2i-1..2i+3, so pixel 6 reaches i = 2, 3.
+  assert float(strided.out_mask(m).sum()) == 4.0
+
+
 def _classifier(module, variables, size):
   # layer_names given: no trace of the module to list them.
   return P.Classifier(module, variables, input_shape=(size, size, 3), default_layer=E.DEFAULT_LAYER,
