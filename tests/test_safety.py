@@ -194,3 +194,81 @@ def test_binary_writes_table_jsonl_and_png(tmp_path):
   png = np.asarray(Image.open(tmp_path / "safety_examples.png").convert("L"), np.float64)
   assert png.shape[1] > 400 and png.std() > 30  # digits on black panels, not a blank figure
   assert (png < 20).mean() > 0.2 and (png > 235).mean() > 0.1  # black panels, white margins
+
+
+# ----------------------------------------------------------------------------
+# The authors' rules (SafeCV): known answers on a 4x4 image and a hand-made model.
+
+
+def _two_pixel_model(x):
+  """Class 1 iff ``x[0, 0] + (1 - x[0, 1]) > 1.5``: on the clean image below
+  (0.3 everywhere, 0.7 at (0, 1)) that needs BOTH (0, 0) white and (0, 1)
+  black, and no other pixel matters."""
+  s = x[:, 0, 0, 0] + (1.0 - x[:, 0, 1, 0])
+  return jnp.stack([jnp.full_like(s, 1.5), s], -1)
+
+
+def _two_pixel_images():
+  x = np.full((2, 4, 4, 1), 0.3, np.float32)
+  x[:, 0, 1] = 0.7
+  return jnp.asarray(x)
+
+
+def test_extreme_manipulation_offers_the_farther_bound_only():
+  x = np.array([0.0, 0.3, 0.5, 0.7, 1.0], np.float32).reshape(1, 1, 5, 1)
+  signs = safety._effective_signs(x, 1.0, (0.0, 1.0), "extreme")  # [-, +] per pixel
+  np.testing.assert_array_equal(signs[0], [[0, 1], [0, 1], [1, 0], [1, 0], [1, 0]])  # 0.5 -> 0, as p < 255 - p
+  both = safety._effective_signs(x, 1.0, (0.0, 1.0), "tau")
+  np.testing.assert_array_equal(both[0], [[0, 1], [1, 1], [1, 1], [1, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("search", ["feature_guided_search", "random_search"])
+def test_backtracking_keeps_exactly_the_needed_pixels(search):
+  x = _two_pixel_images()
+  run = lambda **kw: getattr(safety, search)(_two_pixel_model, x, key=jax.random.key(3), max_pixels=16,
+                                             max_queries=60, manipulation="extreme", **kw)
+  plain, back = run(), run(backtrack=True)
+  assert plain.success.all() and back.success.all()
+  if search == "random_search":  # (MCTS's saliency finds the two pixels outright here)
+    assert (plain.l0 > 2).all(), plain.l0  # the playouts find more pixels than needed...
+  np.testing.assert_array_equal(back.l0, [2, 2])  # ...backtracking undoes all but the two
+  for moves in back.moves:
+    assert sorted(moves) == [(0, 0, 1), (0, 1, -1)]
+  np.testing.assert_allclose(back.adversarial[:, 0, 0, 0], 1.0)  # extreme: to the farther bound
+  np.testing.assert_allclose(back.adversarial[:, 0, 1, 0], 0.0)
+  np.testing.assert_allclose(back.l2, np.sqrt(0.7 ** 2 + 0.7 ** 2), rtol=1e-5)
+  assert (back.queries <= 60).all()
+  np.testing.assert_array_equal(np.asarray(jnp.argmax(_two_pixel_model(jnp.asarray(back.adversarial)), -1)), 1)
+
+
+def test_backtrack_batch_undoes_the_unneeded_moves_in_order():
+  x = _two_pixel_images()
+  label = jnp.zeros(2, jnp.int32)
+  # Moves are 2 * pixel + (1 if + else 0): pixel 5 +, pixel 0 +, pixel 9 -, pixel 1 -, pixel 3 +;
+  # row 1 lacks pixel 1 (not adversarial: nothing may be undone).
+  moves = jnp.asarray([[11, 1, 18, 2, 7, -1], [11, 1, 18, 7, -1, -1]], jnp.int32)
+  out, pred, l2 = safety.backtrack_batch(_two_pixel_model, x, jnp.arange(2), moves, label,
+                                         jnp.asarray([1, 0]), jnp.asarray([9.0, 9.0]), 1.0, (0.0, 1.0), None)
+  np.testing.assert_array_equal(out, [[-1, 1, -1, 2, -1, -1], [11, 1, 18, 7, -1, -1]])
+  np.testing.assert_array_equal(pred, [1, 0])
+  np.testing.assert_allclose(l2, [np.sqrt(2 * 0.7 ** 2), 9.0], rtol=1e-5)
+
+
+def test_authors_reward_is_the_probability_drop_over_depth():
+  assert safety._reward("probability", 0.9, 0.4, 2, 0.7) == pytest.approx(0.25)
+  assert safety._reward("probability", 0.9, 0.95, 1, 0.0) == pytest.approx(-0.05)  # may be negative
+  assert safety._reward("shaped", 0.9, 0.4, 2, 0.7) == pytest.approx(0.5 * 0.6 + 0.5 * 0.7)
+
+
+def test_authors_gaussians_are_wider_and_a_mixture():
+  img = np.zeros((16, 16))
+  img[3:7, 9:13] = 1.0
+  ours = safety.sift_saliency(img)
+  theirs = safety.sift_saliency(img, scale_factor=2.0, scale_add=1.0, mixture=True)
+  np.testing.assert_allclose(theirs.scales, 2.0 * ours.scales + 1.0)
+  rr, cc = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+  dens = [np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * s * s)) for (r, c), s in zip(theirs.keypoints, theirs.scales)]
+  want = sum(w * d / d.sum() for w, d in zip(theirs.weights, dens))
+  np.testing.assert_allclose(theirs.saliency, want / want.sum(), rtol=1e-6)
+  # Wider Gaussians put more mass away from the square than ours.
+  assert theirs.saliency[8:, :8].sum() > ours.saliency[8:, :8].sum()
