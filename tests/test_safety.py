@@ -144,7 +144,9 @@ def test_eight_devices_equal_one():
   script = os.path.join(os.path.dirname(__file__), "_safety_devices.py")
   res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert json.loads(res.stdout.strip().splitlines()[-1]) == {"mcts": True, "random": True}
+  assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+      "mcts": True, "random": True, "mcts_authors": True, "random_authors": True,
+      "mcts_authors_succeeded": True, "random_authors_succeeded": True}
 
 
 def test_bad_inputs(digits):
