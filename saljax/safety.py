@@ -55,6 +55,13 @@ one compiled function (`query_batch` under `saljax.model.jit`) evaluates. The
 trees themselves are host-side Python/numpy. `random_search` is the baseline
 at the same query budget: playouts from the clean image with uniformly random
 pixels and the same manipulations.
+
+The authors' code (SafeCV, `docs/safety.md` compares it point by point)
+differs in four rules that are options here: `manipulation="extreme"` (a
+pixel goes to the farther bound), `backtrack=True` (undo the manipulations an
+example does not need, `backtrack_batch`), `reward="probability"` (the label's
+probability drop over the depth) and wider Gaussians over the whole image
+(`sift_saliency(scale_factor=2, scale_add=1, mixture=True)`).
 """
 from __future__ import annotations
 
@@ -681,7 +688,7 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
     playouts: random playouts per new leaf (default 1); a playout queries its
       prefixes 1, 2, 4, ... manipulations past the leaf (about log2 of
       `max_pixels` queries), so the L0 it reports is an upper bound.
-    exploration: UCB1's constant (default 0.5; rewards lie in [0, 1] and most
+    exploration: UCB1's constant (default 0.1; rewards lie in [0, 1] and most
       are small, so sqrt(2) left the search near breadth-first).
     saliency: precomputed `sift_saliency` per image (default: computed here).
     manipulation: ``"tau"`` (default: ``+tau`` or ``-tau``, both offered

@@ -174,6 +174,20 @@ def test_bad_inputs(digits):
     safety.sift_saliency(x[0], uniform=1.5)
   with pytest.raises(ValueError, match="exploration"):
     safety.feature_guided_search(model, x[:1], key=key, exploration=-1.0)
+  with pytest.raises(ValueError, match="manipulation: expected one of"):
+    safety.random_search(model, x[:1], key=key, manipulation="white")
+  with pytest.raises(ValueError, match="bounds"):
+    safety.random_search(model, x[:1], key=key, manipulation="extreme", bounds=None)
+  with pytest.raises(ValueError, match="backtrack"):
+    safety.random_search(model, x[:1], key=key, backtrack=1)
+  with pytest.raises(ValueError, match="max_queries: expected more than"):
+    safety.random_search(model, x[:1], key=key, backtrack=True, max_queries=17)
+  with pytest.raises(ValueError, match="reward"):
+    safety.feature_guided_search(model, x[:1], key=key, reward="distance")
+  with pytest.raises(ValueError, match="scale_factor"):
+    safety.sift_saliency(x[0], scale_factor=0.0)
+  with pytest.raises(ValueError, match="mixture"):
+    safety.sift_saliency(x[0], mixture="yes")
 
 
 def test_binary_writes_table_jsonl_and_png(tmp_path):
@@ -241,6 +255,10 @@ def test_backtracking_keeps_exactly_the_needed_pixels(search):
   np.testing.assert_allclose(back.l2, np.sqrt(0.7 ** 2 + 0.7 ** 2), rtol=1e-5)
   assert (back.queries <= 60).all()
   np.testing.assert_array_equal(np.asarray(jnp.argmax(_two_pixel_model(jnp.asarray(back.adversarial)), -1)), 1)
+  before = safety._backtrack._cache_size()
+  getattr(safety, search)(_two_pixel_model, x, key=jax.random.key(4), max_pixels=16, max_queries=50,
+                          manipulation="extreme", backtrack=True)
+  assert safety._backtrack._cache_size() == before  # new key and budget: the same backtracking program
 
 
 def test_backtrack_batch_undoes_the_unneeded_moves_in_order():
