@@ -134,7 +134,8 @@ def run(config, workdir: str) -> dict[str, Any]:
   train_s = time.perf_counter() - t0
   x = x[:config.n_images]
   common = dict(max_queries=config.search.max_queries, max_pixels=config.search.max_pixels,
-                tau=config.search.tau)
+                tau=config.search.tau, manipulation=config.search.manipulation,
+                backtrack=config.search.backtrack)
   t0 = time.perf_counter()
   sal = [safety.sift_saliency(img, **config.sift) for img in x]
   sift_s = time.perf_counter() - t0
@@ -146,12 +147,16 @@ def run(config, workdir: str) -> dict[str, Any]:
   rnd = safety.random_search(model, x, key=jax.random.key(config.seed), **common, **config.random)
   rnd_s = time.perf_counter() - t0
   k = config.search.max_pixels
+  # Image by image: does MCTS need fewer, as many or more pixels (failure = k + 1)?
+  a, b = (np.where(r.success, r.l0, k + 1) for r in (mcts, rnd))
+  paired = [int((a < b).sum()), int((a == b).sum()), int((a > b).sum())]
   rows = [dict(method="mcts", **summarize(mcts, k), seconds=round(mcts_s + sift_s, 1),
-               sift_fallbacks=int(sum(s.fallback for s in sal))),
+               sift_fallbacks=int(sum(s.fallback for s in sal)), paired_fewer_equal_more=paired,
+               reward=config.mcts.reward),
           dict(method="random", **summarize(rnd, k), seconds=round(rnd_s, 1))]
   for row in rows:
     row.update(n_images=len(x), test_accuracy=acc, train_seconds=round(train_s, 1), seed=config.seed,
-               sift_uniform=config.sift.uniform, **common)
+               sift=dict(config.sift), **common)
   lines = [json.dumps(r) for r in rows]
   for name, res in (("mcts", mcts), ("random", rnd)):
     for i in range(len(x)):

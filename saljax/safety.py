@@ -55,6 +55,13 @@ one compiled function (`query_batch` under `saljax.model.jit`) evaluates. The
 trees themselves are host-side Python/numpy. `random_search` is the baseline
 at the same query budget: playouts from the clean image with uniformly random
 pixels and the same manipulations.
+
+The authors' code (SafeCV, `docs/safety.md` compares it point by point)
+differs in four rules that are options here: `manipulation="extreme"` (a
+pixel goes to the farther bound), `backtrack=True` (undo the manipulations an
+example does not need, `backtrack_batch`), `reward="probability"` (the label's
+probability drop over the depth) and wider Gaussians over the whole image
+(`sift_saliency(scale_factor=2, scale_add=1, mixture=True)`).
 """
 from __future__ import annotations
 
@@ -126,7 +133,8 @@ def _grid_keypoints(gray: np.ndarray, grid: int):
 
 
 def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
-                  grid: int = 3, uniform: float = 0.0) -> FeatureSaliency:
+                  grid: int = 3, uniform: float = 0.0, scale_factor: float = 1.0,
+                  scale_add: float = 0.0, mixture: bool = False) -> FeatureSaliency:
   """The paper's saliency distribution of one image from its SIFT keypoints.
 
   Args:
@@ -141,6 +149,17 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
       (default 0, the paper's mixture alone). On 8x8 digits the keypoints'
       Gaussians are narrow (about a pixel), so playouts keep to a few pixels;
       `docs/safety.md` measures what a floor changes.
+    scale_factor, scale_add: each Gaussian's standard deviation is
+      ``scale_factor * sigma + scale_add`` pixels (of the original image),
+      ``sigma`` the keypoint's SIFT scale. Default 1 and 0. The authors' code
+      (SafeCV) uses OpenCV's keypoint size (about ``2 * sigma``) plus a
+      constant 15 pixels of the upscaled image, which on their 15x upscaled
+      MNIST is ``scale_factor=2, scale_add=1``.
+    mixture: False (default): each pixel belongs to one keypoint's region and
+      player II draws within it. True: the authors' sampling, where player II
+      draws from the chosen keypoint's Gaussian over the whole image, so the
+      saliency is the weighted mixture itself (the regions still group the
+      tree's moves).
   Returns:
     a `FeatureSaliency`.
   """
@@ -154,6 +173,13 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
   grid = V.check_positive_int(grid, "grid")
   if isinstance(uniform, bool) or not isinstance(uniform, (int, float)) or not 0 <= uniform <= 1:
     raise ValueError(f"uniform: expected a float in [0, 1], got {uniform!r}")
+  for name, v in (("scale_factor", scale_factor), ("scale_add", scale_add)):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+      raise ValueError(f"{name}: expected a float >= 0, got {v!r}")
+  if not scale_factor > 0:
+    raise ValueError(f"scale_factor: expected a float > 0, got {scale_factor!r}")
+  if not isinstance(mixture, bool):
+    raise ValueError(f"mixture: expected a bool, got {mixture!r}")
   factor = max(1, int(math.ceil(min_size / min(h, w))))
   big = resize(gray, (h * factor, w * factor), order=1, anti_aliasing=False)
   span = float(big.max() - big.min())
@@ -183,6 +209,7 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
   if fallback:
     kp, scales, resp = _grid_keypoints(gray, grid)
   weights = resp / resp.sum()
+  scales = scale_factor * scales + scale_add
   rr, cc = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
   d2 = (rr[None] - kp[:, 0, None, None]) ** 2 + (cc[None] - kp[:, 1, None, None]) ** 2
   dens = np.exp(-d2 / (2 * scales[:, None, None] ** 2)) / (2 * np.pi * scales[:, None, None] ** 2)
@@ -193,7 +220,10 @@ def sift_saliency(image: Any, *, min_size: int = 32, max_keypoints: int = 16,
   own = np.take_along_axis(dens, regions[None], 0)[0]
   mass = np.zeros(len(kp))
   np.add.at(mass, regions.ravel(), own.ravel())
-  saliency = weights[regions] * own / np.maximum(mass[regions], 1e-300)
+  if mixture:  # player II samples the chosen keypoint's Gaussian anywhere
+    saliency = (weighted / dens.reshape(len(kp), -1).sum(1)[:, None, None]).sum(0)
+  else:
+    saliency = weights[regions] * own / np.maximum(mass[regions], 1e-300)
   saliency = saliency / saliency.sum()
   saliency = (1.0 - uniform) * saliency + uniform / saliency.size
   return FeatureSaliency(saliency, regions.astype(np.int32), kp, scales, weights, fallback)
@@ -247,7 +277,49 @@ def _query(f, x0, image, moves, length, label, tau, bounds, batch_size):
 
 @M.jit
 def _predict(f, x):
-  return jnp.argmax(f(x), -1)
+  """The clean class and its softmax probability (the authors' reward baseline)."""
+  logits = f(x)
+  label = jnp.argmax(logits, -1)
+  return label, jnp.take_along_axis(jax.nn.softmax(logits), label[:, None], 1)[:, 0]
+
+
+def backtrack_batch(f, x0: Array, image: Array, moves: Array, label: Array, pred: Array, l2: Array,
+                    tau: Array, bounds, batch_size: int | None):
+  """Greedy removal of manipulations from adversarial examples (pure, traceable).
+
+  The authors' backtracking (SafeCV's ``DFMCS``, run on every example it
+  finds): go through the manipulations in the order they were made and undo
+  each one whose undoing leaves the image misclassified. SafeCV undoes
+  clusters of ``backtracking_constant + 1`` (11) pixels per query on 28 px
+  and larger images; here one pixel per query, since our examples have at
+  most `max_pixels` (16) of them. A `lax.scan` over the move positions, each
+  step one `query_batch` of all rows.
+
+  Args:
+    f, x0, label, tau, bounds, batch_size: as `query_batch`.
+    image: ``[Q]`` which clean image each row's example starts from.
+    moves: ``[Q, K]`` the example's moves, -1 padded.
+    pred, l2: ``[Q]`` the example's class and L2 distance.
+  Returns:
+    ``(moves [Q, K] with undone moves set to -1, pred [Q], l2 [Q])``.
+  """
+  q, k = moves.shape
+  full = jnp.full((q,), k, jnp.int32)
+
+  def step(carry, t):
+    mv, pr, d = carry
+    trial = mv.at[:, t].set(-1)
+    p2, _, d2 = query_batch(f, x0, image, trial, full, label, tau, bounds, batch_size)
+    keep = (mv[:, t] >= 0) & (p2 != label[image])  # still adversarial without move t
+    return (jnp.where(keep[:, None], trial, mv), jnp.where(keep, p2, pr), jnp.where(keep, d2, d)), None
+
+  (moves, pred, l2), _ = jax.lax.scan(step, (moves, pred, l2), jnp.arange(k))
+  return moves, pred, l2
+
+
+@M.jit(static_argnames=("bounds", "batch_size"))
+def _backtrack(f, x0, image, moves, label, pred, l2, tau, bounds, batch_size):
+  return backtrack_batch(f, x0, image, moves, label, pred, l2, tau, bounds, batch_size)
 
 
 class _Oracle:
@@ -268,6 +340,33 @@ class _Oracle:
       x0, label = jax.device_put(x0, everywhere), jax.device_put(label, everywhere)
     out = _query(self.f, x0, *rows, label, self.tau, self.bounds, self.batch_size)
     return tuple(np.asarray(a)[:q] for a in out)
+
+  def backtrack(self, best: "_Best", queries: np.ndarray, k: int) -> None:
+    """Undoes what manipulations of each image's best example it can (see
+    `backtrack_batch`), in place; a query is counted per move of an example
+    with two or more (undoing a single pixel gives the clean image back)."""
+    n = len(best.moves)
+    todo = np.flatnonzero(np.isfinite(best.l0) & (best.l0 >= 2))
+    if len(todo) == 0:
+      return
+    moves = np.full((n, k), -1, np.int64)
+    for i in todo:
+      moves[i, :len(best.moves[i])] = best.moves[i]
+    rows = (jnp.arange(n, dtype=jnp.int32), jnp.asarray(moves, jnp.int32), jnp.asarray(best.pred, jnp.int32),
+            jnp.asarray(np.where(np.isfinite(best.l2), best.l2, 0.0), self.x0.dtype))
+    q = n
+    x0, label = self.x0, self.label
+    if self.mesh is not None:
+      rows, q = parallel.shard_batch(rows, self.mesh)
+      everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      x0, label = jax.device_put(x0, everywhere), jax.device_put(label, everywhere)
+    image, mv, pr, d = rows
+    out = _backtrack(self.f, x0, image, mv, label, pr, d, self.tau, self.bounds, self.batch_size)
+    mv, pr, d = (np.asarray(a)[:q] for a in out)
+    for i in todo:
+      queries[i] += len(best.moves[i])
+      kept = tuple(int(m) for m in mv[i] if m >= 0)
+      best.l0[i], best.l2[i], best.moves[i], best.pred[i] = len(kept), float(d[i]), kept, int(pr[i])
 
 
 # ----------------------------------------------------------------------------
@@ -329,10 +428,19 @@ def _check(f, x, key, method, max_queries, tau, bounds, max_pixels, playouts, ba
   return f, x, np.random.default_rng(seed), max_queries, float(tau), bounds, max_pixels, playouts, batch_size
 
 
-def _effective_signs(x0: np.ndarray, tau: float, bounds) -> np.ndarray:
-  """``[N, H*W, 2]`` bool: whether ``-tau`` / ``+tau`` changes the pixel at all."""
+def _effective_signs(x0: np.ndarray, tau: float, bounds, manipulation: str = "tau") -> np.ndarray:
+  """``[N, H*W, 2]`` bool: the manipulations offered per pixel, ``-`` / ``+``.
+
+  ``"tau"``: each of ``-tau`` / ``+tau`` that changes the pixel at all.
+  ``"extreme"`` (the authors' MNIST example, ``max_manip``): only the
+  direction towards the farther bound (``+`` when the pixel's channel mean is
+  below the midpoint, else ``-``, as their ``p < 255 - p``), which with ``tau``
+  the full range sets the pixel to that bound."""
   n, h, w, c = x0.shape
   flat = x0.reshape(n, h * w, c)
+  if manipulation == "extreme":
+    up = flat.mean(-1) < 0.5 * (bounds[0] + bounds[1])
+    return np.stack([~up, up], -1)
   if bounds is None:
     return np.ones((n, h * w, 2), bool)
   return np.stack([(flat > bounds[0]).any(-1), (flat < bounds[1]).any(-1)], -1)
@@ -506,20 +614,53 @@ def _offsets(k: int) -> np.ndarray:
   return np.asarray(o)
 
 
-def _prepare(f, x, key, method, max_queries, tau, bounds, max_pixels, playouts, batch_size, mesh):
+_MANIPULATIONS = ("tau", "extreme")
+
+
+def _reward(kind: str, p_clean: float, p_state: float, depth: int, found: float) -> float:
+  """A new state's MCTS reward. ``"shaped"``: ``0.5 * (1 - p_state) + 0.5 *
+  found`` (`found`: ``1 - (L0 - 1) / max_pixels`` of the best adversarial
+  example of its playouts, 0 if none). ``"probability"`` (the authors' MCTS):
+  the drop of the label's probability from the clean image,
+  ``(p_clean - p_state) / depth``; it may be negative."""
+  if kind == "probability":
+    return float(p_clean - p_state) / depth
+  return _SHAPING * (1.0 - float(p_state)) + (1.0 - _SHAPING) * found
+
+
+def _prepare(f, x, key, method, max_queries, tau, bounds, max_pixels, playouts, batch_size, mesh,
+             manipulation, backtrack):
+  if manipulation not in _MANIPULATIONS:
+    raise ValueError(f"manipulation: expected one of {_MANIPULATIONS}, got {manipulation!r}")
+  if manipulation == "extreme" and bounds is None:
+    raise ValueError("manipulation='extreme': expected bounds (low, high) to move pixels to, got None")
+  if not isinstance(backtrack, bool):
+    raise ValueError(f"backtrack: expected a bool, got {backtrack!r}")
   f, x, rng, max_queries, tau, bounds, max_pixels, playouts, batch_size = _check(
       f, x, key, method, max_queries, tau, bounds, max_pixels, playouts, batch_size)
-  label = _predict(f, x)
+  if manipulation == "extreme":
+    tau = bounds[1] - bounds[0]  # every offered move then lands on a bound
+  if backtrack and max_queries <= max_pixels + 1:
+    raise ValueError(f"max_queries: expected more than max_pixels + 1 = {max_pixels + 1} with backtrack=True "
+                     f"(that many are kept for backtracking), got {max_queries}")
+  label, p_clean = _predict(f, x)
   oracle = _Oracle(f, x, label, jnp.asarray(tau, x.dtype), bounds, batch_size, mesh)
-  return (oracle, np.asarray(x), np.asarray(label), rng, max_queries, tau, bounds, max_pixels,
-          playouts)
+  x0 = np.asarray(x)
+  signs = _effective_signs(x0, tau, bounds, manipulation)
+  # Backtracking costs at most one query per pixel of the example: keep that
+  # many back, so the whole search stays within `max_queries`.
+  search_budget = max_queries - (max_pixels if backtrack else 0)
+  return (oracle, x0, np.asarray(label), np.asarray(p_clean), signs, rng, search_budget, tau, bounds,
+          max_pixels, playouts)
 
 
 def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float = 1.0,
                           bounds: Sequence[float] | None = (0.0, 1.0), max_pixels: int = 16,
                           expansions: int = 16, playouts: int = 1, exploration: float = 0.1,
                           saliency: Sequence[FeatureSaliency] | None = None,
-                          batch_size: int | None = None, mesh=None) -> SafetyResult:
+                          manipulation: str = "tau", backtrack: bool = False,
+                          reward: str = "shaped", batch_size: int | None = None,
+                          mesh=None) -> SafetyResult:
   """Feature-guided black-box search for adversarial examples with few changed
   pixels: MCTS over the two-player game of Wicker et al. 2018 (TACAS,
   arXiv:1710.07859); see the module docstring for the game.
@@ -547,17 +688,31 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
     playouts: random playouts per new leaf (default 1); a playout queries its
       prefixes 1, 2, 4, ... manipulations past the leaf (about log2 of
       `max_pixels` queries), so the L0 it reports is an upper bound.
-    exploration: UCB1's constant (default 0.5; rewards lie in [0, 1] and most
+    exploration: UCB1's constant (default 0.1; rewards lie in [0, 1] and most
       are small, so sqrt(2) left the search near breadth-first).
     saliency: precomputed `sift_saliency` per image (default: computed here).
+    manipulation: ``"tau"`` (default: ``+tau`` or ``-tau``, both offered
+      where they change the pixel) or ``"extreme"`` (the authors' MNIST rule:
+      the pixel goes to the farther bound, one move per pixel; `tau` unused).
+    backtrack: undo, after the search, every manipulation of the best example
+      that is not needed for the misclassification (the authors' DFMCS
+      backtracking, one pixel per query; `backtrack_batch`). Default False
+      (the search as documented before the authors' code was read);
+      `max_pixels` queries of the budget are kept back for it.
+    reward: ``"shaped"`` (default: the module docstring's mix of the label's
+      probability drop and the playouts' distance) or ``"probability"`` (the
+      authors' MCTS: the drop of the label's probability from the clean image
+      to the new state, divided by the state's depth; no distance term).
     batch_size: model evaluations per chunk (None: automatic).
     mesh: a `jax.sharding.Mesh` to shard the query rows over, or None.
   Returns:
     a `SafetyResult`.
   """
-  oracle, x0, label, rng, budget, tau, bounds, k, p = _prepare(
+  if reward not in ("shaped", "probability"):
+    raise ValueError(f"reward: expected 'shaped' or 'probability', got {reward!r}")
+  oracle, x0, label, p_clean, signs, rng, budget, tau, bounds, k, p = _prepare(
       f, x, key, "feature_guided_search", max_queries, tau, bounds, max_pixels, playouts, batch_size,
-      mesh)
+      mesh, manipulation, backtrack)
   e = V.check_positive_int(expansions, "expansions")
   if isinstance(exploration, bool) or not isinstance(exploration, (int, float)) or exploration < 0:
     raise ValueError(f"exploration: expected a float >= 0, got {exploration!r}")
@@ -566,7 +721,6 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
     saliency = [sift_saliency(img) for img in x0]
   if len(saliency) != n or not all(isinstance(s, FeatureSaliency) for s in saliency):
     raise ValueError(f"saliency: expected {n} FeatureSaliency (one per image), got {V.describe(saliency)}")
-  signs = _effective_signs(x0, tau, bounds)
   trees = [_Tree(saliency[i], signs[i], k, float(exploration), rng) for i in range(n)]
   best = _Best(n)
   queries = np.ones(n, np.int64)  # the clean prediction
@@ -629,27 +783,30 @@ def feature_guided_search(f, x, *, key=None, max_queries: int = 2000, tau: float
             r = 1 + q * j + first[c, q]
             best.offer(i, moves[i, c, r, :length[i, c, r]], l2[i, c, r], pred[i, c, r])
             found = max(found, 1.0 - (length[i, c, r] - 1) / k)
-        reward = _SHAPING * (1.0 - prob[i, c, 0]) + (1.0 - _SHAPING) * found
-        _Tree.backup(visited + [child], reward)
+        _Tree.backup(visited + [child], _reward(reward, p_clean[i], prob[i, c, 0], d, found))
       if best.l0[i] <= 1:
         active[i] = False
+  if backtrack:
+    oracle.backtrack(best, queries, k)
   return _result(x0, label, best, queries, tau, bounds)
 
 
 def random_search(f, x, *, key=None, max_queries: int = 2000, tau: float = 1.0,
                   bounds: Sequence[float] | None = (0.0, 1.0), max_pixels: int = 16,
-                  playouts: int = 8, batch_size: int | None = None, mesh=None) -> SafetyResult:
+                  playouts: int = 8, manipulation: str = "tau", backtrack: bool = False,
+                  batch_size: int | None = None, mesh=None) -> SafetyResult:
   """The random-search baseline for `feature_guided_search` at the same query
   budget: playouts from the clean image that manipulate uniformly random
   pixels (each at most once, the same ``+-tau`` manipulations), every prefix
   one query, until `max_queries` per image are spent. Same arguments and
   result as `feature_guided_search` (no tree, no features), except
   `playouts`: the playouts per image in one compiled call (default 8, i.e.
-  ``8 * max_pixels`` query rows), which sets the batch, not the search."""
-  oracle, x0, label, rng, budget, tau, bounds, k, p = _prepare(
-      f, x, key, "random_search", max_queries, tau, bounds, max_pixels, playouts, batch_size, mesh)
+  ``8 * max_pixels`` query rows), which sets the batch, not the search;
+  `manipulation` and `backtrack` as there, so the comparison is like for like."""
+  oracle, x0, label, _, signs, rng, budget, tau, bounds, k, p = _prepare(
+      f, x, key, "random_search", max_queries, tau, bounds, max_pixels, playouts, batch_size, mesh,
+      manipulation, backtrack)
   n, h, w, _ = x0.shape
-  signs = _effective_signs(x0, tau, bounds)
   uniform = np.full(h * w, 1.0 / (h * w))
   best = _Best(n)
   queries = np.ones(n, np.int64)
@@ -677,4 +834,6 @@ def random_search(f, x, *, key=None, max_queries: int = 2000, tau: float = 1.0,
         best.offer(i, moves[i, r, :length[i, r]], l2[i, r], pred[i, r])
       if best.l0[i] <= 1:
         active[i] = False
+  if backtrack:
+    oracle.backtrack(best, queries, k)
   return _result(x0, label, best, queries, tau, bounds)

@@ -21,9 +21,14 @@ params = safety_test._init(jax.random.key(3))  # untrained: equality needs no ac
 f = Partial(safety_test.digits_cnn_apply, params)
 x = np.asarray(jax.random.uniform(jax.random.key(4), (3, 8, 8, 1)))
 out = {}
-for name, search in (("mcts", safety.feature_guided_search), ("random", safety.random_search)):
-  a = search(f, x, key=jax.random.key(0), max_queries=60, max_pixels=6)
-  b = search(f, x, key=jax.random.key(0), max_queries=60, max_pixels=6, mesh=parallel.make_mesh())
+authors = dict(manipulation="extreme", backtrack=True)  # the SafeCV rules, backtracking sharded too
+for name, search, kw in (("mcts", safety.feature_guided_search, {}), ("random", safety.random_search, {}),
+                         ("mcts_authors", safety.feature_guided_search, authors),
+                         ("random_authors", safety.random_search, authors)):
+  a = search(f, x, key=jax.random.key(0), max_queries=60, max_pixels=6, **kw)
+  b = search(f, x, key=jax.random.key(0), max_queries=60, max_pixels=6, mesh=parallel.make_mesh(), **kw)
+  if kw:
+    out[name + "_succeeded"] = bool(a.success.any())  # so backtracking had an example to work on
   out[name] = bool(all(np.array_equal(getattr(a, k), getattr(b, k)) for k in
                        ("l0", "queries", "adversarial_label")) and a.moves == b.moves
                    and np.allclose(a.adversarial, b.adversarial, atol=1e-6))

@@ -144,7 +144,9 @@ def test_eight_devices_equal_one():
   script = os.path.join(os.path.dirname(__file__), "_safety_devices.py")
   res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
-  assert json.loads(res.stdout.strip().splitlines()[-1]) == {"mcts": True, "random": True}
+  assert json.loads(res.stdout.strip().splitlines()[-1]) == {
+      "mcts": True, "random": True, "mcts_authors": True, "random_authors": True,
+      "mcts_authors_succeeded": True, "random_authors_succeeded": True}
 
 
 def test_bad_inputs(digits):
@@ -172,6 +174,20 @@ def test_bad_inputs(digits):
     safety.sift_saliency(x[0], uniform=1.5)
   with pytest.raises(ValueError, match="exploration"):
     safety.feature_guided_search(model, x[:1], key=key, exploration=-1.0)
+  with pytest.raises(ValueError, match="manipulation: expected one of"):
+    safety.random_search(model, x[:1], key=key, manipulation="white")
+  with pytest.raises(ValueError, match="bounds"):
+    safety.random_search(model, x[:1], key=key, manipulation="extreme", bounds=None)
+  with pytest.raises(ValueError, match="backtrack"):
+    safety.random_search(model, x[:1], key=key, backtrack=1)
+  with pytest.raises(ValueError, match="max_queries: expected more than"):
+    safety.random_search(model, x[:1], key=key, backtrack=True, max_queries=17)
+  with pytest.raises(ValueError, match="reward"):
+    safety.feature_guided_search(model, x[:1], key=key, reward="distance")
+  with pytest.raises(ValueError, match="scale_factor"):
+    safety.sift_saliency(x[0], scale_factor=0.0)
+  with pytest.raises(ValueError, match="mixture"):
+    safety.sift_saliency(x[0], mixture="yes")
 
 
 def test_binary_writes_table_jsonl_and_png(tmp_path):
@@ -194,3 +210,85 @@ def test_binary_writes_table_jsonl_and_png(tmp_path):
   png = np.asarray(Image.open(tmp_path / "safety_examples.png").convert("L"), np.float64)
   assert png.shape[1] > 400 and png.std() > 30  # digits on black panels, not a blank figure
   assert (png < 20).mean() > 0.2 and (png > 235).mean() > 0.1  # black panels, white margins
+
+
+# ----------------------------------------------------------------------------
+# The authors' rules (SafeCV): known answers on a 4x4 image and a hand-made model.
+
+
+def _two_pixel_model(x):
+  """Class 1 iff ``x[0, 0] + (1 - x[0, 1]) > 1.5``: on the clean image below
+  (0.3 everywhere, 0.7 at (0, 1)) that needs BOTH (0, 0) white and (0, 1)
+  black, and no other pixel matters."""
+  s = x[:, 0, 0, 0] + (1.0 - x[:, 0, 1, 0])
+  return jnp.stack([jnp.full_like(s, 1.5), s], -1)
+
+
+def _two_pixel_images():
+  x = np.full((2, 4, 4, 1), 0.3, np.float32)
+  x[:, 0, 1] = 0.7
+  return jnp.asarray(x)
+
+
+def test_extreme_manipulation_offers_the_farther_bound_only():
+  x = np.array([0.0, 0.3, 0.5, 0.7, 1.0], np.float32).reshape(1, 1, 5, 1)
+  signs = safety._effective_signs(x, 1.0, (0.0, 1.0), "extreme")  # [-, +] per pixel
+  np.testing.assert_array_equal(signs[0], [[0, 1], [0, 1], [1, 0], [1, 0], [1, 0]])  # 0.5 -> 0, as p < 255 - p
+  both = safety._effective_signs(x, 1.0, (0.0, 1.0), "tau")
+  np.testing.assert_array_equal(both[0], [[0, 1], [1, 1], [1, 1], [1, 1], [1, 0]])
+
+
+@pytest.mark.parametrize("search", ["feature_guided_search", "random_search"])
+def test_backtracking_keeps_exactly_the_needed_pixels(search):
+  x = _two_pixel_images()
+  run = lambda **kw: getattr(safety, search)(_two_pixel_model, x, key=jax.random.key(3), max_pixels=16,
+                                             max_queries=60, manipulation="extreme", **kw)
+  plain, back = run(), run(backtrack=True)
+  assert plain.success.all() and back.success.all()
+  if search == "random_search":  # (MCTS's saliency finds the two pixels outright here)
+    assert (plain.l0 > 2).all(), plain.l0  # the playouts find more pixels than needed...
+  np.testing.assert_array_equal(back.l0, [2, 2])  # ...backtracking undoes all but the two
+  for moves in back.moves:
+    assert sorted(moves) == [(0, 0, 1), (0, 1, -1)]
+  np.testing.assert_allclose(back.adversarial[:, 0, 0, 0], 1.0)  # extreme: to the farther bound
+  np.testing.assert_allclose(back.adversarial[:, 0, 1, 0], 0.0)
+  np.testing.assert_allclose(back.l2, np.sqrt(0.7 ** 2 + 0.7 ** 2), rtol=1e-5)
+  assert (back.queries <= 60).all()
+  np.testing.assert_array_equal(np.asarray(jnp.argmax(_two_pixel_model(jnp.asarray(back.adversarial)), -1)), 1)
+  before = safety._backtrack._cache_size()
+  getattr(safety, search)(_two_pixel_model, x, key=jax.random.key(4), max_pixels=16, max_queries=50,
+                          manipulation="extreme", backtrack=True)
+  assert safety._backtrack._cache_size() == before  # new key and budget: the same backtracking program
+
+
+def test_backtrack_batch_undoes_the_unneeded_moves_in_order():
+  x = _two_pixel_images()
+  label = jnp.zeros(2, jnp.int32)
+  # Moves are 2 * pixel + (1 if + else 0): pixel 5 +, pixel 0 +, pixel 9 -, pixel 1 -, pixel 3 +;
+  # row 1 lacks pixel 1 (not adversarial: nothing may be undone).
+  moves = jnp.asarray([[11, 1, 18, 2, 7, -1], [11, 1, 18, 7, -1, -1]], jnp.int32)
+  out, pred, l2 = safety.backtrack_batch(_two_pixel_model, x, jnp.arange(2), moves, label,
+                                         jnp.asarray([1, 0]), jnp.asarray([9.0, 9.0]), 1.0, (0.0, 1.0), None)
+  np.testing.assert_array_equal(out, [[-1, 1, -1, 2, -1, -1], [11, 1, 18, 7, -1, -1]])
+  np.testing.assert_array_equal(pred, [1, 0])
+  np.testing.assert_allclose(l2, [np.sqrt(2 * 0.7 ** 2), 9.0], rtol=1e-5)
+
+
+def test_authors_reward_is_the_probability_drop_over_depth():
+  assert safety._reward("probability", 0.9, 0.4, 2, 0.7) == pytest.approx(0.25)
+  assert safety._reward("probability", 0.9, 0.95, 1, 0.0) == pytest.approx(-0.05)  # may be negative
+  assert safety._reward("shaped", 0.9, 0.4, 2, 0.7) == pytest.approx(0.5 * 0.6 + 0.5 * 0.7)
+
+
+def test_authors_gaussians_are_wider_and_a_mixture():
+  img = np.zeros((16, 16))
+  img[3:7, 9:13] = 1.0
+  ours = safety.sift_saliency(img)
+  theirs = safety.sift_saliency(img, scale_factor=2.0, scale_add=1.0, mixture=True)
+  np.testing.assert_allclose(theirs.scales, 2.0 * ours.scales + 1.0)
+  rr, cc = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+  dens = [np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * s * s)) for (r, c), s in zip(theirs.keypoints, theirs.scales)]
+  want = sum(w * d / d.sum() for w, d in zip(theirs.weights, dens))
+  np.testing.assert_allclose(theirs.saliency, want / want.sum(), rtol=1e-6)
+  # Wider Gaussians put more mass away from the square than ours.
+  assert theirs.saliency[8:, :8].sum() > ours.saliency[8:, :8].sum()
