@@ -106,7 +106,8 @@ def test_explainer_pixel_kinds_replace_fill(linear_model, cnn_model):
   fn = saljax.explainers.get("shapley_sampling")
   opts = EXPLAINERS["shapley_sampling"]
   f = linear_model
-  np.testing.assert_array_equal(fn(f, x, T, removal="mean", **opts), fn(f, x, T, fill="mean", **opts))
+  np.testing.assert_array_equal(fn(f, x, T, removal="mean", **opts),
+                                fn(f, x, T, fill="mean", **opts))
   np.testing.assert_array_equal(fn(f, x, T, removal=R.Removal("blur", blur_sigma=2.0), **opts),
                                 fn(f, x, T, fill="blur", blur_sigma=2.0, **opts))
 
@@ -293,7 +294,7 @@ def test_metric_without_mask_forward_errors(name, cnn_model):
 
 def test_metric_removal_misuse_errors(cnn_model):
   ma, x = cnn_model
-  with pytest.raises(ValueError, match="non_sensitivity: removal='layer_mask' removes whole pixels"):
+  with pytest.raises(ValueError, match="non_sensitivity: removal='layer_mask' removes whole"):
     saljax.metrics.get("non_sensitivity")(ma, x, x, T, removal="layer_mask")
   with pytest.raises(TypeError, match=r"diffroar \(f_bottom\): removal='layer_mask'"):
     saljax.metrics.get("diffroar")(ma, x, x, T, removal="layer_mask", f_bottom=_plain)

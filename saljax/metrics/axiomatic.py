@@ -161,7 +161,7 @@ def non_sensitivity(f, x, attribution, target, *, eps: float = 1e-5, fill: Any =
     a = C.feature_map(a, x, absolute=True)
   elif a.ndim == 3 and x.ndim == 4:
     a = C.expand(a, x)
-  if isinstance(fill, str) and fill != "min":  # a pixel Removal's "blur" or "mean"
+  if rem is not None and not rem.needs_model and isinstance(fill, str):  # "blur" or "mean"
     base = C.make_fill(x, fill, blur_sigma=blur_sigma)
   else:
     base = _baseline(x, fill, "fill")

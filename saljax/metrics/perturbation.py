@@ -531,8 +531,8 @@ def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mea
       kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
       ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
       mask-aware forward (`saljax.removal`) on NHWC images with the removed
-      pixels marked, `fill` being what partly removed patches still show. ``"mean"`` is each image's mean colour (the
-      default `fill`).
+      pixels marked, `fill` being what partly removed patches still show.
+      ``"mean"`` is each image's mean colour (the default `fill`).
 
   Returns:
     ``{"score": [B], "curve": [B, S + 1]}``, ``curve[:, 0] = 1``. Quantus
