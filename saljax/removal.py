@@ -242,6 +242,23 @@ def _pixel_fill(x: Array, removal: Removal) -> Array:
   return ops.gaussian_blur(x, sigma, max_sigma=sigma, mode="reflect")
 
 
+def pixel_fill(x: Array, removal: Any, blur_sigma: float = 10.0) -> Array:
+  """The replacement images of a pixel strategy, shaped like `x` ``[B, H, W, C]``.
+
+  ``"constant"``: its value; ``"mean"``: each image's mean colour;
+  ``"blur"``: `x` blurred with the Removal's ``blur_sigma`` or else
+  `blur_sigma` (default 10.0, the explainers' default). For methods whose
+  perturbed input is ``x * m + fill * (1 - m)`` without feature groups.
+  """
+  removal = as_removal(removal)
+  if removal is None or removal.needs_model:
+    raise ValueError(f"pixel_fill: expected a pixel strategy {list(PIXEL_KINDS)}, got"
+                     f" {None if removal is None else removal.kind!r}")
+  if removal.kind == "blur" and removal.blur_sigma is None:
+    removal = dataclasses.replace(removal, blur_sigma=float(blur_sigma))
+  return _pixel_fill(x, removal)
+
+
 @M.jit(static_argnames=("removal", "batch_size"))
 def _removed_logits(f, x, keep, removal, batch_size):
   kf = keep.astype(x.dtype)

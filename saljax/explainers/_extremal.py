@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,7 @@ from saljax import _validation as V
 from saljax import model as M
 from saljax import ops
 from saljax import parallel
+from saljax import removal as R
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare
 
@@ -87,9 +89,10 @@ def _apply(pyramid, mask):
 @M.jit(static_argnames=(
     "shape_in", "padding", "margin", "iterations", "levels", "max_blur", "variant", "jitter"))
 def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, padding, margin,
-              iterations, levels, max_blur, variant, jitter):
+              iterations, levels, max_blur, variant, jitter, fill=None):
   b, h, w = x.shape[:3]
-  pyramid = blur_pyramid(x, levels, max_blur)
+  # removal=None: TorchRay's blur pyramid; a pixel strategy: x * m + fill * (1 - m).
+  pyramid = blur_pyramid(x, levels, max_blur) if fill is None else None
   gen = jax.vmap(lambda p: _generate(p, padding, index, weight, margin, (h, w)))
   n = h * w
   # Sorted-vector area target: the smallest (1 - area) fraction 0, the rest 1.
@@ -98,7 +101,11 @@ def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, paddin
 
   def energy(pm, t):
     mask = gen(pm)
-    xp = _apply(pyramid, mask if variant == "preserve" else 1 - mask)
+    keep = mask if variant == "preserve" else 1 - mask
+    if fill is None:
+      xp = _apply(pyramid, keep)
+    else:
+      xp = x * keep[..., None] + fill * (1 - keep[..., None])
     if jitter:
       xp = jnp.where(t % 2 == 0, jnp.flip(xp, axis=2), xp)
     reward = sign * M.target_score(f, xp, target, "logit")
@@ -128,7 +135,7 @@ def _extremal(f, x, target, area, index, weight, learning_rate, shape_in, paddin
 def extremal_perturbation(f, x, target, *, key=None, area: float = 0.1, iterations: int = 800,
                           step: int = 7, sigma: float = 21.0, levels: int = 8,
                           max_blur: float = 20.0, variant: str = "preserve", jitter: bool = True,
-                          learning_rate: float = 0.01) -> Array:
+                          learning_rate: float = 0.01, removal: Any = None) -> Array:
   """Extremal perturbation (Fong, Patrick, Vedaldi 2019, "Understanding Deep
   Networks via Extremal Perturbations and Smooth Masks", arXiv:1910.08485),
   as TorchRay's `extremal_perturbation`.
@@ -150,9 +157,24 @@ def extremal_perturbation(f, x, target, *, key=None, area: float = 0.1, iteratio
   roughly `area`; here it is `area`), and the momentum buffer starts at 0
   (optax's ema) where torch starts it at the first gradient.
 
+  Args:
+    removal: None (default: TorchRay's blur pyramid, `levels` and
+      `max_blur`), or a pixel `saljax.removal.Removal` (or its kind's name):
+      ``"constant"``/``"blur"``/``"mean"`` make the perturbed input
+      ``x * m + fill * (1 - m)`` with that fill (blur: one level with the
+      Removal's ``blur_sigma``, default `max_blur`; mean: each image's mean
+      colour). ``"token_drop"``/``"layer_mask"`` are refused: they read the
+      mask as kept or removed (``> 0.5``), which has no gradient for the
+      mask optimization.
+
   Returns:
     the mask in [0, 1], shaped like `x` (equal across channels).
   """
+  rem = R.as_removal(removal)
+  if rem is not None and rem.needs_model:
+    raise ValueError(f"extremal_perturbation: removal={rem.kind!r} reads the mask as kept or"
+                     " removed, so the mask optimization would get no gradient; use a pixel"
+                     " strategy ('constant', 'blur', 'mean') or removal=None (the blur pyramid)")
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "extremal_perturbation")
   area = MK.check_probability(area, "area")
@@ -164,8 +186,9 @@ def extremal_perturbation(f, x, target, *, key=None, area: float = 0.1, iteratio
     raise ValueError(
         f"sigma, max_blur, learning_rate: expected positive floats, got {sigma!r}, {max_blur!r},"
         f" {learning_rate!r}")
+  fillv = None if rem is None else R.pixel_fill(x, rem, float(max_blur))
   shape_in, padding, index, weight, margin = mask_generator(x.shape[1:3], step, float(sigma))
   return _extremal(f, x, target, jnp.asarray(area, x.dtype), jnp.asarray(index),
                    jnp.asarray(weight, x.dtype), jnp.asarray(learning_rate, x.dtype),
                    shape_in, padding, margin, iterations, levels, float(max_blur), variant,
-                   bool(jitter))
+                   bool(jitter), fillv)

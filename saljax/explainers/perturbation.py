@@ -740,12 +740,12 @@ def _shapley_sampling(f, x, target, key, fill, labels, counts, samples, m, score
 def shapley_sampling(f, x, target, *, key=..., samples: int = ..., antithetic: bool = ...,
                      segments: Any = ..., segmentation_options: dict | None = ..., fill: Any = ...,
                      blur_sigma: float = ..., score: str = ..., batch_size: int | None = ...,
-                     return_stderr: Literal[False] = ...) -> Array: ...
+                     return_stderr: Literal[False] = ..., removal: Any = ...) -> Array: ...
 @typing.overload
 def shapley_sampling(f, x, target, *, key=..., samples: int = ..., antithetic: bool = ...,
                      segments: Any = ..., segmentation_options: dict | None = ..., fill: Any = ...,
                      blur_sigma: float = ..., score: str = ..., batch_size: int | None = ...,
-                     return_stderr: Literal[True]) -> tuple[Array, Array]: ...
+                     return_stderr: Literal[True], removal: Any = ...) -> tuple[Array, Array]: ...
 
 @REGISTRY.register("shapley_sampling", family="perturbation", returns="input",
     needs=("key", "segments"), evaluations=_shapley_evaluations, backward=False,
@@ -753,7 +753,8 @@ def shapley_sampling(f, x, target, *, key=..., samples: int = ..., antithetic: b
 def shapley_sampling(f, x, target, *, key=None, samples: int = 25, antithetic: bool = False,
                      segments: Any = "slic", segmentation_options: dict | None = None,
                      fill: Any = 0.0, blur_sigma: float = 10.0, score: str = "logit",
-                     batch_size: int | None = DEFAULT_BATCH, return_stderr: bool = False):
+                     batch_size: int | None = DEFAULT_BATCH, return_stderr: bool = False,
+                     removal: Any = None):
   """Shapley value sampling over feature groups (Castro, Gomez, Tejada 2009,
   "Polynomial calculation of the Shapley value based on sampling"; Strumbelj
   and Kononenko 2010), with Captum's `ShapleyValueSampling` semantics.
@@ -787,10 +788,16 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, antithetic: b
       map: the standard deviation of the per-permutation (antithetic: per
       pair) attributions over the square root of their count (CLT; needs at
       least 2 units).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show.
 
   Returns:
     attributions shaped like `x`, or ``(attributions, stderr)``.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, "shapley_sampling")
   f, x, target = prepare(f, x, target)
   key = require_key(key, "shapley_sampling")
   M.check_score(score)
@@ -804,8 +811,9 @@ def shapley_sampling(f, x, target, *, key=None, samples: int = 25, antithetic: b
                      f" {'pairs' if antithetic else 'permutations'}, got samples={samples}")
   labels, counts, m, fillv = _groups_and_fill(x, segments, segmentation_options, fill, blur_sigma)
   MK.check_evaluations(samples * (m + 1), "samples", samples, "shapley_sampling")
-  return _shapley_sampling(f, x, target, key, fillv, labels, counts, samples, m, score,
-                           V.check_batch_size(batch_size), antithetic, bool(return_stderr))
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "shapley_sampling")
+  return done(_shapley_sampling(f, x, target, key, fillv, labels, counts, samples, m, score,
+                                V.check_batch_size(batch_size), antithetic, bool(return_stderr)))
 
 
 # Extremal perturbation, Sobol and HSIC live in private modules (one idea each);

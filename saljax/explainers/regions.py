@@ -19,6 +19,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.explainers import _masking as MK
 from saljax.explainers import gradients
 from saljax.explainers._registry import REGISTRY, prepare
@@ -365,7 +366,7 @@ def _region_curves(f, x, target, fill, labels, counts, order, m, batch_size):
 
 
 def region_curves(f, x, target, segments, order, *, fill: Any = 0.0,
-                  batch_size: int | None = None) -> dict:
+                  batch_size: int | None = None, removal: Any = None) -> dict:
   """Insertion and deletion curves of a region ordering, LiMA style (reference 2.5).
 
   ``insertion[b, t]`` is the target's softmax probability with the first `t`
@@ -376,17 +377,24 @@ def region_curves(f, x, target, segments, order, *, fill: Any = 0.0,
   Args:
     segments: an int label array or segmentation name (as in `lime`).
     order: ``[B, M]`` region indices, most important first (padded regions last).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images, `fill` being what
+      partly removed patches still show.
 
   Returns:
     dict with ``insertion``, ``deletion``, ``area`` (``[B, M + 1]``),
     ``insertion_auc`` and ``deletion_auc`` (``[B]``).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 10.0, "region_curves")
   f, x, target = prepare(f, x, target)
   labels, counts, m = MK.feature_groups(x, segments)
-  fillv = MK.fill_values(x, fill, labels=labels, num_labels=m)
+  fillv = MK.fill_values(x, fill, labels=labels, num_labels=m, blur_sigma=blur_sigma)
   order = jnp.asarray(order, jnp.int32)
   if order.shape != (x.shape[0], m):
     raise ValueError(f"order: expected shape {(x.shape[0], m)}, got {tuple(order.shape)}")
+  f, x, fillv, labels, _ = R.switch(keep_model, f, x, fillv, labels, "region_curves")
   return _region_curves(f, x, target, fillv, labels, jnp.asarray(counts, jnp.int32), order, m,
                         V.check_batch_size(batch_size))
 
@@ -406,7 +414,8 @@ def _region_distances(embedding, x, fill, labels, m, batch_size):
 def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: dict | None = None,
                 fill: Any = 0.0, pending: int | None = 12, consistency: float = 20.0,
                 collaboration: float = 5.0, confidence: float = 0.01, effectiveness: float = 0.0,
-                embedding: Any = None, batch_size: int | None = None, curves: bool = True) -> dict:
+                embedding: Any = None, batch_size: int | None = None, curves: bool = True,
+                removal: Any = None) -> dict:
   """LiMA's bidirectional greedy region ranking; returns the ordering, the map and the curves.
 
   See `lima` for the method. Returns a dict with ``order`` ``[B, M]`` (region
@@ -415,7 +424,16 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
   `x`), ``counts`` ``[B]``, ``map`` (shaped like `x`) and, with `curves`, the
   output of `region_curves` (insertion/deletion curves over the revealed area
   and their AUCs).
+
+  Args:
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images, `fill` being what
+      partly removed patches still show (the `embedding`, a function of images, always
+      sees the regions with `fill`).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 10.0, "lima")
   f, x, target = prepare(f, x, target)
   MK.check_images(x, "lima")
   for name, v in (("consistency", consistency), ("collaboration", collaboration),
@@ -424,7 +442,7 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
       raise ValueError(f"{name}: expected a non-negative weight, got {v!r}")
   labels, counts, m = MK.feature_groups(x, segments, segmentation_options)
   pending = m if pending is None else V.check_positive_int(pending, "pending")
-  fillv = MK.fill_values(x, fill, labels=labels, num_labels=m)
+  fillv = MK.fill_values(x, fill, labels=labels, num_labels=m, blur_sigma=blur_sigma)
   counts_j = jnp.asarray(counts, jnp.int32)
   batch_size = V.check_batch_size(batch_size)
   if embedding is None:
@@ -436,13 +454,15 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
       raise TypeError(f"embedding: expected a function x[B, ...] -> [B, E], got {V.describe(embedding)}")
     dist = _region_distances(embedding, x, fillv, labels, m, batch_size)
   weights = jnp.asarray([consistency, collaboration, confidence, effectiveness], jnp.float32)
+  plain_labels = labels
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "lima")
   rank = _lima_search(f, x, target, fillv, labels, counts_j, weights, dist, m, pending,
                       bidirectional_iterations(m, pending), batch_size)
   order = jnp.argsort(rank, axis=1).astype(jnp.int32)
   # Reference 1.4: the region at rank i gets M_b - i (all regions ranked).
   value = jnp.where(rank < counts_j[:, None], counts_j[:, None] - rank, 0).astype(x.dtype)
-  out = {"order": order, "rank": rank, "labels": labels, "counts": counts_j,
-         "map": MK.expand_map(value, labels)}
+  out = {"order": order, "rank": rank, "labels": plain_labels, "counts": counts_j,
+         "map": done(MK.expand_map(value, labels))}
   if curves:
     out.update(_region_curves(f, x, target, fillv, labels, counts_j, order, m, batch_size))
   return out
@@ -454,7 +474,7 @@ def lima_search(f, x, target, *, segments: Any = "slic", segmentation_options: d
 def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options: dict | None = None,
          fill: Any = 0.0, pending: int | None = 12, consistency: float = 20.0,
          collaboration: float = 5.0, confidence: float = 0.01, effectiveness: float = 0.0,
-         embedding: Any = None, batch_size: int | None = None) -> Array:
+         embedding: Any = None, batch_size: int | None = None, removal: Any = None) -> Array:
   """LiMA: submodular region ranking by bidirectional greedy search (Chen,
   Liang, Li, Liu, Liu, Zhang, Cao 2025, "Less is More: Efficient Black-box
   Attribution via Minimal Interpretable Subset Selection", arXiv:2504.00470;
@@ -481,7 +501,7 @@ def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options
   space (the official code blacks out regions before normalization: pass that
   value to match). The effectiveness term is off by default (single-modal LiMA
   has none); pass `effectiveness` and an `embedding` function to use it (see
-  `lima_search`).
+  `lima_search`). ``removal=`` as in `lima_search`.
 
   Returns:
     the rank map shaped like `x`: the region at rank i (0 = most important)
@@ -492,4 +512,4 @@ def lima(f, x, target, *, key=None, segments: Any = "slic", segmentation_options
                      fill=fill, pending=pending, consistency=consistency,
                      collaboration=collaboration, confidence=confidence,
                      effectiveness=effectiveness, embedding=embedding, batch_size=batch_size,
-                     curves=False)["map"]
+                     curves=False, removal=removal)["map"]

@@ -23,6 +23,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare, require_key
 
@@ -58,11 +59,12 @@ def _to_map(scores, x, labels, grid):
   return MK.expand_map(scores, labels).astype(x.dtype)
 
 
-def _groups(x, segments, fill, method, grid):
+def _groups(x, segments, fill, method, grid, blur_sigma=10.0):
   """(labels or None, d, fill values): the grid's ``grid^2`` cells (images
   only) or the M feature groups of `segments`."""
   groups, fillv = MK.groups_or_default(x, segments, fill, method,
-                                       image_default=f"its default {grid} x {grid} grid of patches")
+                                       image_default=f"its default {grid} x {grid} grid of patches",
+                                       blur_sigma=blur_sigma)
   if groups is None:
     return None, _check_grid(grid, x) ** 2, fillv
   return groups.labels, groups.m, fillv
@@ -123,7 +125,7 @@ def _sobol(f, x, target, fill, a, bm, labels, grid, designs, score, batch_size):
     smoke={"grid": 4, "designs": 4})
 def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, segments: Any = None,
           fill: Any = 0.0, score: str = "logit",
-          batch_size: int | None = DEFAULT_BATCH) -> Array:
+          batch_size: int | None = DEFAULT_BATCH, removal: Any = None) -> Array:
   """Sobol attribution (Fel, Cadene, Chalvidal, Cord, Vigouroux, Serre 2021,
   "Look at the Variance! Efficient Black-box Explanations with Sobol-based
   Sensitivity Analysis", arXiv:2111.04138).
@@ -149,10 +151,18 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, segments:
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images, `fill` being what
+      partly removed patches still show. Sobol's masks are continuous: the
+      mask-aware forward keeps the pixels whose mask is above 0.5, which
+      also blend toward `fill` by their mask, as in `rise`.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 10.0, "sobol")
   f, x, target = prepare(f, x, target)
   M.check_score(score)
-  labels, d, fillv = _groups(x, segments, fill, "sobol", grid)
+  labels, d, fillv = _groups(x, segments, fill, "sobol", grid, blur_sigma)
   designs = parallel.check_count(designs, "designs", minimum=2)
   if designs & (designs - 1):
     raise ValueError(f"designs: expected a power of two (Sobol sequence balance), got {designs}")
@@ -163,8 +173,10 @@ def sobol(f, x, target, *, key=None, grid: int = 8, designs: int = 32, segments:
         f" {SOBOL_MAX_DIMS}; use fewer, larger segments (e.g. one label per time step, not"
         " segments='elements')")
   pts = sobol_design(grid, designs, dims=d)
-  return _sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]), labels,
-                grid if labels is None else None, designs, score, V.check_batch_size(batch_size))
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "sobol")
+  return done(_sobol(f, x, target, fillv, jnp.asarray(pts[:, :d]), jnp.asarray(pts[:, d:]),
+                     labels, grid if labels is None else None, designs, score,
+                     V.check_batch_size(batch_size)))
 
 
 # ----------------------------------------------------------------------------
@@ -221,7 +233,7 @@ def _hsic(f, x, target, key, fill, labels, grid, d, samples, score, batch_size):
     evaluations=lambda o, f, x: o["samples"], backward=False, smoke={"grid": 4, "samples": 16})
 def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, segments: Any = None,
          fill: Any = 0.0, score: str = "logit",
-         batch_size: int | None = DEFAULT_BATCH) -> Array:
+         batch_size: int | None = DEFAULT_BATCH, removal: Any = None) -> Array:
   """HSIC attribution (Novello, Fel, Vigouroux 2022, "Making Sense of
   Dependence: Efficient Black-box Explanations Using Dependence Measure",
   arXiv:2206.06219).
@@ -245,16 +257,23 @@ def hsic(f, x, target, *, key=None, grid: int = 7, samples: int = 1536, segments
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: masked copies per model call (default None: automatic, at most
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images, `fill` being what
+      partly removed patches still show.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 10.0, "hsic")
   f, x, target = prepare(f, x, target)
   key = require_key(key, "hsic")
   M.check_score(score)
-  labels, d, fillv = _groups(x, segments, fill, "hsic", grid)
+  labels, d, fillv = _groups(x, segments, fill, "hsic", grid, blur_sigma)
   samples = parallel.check_count(samples, "samples", minimum=2)
   if samples > HSIC_MAX_SAMPLES:
     raise ValueError(
         f"hsic: samples={samples} is more than the limit of {HSIC_MAX_SAMPLES}: HSIC compares every"
         f" pair of samples (a {samples} x {samples} kernel per example, and the Latin hypercube"
         " is drawn over all samples at once), so it would not fit in memory; lower samples")
-  return _hsic(f, x, target, key, fillv, labels, grid if labels is None else None, d, samples,
-               score, V.check_batch_size(batch_size))
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "hsic")
+  return done(_hsic(f, x, target, key, fillv, labels, grid if labels is None else None, d,
+                    samples, score, V.check_batch_size(batch_size)))

@@ -33,6 +33,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.explainers import _masking as MK
 from saljax.explainers._registry import REGISTRY, prepare
 
@@ -407,19 +408,21 @@ def _linear_in_values(f, x, target, fill, labels, z, c, score, batch_size):
 @typing.overload
 def owen_values(f, x, target, *, key=..., segments: Any = ..., segmentation_options: dict | None = ...,
                 fill: Any = ..., blur_sigma: float = ..., score: str = ...,
-                batch_size: int | None = ..., return_stderr: Literal[False] = ...) -> Array: ...
+                batch_size: int | None = ..., return_stderr: Literal[False] = ...,
+                removal: Any = ...) -> Array: ...
 @typing.overload
 def owen_values(f, x, target, *, key=..., segments: Any = ..., segmentation_options: dict | None = ...,
                 fill: Any = ..., blur_sigma: float = ..., score: str = ...,
                 batch_size: int | None = ...,
-                return_stderr: Literal[True]) -> tuple[Array, Array]: ...
+                return_stderr: Literal[True], removal: Any = ...) -> tuple[Array, Array]: ...
 
 @REGISTRY.register("owen_values", family="perturbation", returns="input", needs=("segments",),
     evaluations=_owen_evaluations, backward=False)
 def owen_values(f, x, target, *, key=None, segments: Any = "grid",
                 segmentation_options: dict | None = None, fill: Any = 0.0,
                 blur_sigma: float = 10.0, score: str = "logit",
-                batch_size: int | None = None, return_stderr: bool = False):
+                batch_size: int | None = None, return_stderr: bool = False,
+                removal: Any = None):
   """Owen values over a binary hierarchy of feature groups (Owen 1977, "Values
   of games with a priori unions"), as the `shap` package's PartitionExplainer
   (Lundberg et al. 2020) computes them for images.
@@ -449,10 +452,16 @@ def owen_values(f, x, target, *, key=None, segments: Any = "grid",
       `saljax.parallel.max_evals_per_chunk()` model evaluations per call).
     return_stderr: also return the standard error per element, all zeros
       (nothing is sampled), shaped like the map.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (and
+      `blur_sigma`); ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images, `fill`
+      being what partly removed patches still show.
 
   Returns:
     attributions shaped like `x`, or ``(attributions, stderr)``.
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, blur_sigma, "owen_values")
   f, x, target = prepare(f, x, target)
   M.check_score(score)
   # The hierarchy is built on the host from the label maps: keep them concrete
@@ -463,9 +472,10 @@ def owen_values(f, x, target, *, key=None, segments: Any = "grid",
   z, c = _owen_tables(x, labels, counts, m)
   MK.check_evaluations(z.shape[0], "segments", f"<{m} groups>", "owen_values")
   MK.check_design(z.shape[0] * x.shape[0], m, "owen_values")
+  f, x, fillv, labels, done = R.switch(keep_model, f, x, fillv, labels, "owen_values")
   phi = _linear_in_values(f, x, target, fillv, labels, jnp.asarray(z), jnp.asarray(c), score,
                           V.check_batch_size(batch_size))
-  out = MK.expand_map(phi, labels).astype(x.dtype)
+  out = done(MK.expand_map(phi, labels).astype(x.dtype))
   if return_stderr:
     return out, jnp.zeros_like(out)
   return out

@@ -15,6 +15,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as RV
 from saljax.metrics import _common as C
 from saljax.metrics import robustness as R
 from saljax.metrics._registry import REGISTRY
@@ -107,7 +108,8 @@ def _non_sensitivity(model, x, a, target, base, eps, *, batch_size, pixel):
     evaluations=_non_sensitivity_evaluations, backward=False, smoke={"features": "pixel"},
     direction="lower", model_output="forward")
 def non_sensitivity(f, x, attribution, target, *, eps: float = 1e-5, fill: Any = "min",
-                    features: str = "element", batch_size: int | None = None):
+                    features: str = "element", batch_size: int | None = None,
+                    removal: Any = None):
   """Non-sensitivity (Nguyen, Martinez 2020, "On Quantitative Aspects of Model
   Interpretability", arXiv:2007.07584, sec. 3.2), as Quantus' `NonSensitivity`.
 
@@ -130,9 +132,21 @@ def non_sensitivity(f, x, attribution, target, *, eps: float = 1e-5, fill: Any =
   and float64 evaluation of the same model (docs/benchmarks.md). Use x64 or a
   larger eps where the exact count matters.
 
+  ``removal``: None (default: `fill` decides), a `saljax.removal.Removal` or
+  a kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill` (blur
+  sigma 5 unless the Removal gives one; mean: each image's mean colour);
+  ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+  mask-aware forward with the removed pixel marked (`saljax.removal`;
+  ``features="pixel"`` only, as they remove whole pixels).
+
   Returns:
     ``[B]`` counts (float32), lower is better.
   """
+  rem = RV.as_removal(removal)
+  fill, blur_sigma, keep_model = RV.resolve(rem, f, fill, 5.0, "non_sensitivity")
+  if keep_model is not None and features != "pixel":
+    raise ValueError(f"non_sensitivity: removal={rem.kind!r} removes whole pixels; use"
+                     f" features='pixel', got features={features!r}")
   _, x, target = C.prepare_model(f, x, target)
   a = C.check_attribution(attribution, x)
   V.check_choice(features, "features", FEATURES)
@@ -147,7 +161,13 @@ def non_sensitivity(f, x, attribution, target, *, eps: float = 1e-5, fill: Any =
     a = C.feature_map(a, x, absolute=True)
   elif a.ndim == 3 and x.ndim == 4:
     a = C.expand(a, x)
-  base = _baseline(x, fill, "fill")
+  if rem is not None and not rem.needs_model and isinstance(fill, str):  # "blur" or "mean"
+    base = C.make_fill(x, fill, blur_sigma=blur_sigma)
+  else:
+    base = _baseline(x, fill, "fill")
+  if keep_model is not None:
+    f, x, base, _, _ = RV.switch(keep_model, f, x, jnp.broadcast_to(base, x.shape), None,
+                                "non_sensitivity")
   return _non_sensitivity(f, x, a, target, base, jnp.float32(eps), batch_size=batch_size,
                           pixel=pixel)
 

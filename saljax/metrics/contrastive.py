@@ -31,7 +31,13 @@ placed on two axes: the reference frame (pointwise "why a?" vs contrastive
 Masking (`mask_top`): the ``floor(alpha * H * W)`` pixels ranked highest by the
 map (signed channel sum) are replaced by the fill: ``"zeros"`` (the
 reference's "black", in the model's input space), ``"blur"`` (Gaussian sigma
-5) or ``"uniform"`` (U(0, 1) noise, needs a key). All alphas of the batch run
+5) or ``"uniform"`` (U(0, 1) noise, needs a key); or ``removal=``: None
+(default: `fill` decides), a `saljax.removal.Removal` or a kind's name,
+``"constant"``/``"blur"``/``"mean"`` replacing `fill` (as `deletion`'s
+fills: blur with sigma 5 unless the Removal gives one, each image's mean
+colour), ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) running the
+model's mask-aware forward with the removed pixels marked (`saljax.removal`),
+`fill` being what partly removed patches still show. All alphas of the batch run
 through `saljax.parallel.chunked_map`. Each metric returns
 ``{"score": AUC [B], "curve": [B, len(alphas)]}``.
 
@@ -50,6 +56,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.metrics import _common as C
 from saljax.metrics._registry import REGISTRY
 from saljax.metrics.robustness import check_explainer, explain
@@ -194,7 +201,10 @@ def _curve(f, x, fmap, u, v, key, fill_array, alphas, fill, batch_size):
   return {"score": auc, "curve": curve}
 
 
-def _run(method, f, x, attribution, target, key, alphas, fill, batch_size, make_uv):
+def _run(method, f, x, attribution, target, key, alphas, fill, batch_size, make_uv,
+         removal=None):
+  rem = R.as_removal(removal)
+  _, blur_sigma, keep_model = R.resolve(rem, f, fill, 5.0, method)
   f, x, target = C.prepare_model(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"{method}: expected NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
@@ -204,15 +214,23 @@ def _run(method, f, x, attribution, target, key, alphas, fill, batch_size, make_
     raise ValueError(f"alphas: expected increasing fractions, got {alphas}")
   batch_size = V.check_batch_size(batch_size)
   fill_array = None
-  if isinstance(fill, str):
+  if rem is not None and not rem.needs_model:
+    fill_array, fill = C.make_fill(x, rem.fill(), blur_sigma=blur_sigma), "array"
+  elif isinstance(fill, str):
     V.check_choice(fill, "fill", FILLS)
   else:
     fill_array, fill = V.check_same_shape(fill, x, name="fill"), "array"
   key = C.check_key(key, method, required=(fill == "uniform"))
   batch, n = M.output_shape(f, x)
   u, v = make_uv(batch, n, target)
-  return _curve(f, x, C.feature_map(attribution, x), jnp.asarray(u), jnp.asarray(v), key,
-                fill_array, alphas, fill, batch_size)
+  fmap = C.feature_map(attribution, x)
+  if keep_model is not None:
+    # The fill is made here so that the keep channel `switch` appends to it is 0.
+    fill_array = _fill(x, fill, key) if fill_array is None else fill_array
+    f, x, fill_array, _, _ = R.switch(keep_model, f, x, fill_array, None, method)
+    fill = "array"
+  return _curve(f, x, fmap, jnp.asarray(u), jnp.asarray(v), key, fill_array, alphas, fill,
+                batch_size)
 
 
 def _mean_group(group, batch, n, name):
@@ -224,11 +242,12 @@ def _mean_group(group, batch, n, name):
     needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
     smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=None,
-                            alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
+                            alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None,
+                            removal: Any = None):
   """CCS, contrastive x class (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC over alpha of ``p_a(x_alpha) - p_b(x_alpha)``
   with ``a = target`` and ``b = contrast`` (class indices), for a map of
   "why a and not b" (e.g. `contrastive_map`). See the module docstring for
-  masking, fills and the AUC rule.
+  masking, fills (``removal=``) and the AUC rule.
 
   Returns:
     ``{"score": [B], "curve": [B, len(alphas)]}``.
@@ -241,14 +260,16 @@ def contrastive_class_score(f, x, attribution, target, *, contrast=None, key=Non
     u = jax.nn.one_hot(target, n) - jax.nn.one_hot(c, n)
     return u, jnp.zeros_like(u)
 
-  return _run("contrastive_class_score", f, x, attribution, target, key, alphas, fill, batch_size, uv)
+  return _run("contrastive_class_score", f, x, attribution, target, key, alphas, fill, batch_size,
+              uv, removal)
 
 
 @REGISTRY.register("class_group_contrastivity", family="contrastive", returns="curve",
     needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
     smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None, alphas=ALPHAS,
-                              fill: Any = "zeros", batch_size: int | None = None):
+                              fill: Any = "zeros", batch_size: int | None = None,
+                              removal: Any = None):
   """CGC, contrastive x class-vs-group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of
   ``((p_a(x_alpha) - p_a(x)) + mean_{k in G_A}(p_k(x_alpha) - p_k(x))) / 2`` with
   ``a = target`` and `group` = G_A (the group of a). As the reference code.
@@ -264,14 +285,15 @@ def class_group_contrastivity(f, x, attribution, target, *, group=None, key=None
     return u, -u
 
   return _run("class_group_contrastivity", f, x, attribution, target, key, alphas, fill,
-              batch_size, uv)
+              batch_size, uv, removal)
 
 
 @REGISTRY.register("pointwise_group_score", family="contrastive", returns="curve",
     needs=("classes",), evaluations=lambda o, f, x: len(o["alphas"]) + 1, backward=False,
     smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, key=None,
-                          alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None):
+                          alphas=ALPHAS, fill: Any = "zeros", batch_size: int | None = None,
+                          removal: Any = None):
   """PGS, pointwise x group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of ``mean_{k in G_A}(p_k(x) - p_k(x_alpha))``,
   the mean probability drop of the group's classes (`target` is not used).
 
@@ -285,7 +307,8 @@ def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, 
     g = _mean_group(group, batch, n, "group")
     return -g, g
 
-  return _run("pointwise_group_score", f, x, attribution, target, key, alphas, fill, batch_size, uv)
+  return _run("pointwise_group_score", f, x, attribution, target, key, alphas, fill, batch_size,
+              uv, removal)
 
 
 @REGISTRY.register("contrastive_group_score", family="contrastive", returns="curve",
@@ -293,7 +316,7 @@ def pointwise_group_score(f, x, attribution, target="predicted", *, group=None, 
     smoke={"alphas": (0.2, 0.5)}, direction="higher")
 def contrastive_group_score(f, x, attribution, target="predicted", *, group=None,
                             contrast_group=None, key=None, alphas=ALPHAS, fill: Any = "zeros",
-                            batch_size: int | None = None):
+                            batch_size: int | None = None, removal: Any = None):
   """CGS, contrastive x group (RFxG, Elisha et al. 2025, arXiv:2511.13081): AUC of
   ``(mean_{k in G_A}(p_k(x_alpha) - p_k(x)) + mean_{j in G_B}(p_j(x_alpha) - p_j(x))) / 2``
   with `group` = G_A and `contrast_group` = G_B, as the reference code (both
@@ -311,4 +334,4 @@ def contrastive_group_score(f, x, attribution, target="predicted", *, group=None
     return u, -u
 
   return _run("contrastive_group_score", f, x, attribution, target, key, alphas, fill, batch_size,
-              uv)
+              uv, removal)

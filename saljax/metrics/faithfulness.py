@@ -507,7 +507,7 @@ def _subset_correlation(f, x, fmap, base, target, key, n_values, samples, score,
     smoke={"samples": 8, "subset_size": 16}, direction="higher")
 def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size: int | None = None,
                              samples: int = 100, baseline: Any = "zeros", score: str = "logit",
-                             batch_size: int | None = None):
+                             batch_size: int | None = None, removal: Any = None):
   """Faithfulness correlation / mu-fidelity (Bhatt, Weller, Moura 2020,
   "Evaluating and Aggregating Feature-based Model Explanations", IJCAI,
   arXiv:2005.00631).
@@ -526,10 +526,18 @@ def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size
       zeros (Quantus' "black" in input space).
     score: ``"logit"`` (default) or ``"probability"``.
     batch_size: subsets evaluated together.
+    removal: None (default: `baseline` decides), a `saljax.removal.Removal`
+      or a kind's name: ``"constant"``/``"blur"``/``"mean"`` replace
+      `baseline`; ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the
+      model's mask-aware forward (`saljax.removal`) on NHWC images with the
+      removed pixels marked, `baseline` being what partly removed patches
+      still show.
 
   Returns:
     ``[B]``.
   """
+  baseline, blur_sigma, keep_model = R.resolve(removal, f, baseline, 5.0,
+                                               "faithfulness_correlation")
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   key = C.check_key(key, "faithfulness_correlation")
@@ -542,8 +550,9 @@ def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size
                      f" {subset_size}")
   samples = parallel.check_count(samples, "samples", minimum=2)
   batch_size = V.check_batch_size(batch_size)
-  base = C.make_fill(x, baseline)
+  base = C.make_fill(x, baseline, blur_sigma=blur_sigma)
   fmap = C.feature_map(attribution, x)
+  f, x, base, _, _ = R.switch(keep_model, f, x, base, None, "faithfulness_correlation")
   return _subset_correlation(f, x, fmap, base, target, key, (subset_size,), samples, score,
                              batch_size)[:, 0]
 
@@ -552,7 +561,8 @@ def faithfulness_correlation(f, x, attribution, target, *, key=None, subset_size
     evaluations=_sensitivity_n_evaluations, backward=False, smoke={"samples": 8},
     direction="higher")
 def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples: int = 100,
-                  baseline: Any = "zeros", score: str = "logit", batch_size: int | None = None):
+                  baseline: Any = "zeros", score: str = "logit", batch_size: int | None = None,
+                  removal: Any = None):
   """Sensitivity-n (Ancona, Ceolini, Oztireli, Gross 2018, "Towards Better
   Understanding of Gradient-based Attribution Methods for Deep Neural
   Networks", ICLR, arXiv:1711.06104).
@@ -567,11 +577,12 @@ def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples
       80% of the features (the paper sweeps n on a log scale up to most of the
       input).
     samples: subsets per size, default 100 (the paper's setting).
-    baseline, score, batch_size: as in `faithfulness_correlation`.
+    baseline, score, batch_size, removal: as in `faithfulness_correlation`.
 
   Returns:
     ``{"score": mean over n [B], "curve": [B, len(n_values)]}``.
   """
+  baseline, blur_sigma, keep_model = R.resolve(removal, f, baseline, 5.0, "sensitivity_n")
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   key = C.check_key(key, "sensitivity_n")
@@ -590,8 +601,9 @@ def sensitivity_n(f, x, attribution, target, *, key=None, n_values=None, samples
                      f" {max(n_values)}")
   samples = parallel.check_count(samples, "samples", minimum=2)
   batch_size = V.check_batch_size(batch_size)
-  base = C.make_fill(x, baseline)
+  base = C.make_fill(x, baseline, blur_sigma=blur_sigma)
   fmap = C.feature_map(attribution, x)
+  f, x, base, _, _ = R.switch(keep_model, f, x, base, None, "sensitivity_n")
   curve = _subset_correlation(f, x, fmap, base, target, key, n_values, samples, score, batch_size)
   return {"score": curve.mean(1), "curve": curve}
 

@@ -41,6 +41,7 @@ import numpy as np
 from saljax import _validation as V
 from saljax import model as M
 from saljax import parallel
+from saljax import removal as R
 from saljax.metrics import _common as C
 from saljax.metrics import faithfulness as F
 from saljax.metrics._registry import REGISTRY
@@ -103,7 +104,7 @@ def _estimate(f, x, fmap, base, target, key, step, score, batch_size):
     smoke={"features_in_step": 32}, direction="higher", year=2018)
 def faithfulness_estimate(f, x, attribution, target, *, key=None, features_in_step: int = 1,
                           baseline: Any = "zeros", score: str = "logit",
-                          batch_size: int | None = None):
+                          batch_size: int | None = None, removal: Any = None):
   """Faithfulness estimate (Alvarez-Melis and Jaakkola 2018, "Towards Robust
   Interpretability with Self-Explaining Neural Networks", NeurIPS,
   arXiv:1806.07538).
@@ -126,19 +127,26 @@ def faithfulness_estimate(f, x, attribution, target, *, key=None, features_in_st
     score: ``"logit"`` (default; Quantus calls with ``softmax=False``) or
       ``"probability"``.
     batch_size: steps evaluated together.
+    removal: None (default: `baseline` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `baseline`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images with the removed
+      pixels marked, `baseline` being what partly removed patches still show.
 
   Returns:
     ``[B]``.
   """
+  baseline, blur_sigma, keep_model = R.resolve(removal, f, baseline, 5.0, "faithfulness_estimate")
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   step = _check_step(features_in_step, x)
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, "faithfulness_estimate", required=False)
-  base = C.make_fill(x, baseline)
-  return _estimate(f, x, C.feature_map(attribution, x), base, target, key, step, score,
-                   batch_size)
+  base = C.make_fill(x, baseline, blur_sigma=blur_sigma)
+  fmap = C.feature_map(attribution, x)
+  f, x, base, _, _ = R.switch(keep_model, f, x, base, None, "faithfulness_estimate")
+  return _estimate(f, x, fmap, base, target, key, step, score, batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -161,7 +169,7 @@ def _monotonicity(f, x, fmap, base, target, key, step, score, batch_size):
     smoke={"features_in_step": 32}, direction="higher", year=2019)
 def monotonicity(f, x, attribution, target, *, key=None, features_in_step: int = 1,
                  baseline: Any = "zeros", absolute: bool = True, score: str = "probability",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, removal: Any = None):
   """Monotonicity (Arya et al. 2019, "One Explanation Does Not Fit All: A Toolkit
   and Taxonomy of AI Explainability Techniques", arXiv:1909.03012; AIX360's
   ``monotonicity_metric``).
@@ -183,18 +191,25 @@ def monotonicity(f, x, attribution, target, *, key=None, features_in_step: int =
     score: ``"probability"`` (default, AIX360 uses ``predict_proba``; Quantus
       ``softmax=True``) or ``"logit"``.
     batch_size: steps evaluated together.
+    removal: None (default: `baseline` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `baseline`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images with the removed
+      pixels marked, `baseline` being what partly removed patches still show.
 
   Returns:
     ``[B]`` floats in {0, 1}.
   """
+  baseline, blur_sigma, keep_model = R.resolve(removal, f, baseline, 5.0, "monotonicity")
   f, x, target = C.prepare_model(f, x, target)
   attribution = C.check_attribution(attribution, x)
   step = _check_step(features_in_step, x)
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, "monotonicity", required=False)
-  base = C.make_fill(x, baseline)
+  base = C.make_fill(x, baseline, blur_sigma=blur_sigma)
   fmap = C.feature_map(attribution, x, absolute=bool(absolute))
+  f, x, base, _, _ = R.switch(keep_model, f, x, base, None, "monotonicity")
   return _monotonicity(f, x, fmap, base, target, key, step, score, batch_size)
 
 
@@ -307,13 +322,13 @@ def _patches(o, x) -> int:
   return F._units(x, o["patch_size"])
 
 
-def _region_fill(x, fill, key, method):
+def _region_fill(x, fill, key, method, blur_sigma=5.0):
   if isinstance(fill, str) and fill == "uniform":
     key = C.check_key(key, method, required=False)
     if key is None:
       raise ValueError(f"{method}: fill='uniform' draws random values: pass key=jax.random.key(0)")
     return jax.random.uniform(jax.random.fold_in(key, 1), x.shape, x.dtype), key
-  return C.make_fill(x, fill), key
+  return C.make_fill(x, fill, blur_sigma=blur_sigma), key
 
 
 @REGISTRY.register("region_perturbation", family="faithfulness", returns="curve",
@@ -322,7 +337,8 @@ def _region_fill(x, fill, key, method):
     else "lower", year=2017)
 def region_perturbation(f, x, attribution, target, *, key=None, patch_size: int = 8,
                         order: str = "morf", regions: int = 100, fill: Any = "zeros",
-                        score: str = "probability", batch_size: int | None = None):
+                        score: str = "probability", batch_size: int | None = None,
+                        removal: Any = None):
   """Region perturbation (Samek, Binder, Montavon, Lapuschkin, Mueller 2017,
   "Evaluating the Visualization of What a Deep Neural Network Has Learned",
   IEEE TNNLS, arXiv:1509.06321).
@@ -354,11 +370,17 @@ def region_perturbation(f, x, attribution, target, *, key=None, patch_size: int 
       or any `_common.make_fill` value.
     score: ``"probability"`` (default, Quantus ``softmax=True``) or ``"logit"``.
     batch_size: steps evaluated together.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images with the removed
+      pixels marked, `fill` being what partly removed patches still show.
 
   Returns:
     ``{"score": AOPC [B], "curve": [B, L + 1]}`` (``curve[:, 0] = 0``; Quantus
     returns ``curve[:, 1:]``).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 5.0, "region_perturbation")
   f, x, target = C.prepare_model(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"region_perturbation: expected NHWC images [B, H, W, C], got x of shape"
@@ -369,10 +391,12 @@ def region_perturbation(f, x, attribution, target, *, key=None, patch_size: int 
   steps = min(V.check_positive_int(regions, "regions"), F._units(x, p))
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
-  fill, key = _region_fill(x, fill, key, "region_perturbation")
+  fill, key = _region_fill(x, fill, key, "region_perturbation", blur_sigma)
   key = C.check_key(key, "region_perturbation", required=False)
-  curve = _patch_curve(f, x, C.feature_map(attribution, x), fill, target, key, p,
-                       order == "morf", steps, score, batch_size)
+  fmap = C.feature_map(attribution, x)
+  f, x, fill, _, _ = R.switch(keep_model, f, x, fill, None, "region_perturbation")
+  curve = _patch_curve(f, x, fmap, fill, target, key, p, order == "morf", steps, score,
+                       batch_size)
   drop = curve[:, :1] - curve
   return {"score": drop.mean(1), "curve": drop}
 
@@ -381,7 +405,7 @@ def region_perturbation(f, x, attribution, target, *, key=None, patch_size: int 
     evaluations=lambda o, f, x: 1 + _patches(o, x), backward=False, smoke={"patch_size": 4},
     direction="lower", year=2018)
 def selectivity(f, x, attribution, target, *, key=None, patch_size: int = 8, fill: Any = "zeros",
-                score: str = "probability", batch_size: int | None = None):
+                score: str = "probability", batch_size: int | None = None, removal: Any = None):
   """Selectivity (Montavon, Samek, Mueller 2018, "Methods for Interpreting and
   Understanding Deep Neural Networks", Digital Signal Processing 73,
   arXiv:1706.07979).
@@ -399,12 +423,18 @@ def selectivity(f, x, attribution, target, *, key=None, patch_size: int = 8, fil
       ``"black"`` is each image's minimum).
     score: ``"probability"`` (default, Quantus ``softmax=True``) or ``"logit"``.
     batch_size: steps evaluated together.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images with the removed
+      pixels marked, `fill` being what partly removed patches still show.
 
   Returns:
     ``{"score": AUC [B], "curve": [B, P + 1]}`` with P patches; ``curve[:, 0]``
     is the clean score (Quantus returns ``curve[:, 1:]`` and integrates it with
     ``dx=1``).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 5.0, "selectivity")
   f, x, target = C.prepare_model(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"selectivity: expected NHWC images [B, H, W, C], got x of shape"
@@ -414,9 +444,11 @@ def selectivity(f, x, attribution, target, *, key=None, patch_size: int = 8, fil
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, "selectivity", required=False)
-  fill = C.make_fill(x, fill)
-  curve = _patch_curve(f, x, C.feature_map(attribution, x), fill, target, key, p, True,
-                       F._units(x, p), score, batch_size)
+  fill = C.make_fill(x, fill, blur_sigma=blur_sigma)
+  fmap = C.feature_map(attribution, x)
+  f, x, fill, _, _ = R.switch(keep_model, f, x, fill, None, "selectivity")
+  curve = _patch_curve(f, x, fmap, fill, target, key, p, True, F._units(x, p), score,
+                       batch_size)
   return {"score": C.trapezoid_auc(curve), "curve": curve}
 
 
@@ -468,7 +500,7 @@ def _irof(f, x, fmap, fill, target, key, segments, num_segments, score, batch_si
 @REGISTRY.register("irof", family="faithfulness", returns="curve", needs=("segments",),
     evaluations=_irof_evaluations, backward=False, direction="higher", year=2020)
 def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mean",
-         score: str = "probability", batch_size: int | None = None):
+         score: str = "probability", batch_size: int | None = None, removal: Any = None):
   """IROF: Iterative Removal Of Features (Rieger and Hansen 2020, "IROF: a low
   resource evaluation metric for explanation methods", ICLR workshop,
   arXiv:2003.08747).
@@ -495,12 +527,19 @@ def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mea
     score: ``"probability"`` (default, Quantus ``softmax=True``) or ``"logit"``
       (a ratio of logits means little).
     batch_size: steps evaluated together.
+    removal: None (default: `fill` decides), a `saljax.removal.Removal` or a
+      kind's name: ``"constant"``/``"blur"``/``"mean"`` replace `fill`;
+      ``"token_drop"`` (ViT) and ``"layer_mask"`` (CNN) run the model's
+      mask-aware forward (`saljax.removal`) on NHWC images with the removed
+      pixels marked, `fill` being what partly removed patches still show.
+      ``"mean"`` is each image's mean colour (the default `fill`).
 
   Returns:
     ``{"score": [B], "curve": [B, S + 1]}``, ``curve[:, 0] = 1``. Quantus
     reports ``S - trapz(curve[:, 1:], dx=1)`` instead (not normalised by the
     number of segments).
   """
+  fill, blur_sigma, keep_model = R.resolve(removal, f, fill, 5.0, "irof")
   f, x, target = C.prepare_model(f, x, target)
   if x.ndim != 4:
     raise ValueError(f"irof: expected NHWC images [B, H, W, C], got x of shape {tuple(x.shape)}")
@@ -512,9 +551,10 @@ def irof(f, x, attribution, target, *, segments=None, key=None, fill: Any = "mea
   C.check_score(score)
   batch_size = V.check_batch_size(batch_size)
   key = C.check_key(key, "irof", required=False)
-  fill = C.make_fill(x, fill)
-  return _irof(f, x, C.feature_map(attribution, x), fill, target, key, segments, num_segments,
-               score, batch_size)
+  fill = C.make_fill(x, fill, blur_sigma=blur_sigma)
+  fmap = C.feature_map(attribution, x)
+  f, x, fill, _, _ = R.switch(keep_model, f, x, fill, None, "irof")
+  return _irof(f, x, fmap, fill, target, key, segments, num_segments, score, batch_size)
 
 
 # ----------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def _check(x, attribution, fraction, remove, fill, key, method):
 
 def remove_by_attribution(x, attribution, fraction: float, *, remove: str = "top",
                           fill: Any = "zeros", absolute: bool = True,
-                          per_coordinate: bool = False, key=None) -> Array:
+                          per_coordinate: bool = False, key=None, removal: Any = None) -> Array:
   """`x` with ``floor(fraction * N)`` features replaced by `fill`.
 
   Args:
@@ -90,7 +90,19 @@ def remove_by_attribution(x, attribution, fraction: float, *, remove: str = "top
       array), ``"blur"``, a float or an array.
     absolute, per_coordinate: ranking (module docstring).
     key: optional, breaks ties at random.
+    removal: None (default: `fill` decides) or a pixel `saljax.removal.Removal`
+      (or its kind's name ``"constant"``/``"blur"``/``"mean"``) replacing
+      `fill`: the removal applied to the data ROAR/DiffROAR retrain on. The
+      model kinds act inside a model, so they are refused here (`roar` and
+      `diffroar` take them at test time).
   """
+  rem = R.as_removal(removal)
+  if rem is not None and rem.needs_model:
+    raise ValueError(f"remove_by_attribution: removal={rem.kind!r} happens inside the model's"
+                     " forward, not in the data; pass it to roar/diffroar (test time), or use a"
+                     " pixel strategy ('constant', 'blur', 'mean') here")
+  if rem is not None:
+    fill = rem.fill()
   x, attribution, fraction, fill, key = _check(x, attribution, fraction, remove, fill, key,
                                                "remove_by_attribution")
   return _remove(x, attribution, jnp.float32(fraction), fill, key, remove, bool(absolute),
@@ -133,19 +145,26 @@ def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: 
   if per_coordinate:
     raise ValueError("roar: removal='token_drop'/'layer_mask' removes whole pixels; use"
                      " per_coordinate=False")
-  x, attribution, fraction, fillv, key = _check(x, attribution, fraction, remove, fill, key, "roar")
+  masked = _remove_marked(x, attribution, fraction, remove, fill, absolute, key, "roar")
+  return _correct(keep_model, masked, target)
+
+
+def _remove_marked(x, attribution, fraction, remove, fill, absolute, key, method):
+  """`remove_by_attribution` per pixel on `x` with a keep channel
+  (`saljax.removal.augment`), for a model kind's `KeepChannel` model."""
+  x, attribution, fraction, fillv, key = _check(x, attribution, fraction, remove, fill, key, method)
   # The keep channel (1 kept, 0 removed) is removed with the pixels; ranking by
   # the channel-summed relevance equals `_relevance`'s for pixels.
   rel = _relevance(attribution, x, bool(absolute), False)
-  xa, fa, _ = R.augment(x, fillv, None, "roar")
-  masked = _remove(xa, rel, jnp.float32(fraction), fa, key, remove, False, False)
-  return _correct(keep_model, masked, target)
+  xa, fa, _ = R.augment(x, fillv, None, method)
+  return _remove(xa, rel, jnp.float32(fraction), fa, key, remove, False, False)
 
 
 @REGISTRY.register("diffroar", family="removal", returns="scores", evaluations=2, backward=False,
     smoke={"fraction": 0.3}, direction="higher")
 def diffroar(f, x, attribution, target, *, key=None, fraction: float = 0.5, f_bottom=None,
-             fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False):
+             fill: Any = "zeros", absolute: bool = True, per_coordinate: bool = False,
+             removal: Any = None):
   """DiffROAR per example (Shah, Jain, Netrapalli 2021, arXiv:2102.12781):
   ``correct(f, x top-k kept) - correct(f_bottom, x bottom-k kept)`` with
   ``k = fraction`` the share KEPT. `f` is the model retrained on top-k-kept
@@ -153,15 +172,29 @@ def diffroar(f, x, attribution, target, *, key=None, fraction: float = 0.5, f_bo
   both, the no-retraining variant). The batch mean is DiffROAR(k) in [-1, 1];
   positive supports the attribution.
 
+  ``removal``: as in `roar`; a model kind needs the mask-aware forward of
+  both `f` and `f_bottom`.
+
   Returns:
     ``[B]`` in {-1, 0, 1}.
   """
+  fill, _, keep_top = R.resolve(removal, f, fill, 5.0, "diffroar")
+  keep_bot = keep_top
+  if keep_top is not None and f_bottom is not None:
+    keep_bot = R.resolve(removal, f_bottom, fill, 5.0, "diffroar (f_bottom)")[2]
   f_top, x, target = C.prepare_model(f, x, target)
   f_bot = f_top if f_bottom is None else M.as_model(f_bottom)
   if f_bottom is not None:
     M.output_shape(f_bot, x)
-  kw = dict(fill=fill, absolute=absolute, per_coordinate=per_coordinate, key=key)
   k = C.check_fraction(fraction, "fraction")
+  if keep_top is not None:
+    if per_coordinate:
+      raise ValueError("diffroar: removal='token_drop'/'layer_mask' removes whole pixels; use"
+                       " per_coordinate=False")
+    top_kept = _remove_marked(x, attribution, 1.0 - k, "bottom", fill, absolute, key, "diffroar")
+    bottom_kept = _remove_marked(x, attribution, 1.0 - k, "top", fill, absolute, key, "diffroar")
+    return _correct(keep_top, top_kept, target) - _correct(keep_bot, bottom_kept, target)
+  kw = dict(fill=fill, absolute=absolute, per_coordinate=per_coordinate, key=key)
   top_kept = remove_by_attribution(x, attribution, 1.0 - k, remove="bottom", **kw)
   bottom_kept = remove_by_attribution(x, attribution, 1.0 - k, remove="top", **kw)
   return _correct(f_top, top_kept, target) - _correct(f_bot, bottom_kept, target)
