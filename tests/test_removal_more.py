@@ -300,3 +300,21 @@ def test_metric_removal_misuse_errors(cnn_model):
     saljax.metrics.get("diffroar")(ma, x, x, T, removal="layer_mask", f_bottom=_plain)
   with pytest.raises(TypeError, match="removal: expected None"):
     saljax.metrics.get("selectivity")(ma, x, x, T, removal=3)
+
+
+def test_remove_by_attribution_and_roar_keep_the_removals_blur_sigma():
+  """A pixel Removal("blur", blur_sigma=s) blurs with s, not the fill default 5."""
+  from saljax.metrics import _common as MC
+  from saljax.metrics import removal as MR
+  x = jax.random.uniform(jax.random.key(0), (2, 12, 12, 3))
+  a = jax.random.normal(jax.random.key(1), (2, 12, 12))
+  rem = R.Removal("blur", blur_sigma=2.0)
+  got = MR.remove_by_attribution(x, a, 0.5, removal=rem)
+  want = MR.remove_by_attribution(x, a, 0.5, fill=MC.make_fill(x, "blur", blur_sigma=2.0))
+  np.testing.assert_array_equal(got, want)
+  assert np.abs(got - MR.remove_by_attribution(x, a, 0.5, fill="blur")).max() > 1e-3
+  # roar hands the Removal down, so the model sees the sigma-2 blur.
+  w = jax.random.normal(jax.random.key(2), (12 * 12 * 3, 3))
+  f = jax.tree_util.Partial(lambda w, z: z.reshape(z.shape[0], -1) @ w, w)
+  t = jnp.argmax(f(want), -1)
+  np.testing.assert_array_equal(MR.roar(f, x, a, t, removal=rem), np.ones(2))

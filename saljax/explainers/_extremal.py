@@ -4,7 +4,6 @@ sorted-vector area constraint, optimized with optax.
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 

@@ -46,7 +46,6 @@ indices ``[G]`` / ``[B, G]`` padded with -1.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax

@@ -62,12 +62,12 @@ def _remove(x, attribution, fraction, fill, key, remove, absolute, per_coordinat
   return jnp.where(gone, fill, x)
 
 
-def _check(x, attribution, fraction, remove, fill, key, method):
+def _check(x, attribution, fraction, remove, fill, key, method, blur_sigma: float = 5.0):
   x = V.check_input(x)
   attribution = C.check_attribution(attribution, x)
   fraction = C.check_fraction(fraction, "fraction")
   V.check_choice(remove, "remove", REMOVE)
-  fill = C.make_fill(x, fill)
+  fill = C.make_fill(x, fill, blur_sigma=blur_sigma)
   key = C.check_key(key, method, required=False)
   return x, attribution, fraction, fill, key
 
@@ -101,10 +101,13 @@ def remove_by_attribution(x, attribution, fraction: float, *, remove: str = "top
     raise ValueError(f"remove_by_attribution: removal={rem.kind!r} happens inside the model's"
                      " forward, not in the data; pass it to roar/diffroar (test time), or use a"
                      " pixel strategy ('constant', 'blur', 'mean') here")
+  sigma = 5.0  # make_fill's default for fill="blur"
   if rem is not None:
     fill = rem.fill()
+    if rem.kind == "blur" and rem.blur_sigma is not None:  # the Removal's own sigma
+      sigma = float(rem.blur_sigma)
   x, attribution, fraction, fill, key = _check(x, attribution, fraction, remove, fill, key,
-                                               "remove_by_attribution")
+                                               "remove_by_attribution", sigma)
   return _remove(x, attribution, jnp.float32(fraction), fill, key, remove, bool(absolute),
                  bool(per_coordinate))
 
@@ -139,8 +142,10 @@ def roar(f, x, attribution, target, *, key=None, fraction: float = 0.5, remove: 
   fill, _, keep_model = R.resolve(removal, f, fill, 5.0, "roar")
   f, x, target = C.prepare_model(f, x, target)
   if keep_model is None:
+    # A pixel Removal goes down as itself, so its blur_sigma is kept.
     masked = remove_by_attribution(x, attribution, fraction, remove=remove, fill=fill,
-                                   absolute=absolute, per_coordinate=per_coordinate, key=key)
+                                   absolute=absolute, per_coordinate=per_coordinate, key=key,
+                                   removal=removal)
     return _correct(f, masked, target)
   if per_coordinate:
     raise ValueError("roar: removal='token_drop'/'layer_mask' removes whole pixels; use"
@@ -194,7 +199,8 @@ def diffroar(f, x, attribution, target, *, key=None, fraction: float = 0.5, f_bo
     top_kept = _remove_marked(x, attribution, 1.0 - k, "bottom", fill, absolute, key, "diffroar")
     bottom_kept = _remove_marked(x, attribution, 1.0 - k, "top", fill, absolute, key, "diffroar")
     return _correct(keep_top, top_kept, target) - _correct(keep_bot, bottom_kept, target)
-  kw = dict(fill=fill, absolute=absolute, per_coordinate=per_coordinate, key=key)
+  kw = dict(fill=fill, absolute=absolute, per_coordinate=per_coordinate, key=key,
+            removal=removal)  # a pixel Removal keeps its blur_sigma
   top_kept = remove_by_attribution(x, attribution, 1.0 - k, remove="bottom", **kw)
   bottom_kept = remove_by_attribution(x, attribution, 1.0 - k, remove="top", **kw)
   return _correct(f_top, top_kept, target) - _correct(f_bot, bottom_kept, target)
