@@ -309,6 +309,9 @@ def test_greedy_maps_one_compile_and_errors(four_heads):
   assert prompts._prompt_cam._cache_size() == n0  # same shape and options: no new compile
   chunked = saljax.prompt_cam(f, x, t, heads="greedy", top_k=2, batch_size=4)
   np.testing.assert_allclose(np.asarray(chunked), np.asarray(mean2), rtol=1e-6, atol=1e-8)
+  from saljax.explainers import _registry
+  assert _registry.cost_of("prompt_cam", {}, f, x) == 1
+  assert _registry.cost_of("prompt_cam", {"heads": "greedy", "top_k": 2}, f, x) == 1 + GH * GH
   with pytest.raises(ValueError, match=r"^prompt_cam: top_k: expected at most the 4 heads"):
     saljax.prompt_cam(f, x, t, heads="greedy", top_k=5)
   with pytest.raises(ValueError, match=r"^prompt_cam: heads: expected one of \['greedy', 'mean'\]"):

@@ -141,7 +141,7 @@ def _rank_heads(f, x, target, layer, batch_size):
 
 
 def rank_heads(f, x, target, *, layer: str | None = None, batch_size: int | None = None) -> Array:
-  """Prompt-CAM's trait identification (Chowdhury et al. 2025, Sec. 3.3 and
+  """Prompt-CAM's trait identification (Chowdhury et al. 2025, and
   the official code's greedy head pruning): ``[B, heads]`` int, the heads of
   `layer` (default the last attention layer) from most to least important
   for the target class.
@@ -162,8 +162,18 @@ def rank_heads(f, x, target, *, layer: str | None = None, batch_size: int | None
   return _rank_heads(f, x, target.astype(jnp.int32), layer, batch_size)
 
 
+def _prompt_cam_evaluations(o, f, x) -> int:
+  """One forward; with ``heads="greedy"`` also ``heads`` rounds of ``heads``
+  candidate forwards (`_greedy_order`)."""
+  if o.get("heads", "mean") != "greedy":
+    return 1
+  layer, _ = check_prompt_cam(f, x, o.get("layer"))
+  nh = int(cam.layer_shapes(f, x)[layer].shape[1])
+  return 1 + nh * nh
+
+
 @REGISTRY.register("prompt_cam", family="attention", returns="layer", needs=("vit", "prompt_cam"),
-    evaluations=1, backward=False, model_output="unused", year=2025)
+    evaluations=_prompt_cam_evaluations, backward=False, model_output="unused", year=2025)
 def prompt_cam(f, x, target, *, key=None, layer: str | None = None, per_head: bool = False,
                normalize: bool = True, heads: str = "mean", top_k: int = 1,
                batch_size: int | None = None) -> Array:
