@@ -22,7 +22,9 @@ f = saljax.from_linen(m, v, example=x[:1])
 t = jnp.arange(11) % 4
 mesh = parallel.make_mesh()
 out = {}
-for name, opts in {"mean": {}, "chunked_per_head": {"per_head": True, "batch_size": 3}}.items():
+for name, opts in {"mean": {}, "chunked_per_head": {"per_head": True, "batch_size": 3},
+                   "greedy": {"heads": "greedy", "top_k": 2, "per_head": True,
+                              "batch_size": 3}}.items():
   single = saljax.prompt_cam(f, x, t, **opts)
   sharded = parallel.sharded_call(saljax.prompt_cam, f, x, t, mesh=mesh, **opts)
   out[name] = float(jnp.abs(jnp.asarray(sharded) - single).max())

@@ -20,6 +20,7 @@ from experiments.configs import blockmnist_standard, prompt_cam_blockmnist
 from saljax.data import blockmnist
 from saljax.explainers import attention, prompts
 from saljax.models import prompt_cam as pc
+from saljax.models.vit import ViT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE = 12                      # BlockMNIST blocks of 12 px: images 24x12
@@ -179,8 +180,11 @@ def test_points_into_the_digit_block(trained):
   """The weaker claim of docs/prompt_cam.md: on held-out images Prompt-CAM
   points into the digit block well above chance (0.5: half the digits are on
   top) and more often than the class token's own last-layer attention.
-  Attention rollout of the same ViT does better still (about 1.0 here and at
-  56x28), so the issue's stronger claim is not asserted (docs/prompt_cam.md)."""
+  Attention rollout of this supervised ViT does better still (about 1.0 here
+  and at 56x28). In the paper's setting, a backbone pre-trained without labels
+  (MAE, experiments.pretrain_mae), the issue's claim held for one MAE seed and
+  failed for another at 56x28 (docs/prompt_cam.md). At this size the prompts
+  on such a backbone do not learn in a test's budget. It is not asserted."""
   test = trained["test"]
   x, t = jnp.asarray(test["image"]), jnp.asarray(test["label"])
   pcam = _pointing(saljax.prompt_cam(trained["tapped"], x, t), test["signal_top"])
@@ -196,7 +200,7 @@ def test_eight_devices_equal_one():
                        env=dict(os.environ, PYTHONPATH=os.path.dirname(HERE)))
   assert res.returncode == 0, res.stderr[-3000:]
   diffs = json.loads(res.stdout.strip().splitlines()[-1])
-  assert set(diffs) == {"mean", "chunked_per_head"}
+  assert set(diffs) == {"mean", "chunked_per_head", "greedy"}
   assert max(diffs.values()) < 1e-6, diffs
 
 
@@ -213,3 +217,106 @@ def test_shallow_variant_carries_one_prompt_set():
   assert saljax.prompt_cam(f, x, jnp.array([0, 2])).shape == (2, 2, 1)
   with pytest.raises(ValueError, match=r"variant: expected one of"):
     pc.prompt_cam("vit_tiny", 3, variant="middle")
+
+
+# ---------------------------------------------------------------------------
+# Greedy head selection (the paper's trait identification).
+
+GH = 4  # heads of the known-answer model
+
+
+@pytest.fixture(scope="module")
+def four_heads():
+  """A random Prompt-CAM with 4 heads, and a copy whose last block keeps only
+  head 2's output (the other heads' rows of the output projection are 0)."""
+  m = pc.prompt_cam("vit_tiny", 3, patch=4, dim=16, depth=2, num_heads=GH, mlp_dim=32)
+  x = jax.random.uniform(jax.random.key(1), (6, 8, 4, 1))
+  v = jax.device_get(m.init(jax.random.key(0), x[:1]))
+  only = jax.tree_util.tree_map(np.array, v)
+  kernel = only["params"]["blocks_1"]["attn"]["out"]["kernel"]  # [heads, head_dim, D]
+  kernel[[0, 1, 3]] = 0.0
+  example = x[:1]
+  return dict(x=x, f=saljax.from_linen(m, v, example=example),
+              only=saljax.from_linen(m, only, example=example))
+
+
+@jax.jit
+def _blurred_probs(f, xi, ti, mask):
+  """The target's softmax probability with the target prompt's last-block row
+  made uniform in the heads where `mask` [cand, heads] is 1 (the official code
+  zeroes those logits), one candidate per row; written out per candidate."""
+  layer = "blocks_1/attn/probs"
+  a = f(xi[None])[1][layer]                                  # [1, heads, T, T]
+  uniform = jnp.zeros_like(a).at[0, :, ti].set(1.0 / a.shape[-1] - a[0, :, ti])
+
+  def one(m):
+    logits = f(xi[None], {layer: uniform * m[None, :, None, None]})[0][0]
+    return jax.nn.softmax(logits)[ti]
+
+  return jax.lax.map(one, mask)
+
+
+def _blurred_prob(f, xi, ti, blur):
+  return float(_blurred_probs(f, xi, ti, jnp.zeros((1, GH)).at[0, jnp.array(blur, int)].set(
+      1.0 if blur else 0.0))[0])
+
+
+def test_greedy_ranking_known_answer(four_heads):
+  """Only head 2 reaches the scores: blurring another head changes nothing (a
+  tie, broken to the lower index, as the official strict '>'), so head 2 is
+  removed last (ranked first) where blurring it lowers the target's
+  probability, and first (ranked last) where it raises it."""
+  f, x = four_heads["only"], four_heads["x"]
+  t = jnp.arange(6) % 3
+  rank = np.asarray(prompts.rank_heads(f, x, t))
+  lowers = [_blurred_prob(f, x[b], int(t[b]), [2]) < _blurred_prob(f, x[b], int(t[b]), [])
+            for b in range(6)]
+  assert 0 < sum(lowers) < 6, lowers  # both cases occur
+  for b in range(6):
+    want = [2, 3, 1, 0] if lowers[b] else [3, 1, 0, 2]
+    assert rank[b].tolist() == want, (b, lowers[b], rank[b])
+
+
+def test_greedy_matches_the_official_loop(four_heads):
+  """rank_heads equals the official code's loop, written out per image."""
+  f, x = four_heads["f"], four_heads["x"][:3]
+  t = jnp.array([2, 0, 1])
+  rank = np.asarray(prompts.rank_heads(f, x, t))
+  for b in range(3):
+    remaining, removed = list(range(GH)), []
+    while remaining:
+      masks = np.zeros((len(remaining), GH), np.float32)
+      for i, h in enumerate(remaining):
+        masks[i, removed + [h]] = 1.0
+      scores = np.asarray(_blurred_probs(f, x[b], t[b], jnp.asarray(masks)))
+      removed.append(remaining[int(np.argmax(scores))])
+      remaining.remove(removed[-1])
+    assert rank[b].tolist() == removed[::-1]
+
+
+def test_greedy_maps_one_compile_and_errors(four_heads):
+  f, x = four_heads["f"], four_heads["x"]
+  t = jnp.arange(6) % 3
+  rank = np.asarray(prompts.rank_heads(f, x, t))
+  top2 = saljax.prompt_cam(f, x, t, heads="greedy", top_k=2, per_head=True)
+  every = np.asarray(saljax.prompt_cam(f, x, t, per_head=True))
+  want = every[np.arange(6)[:, None], rank[:, :2]]
+  np.testing.assert_allclose(np.asarray(top2), want, rtol=1e-6, atol=1e-8)
+  mean2 = saljax.prompt_cam(f, x, t, heads="greedy", top_k=2)
+  np.testing.assert_allclose(np.asarray(mean2), want.mean(1), rtol=1e-6, atol=1e-8)
+  n0 = prompts._prompt_cam._cache_size()
+  saljax.prompt_cam(f, x * 0.5, (t + 1) % 3, heads="greedy", top_k=2)
+  assert prompts._prompt_cam._cache_size() == n0  # same shape and options: no new compile
+  chunked = saljax.prompt_cam(f, x, t, heads="greedy", top_k=2, batch_size=4)
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(mean2), rtol=1e-6, atol=1e-8)
+  from saljax.explainers import _registry
+  assert _registry.cost_of("prompt_cam", {}, f, x) == 1
+  assert _registry.cost_of("prompt_cam", {"heads": "greedy", "top_k": 2}, f, x) == 1 + GH * GH
+  with pytest.raises(ValueError, match=r"^prompt_cam: top_k: expected at most the 4 heads"):
+    saljax.prompt_cam(f, x, t, heads="greedy", top_k=5)
+  with pytest.raises(ValueError, match=r"^prompt_cam: heads: expected one of \['greedy', 'mean'\]"):
+    saljax.prompt_cam(f, x, t, heads="best")
+  with pytest.raises(ValueError, match=r"^rank_heads: expected a Prompt-CAM model"):
+    vit = ViT(num_classes=3, patch=4, dim=16, depth=1, num_heads=2, mlp_dim=32)
+    prompts.rank_heads(saljax.from_linen(vit, vit.init(jax.random.key(0), x[:1]), example=x[:1]),
+                       x, t)

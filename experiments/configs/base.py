@@ -55,6 +55,7 @@ def base() -> ml_collections.ConfigDict:
   c.train.async_checkpoint = True
   c.train.progress_every_s = 10.0
   c.train.trainable = ()          # top-level parameter names to train, the rest frozen (empty: all)
+  c.train.mask_ratio = 0.75       # pretrain_mae: share of patches masked (He et al. 2022)
   c.train.permute_labels = False  # train on a fixed random permutation of the labels (Adebayo et al. 2018 Sec. 4)
   c.train.adversarial = ml_collections.ConfigDict()
   c.train.adversarial.mode = "none"   # none, fgsm, pgd

@@ -8,7 +8,13 @@ prompts trained on a frozen ViT that was trained on BlockMNIST first.
     python -m experiments.train --config=experiments/configs/prompt_cam_blockmnist.py \\
         --workdir=runs/bm_pcam --config.model.backbone_workdir=runs/bm_vit
 
-The two share the ViT sizes (patch 7, width 64, 4 blocks, 4 heads), so the
+    # or the paper's setting, a backbone pre-trained without the labels (MAE):
+    python -m experiments.pretrain_mae \\
+        --config=experiments/configs/prompt_cam_blockmnist.py:mae --workdir=runs/bm_mae
+    python -m experiments.train --config=experiments/configs/prompt_cam_blockmnist.py \\
+        --workdir=runs/bm_pcam_mae --config.model.backbone_workdir=runs/bm_mae
+
+The runs share the ViT sizes (patch 7, width 64, 4 blocks, 4 heads), so the
 backbone's parameters load into Prompt-CAM by name. Measured pointing rates:
 docs/prompt_cam.md.
 """
@@ -16,8 +22,8 @@ from experiments.configs import base
 
 
 def get_config(arg: str = "prompts"):
-  if arg not in ("prompts", "backbone"):
-    raise ValueError(f"config argument: expected 'prompts' or 'backbone', got {arg!r}")
+  if arg not in ("prompts", "backbone", "mae"):
+    raise ValueError(f"config argument: expected 'prompts', 'backbone' or 'mae', got {arg!r}")
   c = base.base()
   c.model.backbone = "vit_tiny"
   c.model.patch_size = 7          # 56x28 BlockMNIST images: an 8x4 patch grid, blocks on 4 rows each
@@ -38,6 +44,17 @@ def get_config(arg: str = "prompts"):
     c.train.steps = 800
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 50
+    c.explain.methods = ("attention_rollout",)
+  elif arg == "mae":
+    # The paper's setting: a backbone pre-trained without the downstream labels
+    # (experiments.pretrain_mae: masked autoencoding of the same images).
+    c.model.name = "vit_tiny"
+    c.train.steps = 3000
+    c.train.learning_rate = 1.5e-3
+    c.train.weight_decay = 0.05   # MAE's AdamW decay
+    c.train.warmup_steps = 100
+    c.train.checkpoint_every = 500
+    c.train.best_metric = ""      # no labels, no accuracy to keep the best by
     c.explain.methods = ("attention_rollout",)
   else:
     c.model.name = "prompt_cam"
