@@ -64,19 +64,25 @@ MODEL_REMOVAL = {"vit": "token_drop", "cnn": "layer_mask"}
 TITLES = {"vit": "ViT", "cnn": "CNN", "efficientnet_lite0": "EfficientNet-Lite0"}
 
 
-def check(config) -> None:
-  """Refuses a config the protocol cannot run, before any training."""
-  size, patch = int(config.data.size), int(config.vit.patch)
-  if size % patch:
-    raise ValueError(f"data.size: expected a multiple of vit.patch = {patch}, got {size}")
+def _check_sweep(config, field: str, kinds) -> None:
+  """The checks both settings share: fractions in (0, 1), draws >= 1, and
+  the removal kinds named in `field` among `kinds`."""
   fr = tuple(float(f) for f in config.fractions)
   if not fr or any(not 0.0 < f < 1.0 for f in fr):
     raise ValueError(f"fractions: expected fractions in (0, 1), got {config.fractions!r}")
   if int(config.draws) < 1:
     raise ValueError(f"draws: expected a positive int, got {config.draws!r}")
-  for k in config.pixel_removals:
-    if k not in R.PIXEL_KINDS:
-      raise ValueError(f"pixel_removals: expected kinds of {list(R.PIXEL_KINDS)}, got {k!r}")
+  for k in config[field]:
+    if k not in kinds:
+      raise ValueError(f"{field}: expected kinds of {list(kinds)}, got {k!r}")
+
+
+def check(config) -> None:
+  """Refuses a config the protocol cannot run, before any training."""
+  size, patch = int(config.data.size), int(config.vit.patch)
+  if size % patch:
+    raise ValueError(f"data.size: expected a multiple of vit.patch = {patch}, got {size}")
+  _check_sweep(config, "pixel_removals", R.PIXEL_KINDS)
 
 
 def train_models(config, x, y) -> dict[str, Any]:
@@ -187,14 +193,7 @@ def check_photos(config, image_size: int) -> None:
   if cell < 1 or image_size % cell:
     raise ValueError(f"cell: expected a positive divisor of the model's input size {image_size},"
                      f" got {config.cell!r}")
-  fr = tuple(float(f) for f in config.fractions)
-  if not fr or any(not 0.0 < f < 1.0 for f in fr):
-    raise ValueError(f"fractions: expected fractions in (0, 1), got {config.fractions!r}")
-  if int(config.draws) < 1:
-    raise ValueError(f"draws: expected a positive int, got {config.draws!r}")
-  for k in config.removals:
-    if k not in R.KINDS:
-      raise ValueError(f"removals: expected kinds of {list(R.KINDS)}, got {k!r}")
+  _check_sweep(config, "removals", R.KINDS)
 
 
 def run_photos(config, workdir: str) -> dict[str, Any]:

@@ -15,16 +15,13 @@ import pytest
 import saljax
 from saljax import removal as R
 from saljax.models.cnn import cnn, neighbor_pad
-from saljax.models.vit import vit
+from tests._removal_fixtures import tiny_vit
 
 
 @pytest.fixture(scope="module")
 def vit_model():
   """A random ViT on 8x8 images, patch 4 (4 tokens and the class token)."""
-  module = vit("vit_tiny", num_classes=3, patch=4, dim=16, depth=1, num_heads=2, mlp_dim=16)
-  x = jax.random.normal(jax.random.key(0), (3, 8, 8, 3))
-  variables = module.init(jax.random.key(1), x)
-  return module, variables, x
+  return tiny_vit()
 
 
 @pytest.fixture(scope="module")
