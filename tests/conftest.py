@@ -7,6 +7,25 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # A fresh weight cache per run, so the suite converts the pretrained weights
 # itself, as it must on a new machine (set SALJAX_CACHE to reuse one).
 os.environ.setdefault("SALJAX_CACHE", tempfile.mkdtemp(prefix="saljax-test-cache-"))
+# JAX's persistent compilation cache in a fresh folder per run, shared by the
+# xdist workers (they inherit this process's environment) and by the binaries
+# and 8-device scripts the tests start in subprocesses: the suite is
+# compile-bound, and the same programs are compiled again after each module's
+# jax.clear_caches(), in the other worker and in every subprocess. Fresh per run,
+# so no run reads what another compiled. Compile counts stay as they were: JAX
+# records its backend-compile event around a cache read too. Every program is
+# cached (no minimum compile time or size). Set JAX_COMPILATION_CACHE_DIR to
+# choose the folder (it is then kept), or to "" to run without the cache.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
+  _jax_cache = tempfile.mkdtemp(prefix="saljax-test-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+  # Only the process that made it removes it (the xdist controller, or pytest
+  # run serially); workers and subprocesses find the variable set.
+  atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -129,8 +129,13 @@ def _kill_at_random(binary, workdir, delay_s):
   """Starts `binary` on `workdir`, SIGKILLs it `delay_s` after it first writes
   there (before that it is only importing); returns True if it was still running."""
   before = {p: os.stat(p).st_mtime_ns for p in _all_files(workdir)}
+  # Without the suite's persistent compilation cache (tests/conftest.py): the
+  # kill delays are drawn against in-process durations that include compiling,
+  # and a process that reads its programs from the cache would finish before
+  # more of the kills, which then test nothing.
   proc = subprocess.Popen([sys.executable, "-m", f"experiments.{binary}", *_flags(workdir)],
-                          cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                          cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                             JAX_COMPILATION_CACHE_DIR=""),
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   t0 = time.time()
   while proc.poll() is None and time.time() - t0 < 120:
