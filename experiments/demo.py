@@ -109,6 +109,7 @@ NOT_APPLICABLE = {
     "attention_rollout": "needs a ViT's attention maps; the pretrained model is a CNN",
     "class_token_attention": "needs a ViT's class token; the pretrained model is a CNN",
     "vit_gradcam": "needs ViT tokens; the pretrained model is a CNN",
+    "prompt_cam": "needs a Prompt-CAM model (class prompts on a ViT); the pretrained model is a CNN",
     "neuron_gradient": "explains one unit's activation (neuron=), not the class",
     "neuron_integrated_gradients": "explains one unit's activation (neuron=), not the class",
 }
