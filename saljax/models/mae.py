@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from saljax.models.vit import EncoderBlock
+from saljax.models.vit import EncoderBlock, embed, take_tokens
 
 # Parameters of the decoder; everything else is the ViT encoder.
 DECODER = ("mask_token", "decoder_embed", "decoder_pos_embed", "decoder_norm", "decoder_pred")
@@ -60,20 +60,11 @@ class MAE(nn.Module):
 
   @nn.compact
   def __call__(self, x, visible):
-    b, h, w, c = x.shape
-    if h % self.patch or w % self.patch:
-      raise ValueError(f"MAE: input {h}x{w} is not a multiple of the patch size {self.patch}")
-    d = self.dim
-    # The encoder, exactly as saljax.models.vit.ViT with tokens=visible (same names).
-    t = nn.Conv(d, (self.patch,) * 2, (self.patch,) * 2, padding="VALID", name="patch_embed")(x)
-    t = t.reshape(b, -1, d)
-    n = t.shape[1]
-    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d))
-    t = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(t.dtype), t], axis=1)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, n + 1, d))
-    t = t + pos.astype(t.dtype)
-    idx = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), visible.astype(jnp.int32) + 1], 1)
-    t = jnp.take_along_axis(t, idx[:, :, None], axis=1)       # cls + visible patches
+    b, _, _, c = x.shape
+    # The encoder: saljax.models.vit.ViT with tokens=visible (same names).
+    t = embed(self, x, "MAE")
+    n = t.shape[1] - 1
+    t = take_tokens(t, visible)                                 # cls + visible patches
     for i in range(self.depth):
       t = EncoderBlock(self.num_heads, self.mlp_dim, name=f"blocks_{i}")(t)
     t = nn.LayerNorm(name="norm")(t)

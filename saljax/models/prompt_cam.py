@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from saljax import _validation as V
-from saljax.models.vit import CONFIGS, EncoderBlock
+from saljax.models.vit import CONFIGS, EncoderBlock, embed
 
 VARIANTS = ("deep", "shallow")
 # Top-level parameter collections that Prompt-CAM trains; the rest is the frozen ViT.
@@ -94,17 +94,9 @@ class PromptCAM(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     V.check_choice(self.variant, "variant", VARIANTS)
-    b, h, w, _ = x.shape
-    if h % self.patch or w % self.patch:
-      raise ValueError(f"PromptCAM: input {h}x{w} is not a multiple of the patch size {self.patch}")
+    b = x.shape[0]
     c, d = self.num_classes, self.dim
-    # The backbone's embedding, exactly as saljax.models.vit.ViT (same names).
-    x = nn.Conv(d, (self.patch,) * 2, (self.patch,) * 2, padding="VALID", name="patch_embed")(x)
-    x = x.reshape(b, -1, d)
-    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, d))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], d))
-    x = x + pos.astype(x.dtype)
+    x = embed(self, x, "PromptCAM")  # the backbone's embedding (saljax.models.vit's names)
     sets = self.depth if self.variant == "deep" else 1
     prompts = self.param("prompts", _prompt_init(self.patch, d), (sets, c, d))
     for i in range(self.depth):

@@ -119,22 +119,14 @@ class ViT(nn.Module):
         major patch order): only these tokens and the class token are run.
     """
     b, h, w, _ = x.shape
-    if h % self.patch or w % self.patch:
-      raise ValueError(f"ViT: input {h}x{w} is not a multiple of the patch size {self.patch}")
     if keep is not None and tokens is not None:
       raise ValueError("ViT: pass keep= (a mask) or tokens= (an index), not both")
-    x = nn.Conv(self.dim, (self.patch,) * 2, (self.patch,) * 2, padding="VALID", name="patch_embed")(x)
-    x = x.reshape(b, -1, self.dim)
-    cls = self.param("cls_token", nn.initializers.zeros, (1, 1, self.dim))
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.dim)).astype(x.dtype), x], axis=1)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], self.dim))
-    x = x + pos.astype(x.dtype)
+    x = embed(self, x, "ViT")
     key_mask = None
     if keep is not None:
       key_mask = self.token_keep(keep, h, w)
     if tokens is not None:
-      idx = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), jnp.asarray(tokens, jnp.int32) + 1], 1)
-      x = jnp.take_along_axis(x, idx[:, :, None], axis=1)
+      x = take_tokens(x, tokens)
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_dim, name=f"blocks_{i}")(x, key_mask)
     x = nn.LayerNorm(name="norm")(x)
@@ -153,6 +145,34 @@ class ViT(nn.Module):
       kb = kb.reshape(kb.shape[0], gh, self.patch, gw, self.patch).any(axis=(2, 4))
     kb = kb.reshape(kb.shape[0], gh * gw)
     return jnp.concatenate([jnp.ones((kb.shape[0], 1), bool), kb], axis=1)
+
+
+def embed(module: nn.Module, x, who: str):
+  """The ViT embedding ``[B, 1 + N, dim]``: patch tokens (``patch_embed``, a
+  strided conv), the class token (``cls_token``) in front, position
+  embeddings (``pos_embed``) added. Called inside the compact ``__call__`` of
+  `module` (a module with ``patch`` and ``dim``), so its parameters get the
+  names of `ViT`'s: `ViT`, `saljax.models.prompt_cam.PromptCAM` and
+  `saljax.models.mae.MAE` share checkpoints through it. A side that is not a
+  multiple of the patch size is refused, naming `who`."""
+  b, h, w, _ = x.shape
+  p, d = module.patch, module.dim
+  if h % p or w % p:
+    raise ValueError(f"{who}: input {h}x{w} is not a multiple of the patch size {p}")
+  x = nn.Conv(d, (p, p), (p, p), padding="VALID", name="patch_embed")(x)
+  x = x.reshape(b, -1, d)
+  cls = module.param("cls_token", nn.initializers.zeros, (1, 1, d))
+  x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
+  pos = module.param("pos_embed", nn.initializers.normal(0.02), (1, x.shape[1], d))
+  return x + pos.astype(x.dtype)
+
+
+def take_tokens(x, tokens):
+  """The class token and the patch tokens at int index ``tokens [B, K]``
+  (row-major patch order) of embedded tokens ``x [B, 1 + N, dim]``."""
+  idx = jnp.concatenate([jnp.zeros((x.shape[0], 1), jnp.int32),
+                         jnp.asarray(tokens, jnp.int32) + 1], 1)
+  return jnp.take_along_axis(x, idx[:, :, None], axis=1)
 
 
 def vit(name: str = "vit_tiny", num_classes: int = 1000, **overrides) -> ViT:
