@@ -330,14 +330,21 @@ class _Oracle:
     self.f, self.x0, self.label = f, x0, label
     self.tau, self.bounds, self.batch_size, self.mesh = tau, bounds, batch_size, mesh
 
-  def __call__(self, image, moves, length):
-    rows = (jnp.asarray(image, jnp.int32), jnp.asarray(moves, jnp.int32), jnp.asarray(length, jnp.int32))
+  def _placed(self, rows):
+    """``(rows, q, x0, label)``: the rows sharded over the mesh (padded; q
+    real rows) and the clean images and labels replicated, or all as they
+    are without a mesh."""
     q = rows[0].shape[0]
     x0, label = self.x0, self.label
     if self.mesh is not None:
       rows, q = parallel.shard_batch(rows, self.mesh)
       everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
       x0, label = jax.device_put(x0, everywhere), jax.device_put(label, everywhere)
+    return rows, q, x0, label
+
+  def __call__(self, image, moves, length):
+    rows = (jnp.asarray(image, jnp.int32), jnp.asarray(moves, jnp.int32), jnp.asarray(length, jnp.int32))
+    rows, q, x0, label = self._placed(rows)
     out = _query(self.f, x0, *rows, label, self.tau, self.bounds, self.batch_size)
     return tuple(np.asarray(a)[:q] for a in out)
 
@@ -354,13 +361,7 @@ class _Oracle:
       moves[i, :len(best.moves[i])] = best.moves[i]
     rows = (jnp.arange(n, dtype=jnp.int32), jnp.asarray(moves, jnp.int32), jnp.asarray(best.pred, jnp.int32),
             jnp.asarray(np.where(np.isfinite(best.l2), best.l2, 0.0), self.x0.dtype))
-    q = n
-    x0, label = self.x0, self.label
-    if self.mesh is not None:
-      rows, q = parallel.shard_batch(rows, self.mesh)
-      everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      x0, label = jax.device_put(x0, everywhere), jax.device_put(label, everywhere)
-    image, mv, pr, d = rows
+    (image, mv, pr, d), q, x0, label = self._placed(rows)
     out = _backtrack(self.f, x0, image, mv, label, pr, d, self.tau, self.bounds, self.batch_size)
     mv, pr, d = (np.asarray(a)[:q] for a in out)
     for i in todo:
